@@ -1,0 +1,138 @@
+"""The stages every request passes through, as small protocols.
+
+The request path is: authenticate (``KeyResolver``) -> admit (``Limiter``) -> cache lookup
+(``ResponseCache``) -> route and call a provider (``gateway.routing``) -> settle limits, store
+in cache, record spend (``SpendSink``). Each stage has a null implementation here so the
+gateway runs with nothing configured; the control plane (Postgres), Redis and the router plug
+in real ones without the request path changing shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class LimitScope:
+    """One set of limits that applies to a request, e.g. the key's, its team's, or a model's within a key.
+
+    ``scope`` names the kind ("key", "team", "user", "key_model", "team_model", "global");
+    ``id`` identifies it (a key hash, team id, "<key hash>:<model>"...). ``None`` means no limit.
+    """
+
+    scope: str
+    id: str
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel_requests: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as resolved from the bearer key.
+
+    ``kind`` is "master" (the master key), "virtual" (a key from the control plane) or
+    "anonymous" (local mode with no master key configured: everything is allowed).
+    """
+
+    kind: Literal["master", "virtual", "anonymous"]
+    key_hash: str | None = None
+    key_alias: str | None = None
+    team_id: str | None = None
+    user_id: str | None = None
+    # Model names this caller may use; empty means every model.
+    models: tuple[str, ...] = ()
+    limits: tuple[LimitScope, ...] = ()
+    # Team admins may manage their own team's keys through the admin API.
+    team_admin: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind in ("master", "anonymous")
+
+    @property
+    def cache_scope(self) -> str:
+        """The tenant a cache entry belongs to: the team, else the key, else everyone."""
+        if self.team_id:
+            return f"team:{self.team_id}"
+        if self.key_hash:
+            return f"key:{self.key_hash}"
+        return "global"
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    """One finished request, as the spend stage sees it."""
+
+    request_id: str
+    principal: Principal
+    model: str  # the model name the caller asked for
+    deployment_id: str | None  # which deployment served it (None for cache hits and failures)
+    provider_model: str | None  # e.g. "openai/gpt-4o-mini"
+    usage: Usage
+    cost: float
+    status: Literal["success", "failure"]
+    cache_hit: bool
+    started_at: float  # unix seconds
+    ended_at: float
+    stream: bool
+    error_code: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class KeyResolver(Protocol):
+    async def resolve(self, token: str) -> Principal | None:
+        """The principal for a bearer token, or ``None`` if no such key exists.
+
+        Raises ``gateway.errors.GatewayError`` for keys that exist but may not be used
+        (blocked, expired, over budget).
+        """
+        ...
+
+
+class Admission(Protocol):
+    """A granted admission; ``settle`` must be called exactly once on every exit path."""
+
+    headers: dict[str, str]
+
+    async def settle(self, usage: Usage | None) -> None: ...
+
+
+class Limiter(Protocol):
+    async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
+        """Reserve a request (and ``estimated_tokens``) against every scope; raise a 429 GatewayError if over."""
+        ...
+
+
+@dataclass(slots=True)
+class CachedResponse:
+    body: bytes  # the JSON body of a non-streaming response
+    created_at: float
+
+
+class ResponseCache(Protocol):
+    async def get(self, key: str) -> CachedResponse | None: ...
+
+    async def set(self, key: str, value: CachedResponse, ttl: float) -> None: ...
+
+
+class SpendSink(Protocol):
+    def record(self, event: UsageEvent) -> None:
+        """Queue an event for accounting; must not block the request path."""
+        ...
+
+    async def close(self) -> None:
+        """Flush everything queued (graceful shutdown)."""
+        ...
