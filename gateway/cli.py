@@ -1,5 +1,179 @@
-"""The `switchyard` console command (placeholder until the spine lands)."""
+"""The ``switchyard`` console command.
+
+    switchyard serve [--config FILE] [--host HOST] [--port PORT]   run the gateway
+    switchyard engine serve --model PATH ...                        run the local inference engine
+    switchyard migrate [--config FILE]                              apply database migrations
+
+One function per subcommand (``cmd_<name>``); a subcommand owned by another component is a thin
+hook that imports its implementation lazily, so ``switchyard serve`` never imports torch or
+the database layer unless configured:
+
+- ``engine``: ``local_engine.server`` must expose ``main(argv: list[str]) -> int | None``.
+- ``migrate``: ``gateway.db.cli`` must expose ``main(argv: list[str]) -> int | None``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import ipaddress
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4000
 
 
-def main() -> None:
-    raise SystemExit("switchyard: not implemented yet")
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("switchyard")
+    except Exception:
+        return "unknown"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"switchyard: {message}", file=sys.stderr)
+    return code
+
+
+def _banner(host: str, port: int, model_names: list[str], needs_key: bool, source: str | None) -> str:
+    shown_host = f"[{host}]" if ":" in host else host
+    base = f"http://{shown_host}:{port}"
+    model = model_names[0] if model_names else "<model name>"
+    key = "$SWITCHYARD_MASTER_KEY" if needs_key else "anything"
+    models = ", ".join(model_names) if model_names else "none (add a model_list to a config file)"
+    return f"""
+Switchyard gateway listening on {base}  (config: {source or "embedded defaults"})
+  models: {models}
+  auth:   {"API key required" if needs_key else "none (local mode: loopback only, no key needed)"}
+
+  curl {base}/v1/chat/completions \\
+    -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{base}/v1", api_key="{key}")
+"""
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load the config, check the bind address is safe, and run uvicorn."""
+    from gateway.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(f"bad config:\n{exc}")
+    if not config.general_settings.master_key and not is_loopback(args.host):
+        return _fail(
+            f"refusing to listen on {args.host} without a master key: anyone who can reach it could use "
+            "your upstream credentials. Set general_settings.master_key in the config (e.g. "
+            "master_key: os.environ/SWITCHYARD_MASTER_KEY), or bind 127.0.0.1."
+        )
+
+    import uvicorn
+
+    from gateway.app import create_app
+
+    app = create_app(config)
+    names = [e.model_name for e in config.model_list]
+    names = list(dict.fromkeys(names))
+    needs_key = bool(config.general_settings.master_key)
+    print(_banner(args.host, args.port, names, needs_key, config.source), flush=True)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        server_header=False,
+        date_header=True,
+        access_log=args.access_log,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+        backlog=4096,
+    )
+    return 0
+
+
+def _delegate(module: str, what: str, argv: Sequence[str]) -> int:
+    """Run ``module.main(argv)`` if that component is installed."""
+    try:
+        target = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return _fail(f"{what} is not available in this install ({module} is missing)")
+        raise
+    main: Callable[[list[str]], int | None] | None = getattr(target, "main", None)
+    if main is None:
+        return _fail(f"{what} is not available yet ({module}.main is missing)")
+    return int(main(list(argv)) or 0)
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    """Hook for the local inference engine (``local_engine.server``; imports torch)."""
+    return _delegate("local_engine.server", "the local engine", args.engine_args)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Hook for the control plane's database migrations (``gateway.db.cli``)."""
+    argv = list(args.migrate_args)
+    if args.config:
+        argv = ["--config", args.config, *argv]
+    return _delegate("gateway.db.cli", "migrate", argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchyard", description="A self-hosted OpenAI-compatible LLM gateway."
+    )
+    parser.add_argument("--version", action="version", version=f"switchyard {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument(
+        "--config", default=os.environ.get("SWITCHYARD_CONFIG"), help="YAML config file (default: embedded)"
+    )
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument("--access-log", action="store_true", help="log every request (off by default)")
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    engine = sub.add_parser("engine", help="the local inference engine (e.g. engine serve --model PATH)")
+    engine.add_argument("engine_args", nargs=argparse.REMAINDER, help="arguments for the engine")
+    engine.set_defaults(func=cmd_engine)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--config", default=os.environ.get("SWITCHYARD_CONFIG"))
+    migrate.add_argument("migrate_args", nargs=argparse.REMAINDER)
+    migrate.set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        # `./switchyard` with no arguments serves, like `./switchyard serve`.
+        args = parser.parse_args(["serve", *(argv or [])])
+    raise SystemExit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

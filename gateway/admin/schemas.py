@@ -1,0 +1,182 @@
+"""Request bodies of the admin API (LiteLLM's field names), validated at the edge.
+
+Fields LiteLLM accepts that we do not use (``aliases``, ``config``, ``permissions``, ``tags``...) are
+accepted and ignored so existing scripts keep working.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.keys.durations import parse_duration
+
+MAX_METADATA_BYTES = 16 * 1024
+
+# Aliases and ids: a letter or digit first, then a conservative set (LiteLLM's key alias rule). No ":"
+# because limit scopes name per-model limits "<team or user id>:<model>".
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@/ \-]{0,127}$"
+Name = Annotated[str, Field(pattern=_NAME)]
+Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Limit = Annotated[int, Field(ge=0)]
+ModelName = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    @field_validator("metadata", "model_rpm_limit", "model_tpm_limit", check_fields=False)
+    @classmethod
+    def _small_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
+            raise ValueError(f"too large (at most {MAX_METADATA_BYTES} bytes of JSON)")
+        return value
+
+    @field_validator("budget_duration", "duration", check_fields=False)
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value in (None, "", "permanent"):
+            return None  # LiteLLM's spelling of "never"
+        parse_duration(value)
+        return value
+
+
+class KeyFields(_Body):
+    key_alias: Name | None = None
+    team_id: Name | None = None
+    user_id: Name | None = None
+    models: list[ModelName] | None = None
+    max_budget: Money | None = None
+    budget_duration: str | None = None
+    duration: str | None = None
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    max_parallel_requests: Limit | None = None
+    model_rpm_limit: dict[ModelName, Limit] | None = None
+    model_tpm_limit: dict[ModelName, Limit] | None = None
+    metadata: dict[str, Any] | None = None
+    blocked: bool | None = None
+    spend: Money | None = None
+
+
+class GenerateKeyRequest(KeyFields):
+    key: str | None = Field(default=None, pattern=r"^sk-[A-Za-z0-9_\-]{16,256}$")
+
+
+class UpdateKeyRequest(KeyFields):
+    key: str = Field(min_length=1)
+
+
+class KeyRef(_Body):
+    key: str = Field(min_length=1)
+
+
+class DeleteKeysRequest(_Body):
+    keys: list[str] | None = None
+    key_aliases: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> DeleteKeysRequest:
+        if not self.keys and not self.key_aliases:
+            raise ValueError("give keys or key_aliases")
+        return self
+
+
+class RegenerateKeyRequest(KeyFields):
+    key: str = Field(min_length=1)
+    new_key: str | None = Field(default=None, pattern=r"^sk-[A-Za-z0-9_\-]{16,256}$")
+
+
+class Member(_Body):
+    role: Literal["admin", "user"] = "user"
+    user_id: Name | None = None
+    user_email: Annotated[str, Field(max_length=256, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+
+    @model_validator(mode="after")
+    def _someone(self) -> Member:
+        if self.user_id is None and self.user_email is None:
+            raise ValueError("give user_id or user_email")
+        return self
+
+
+class TeamFields(_Body):
+    team_alias: Name | None = None
+    models: list[ModelName] | None = None
+    max_budget: Money | None = None
+    budget_duration: str | None = None
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    max_parallel_requests: Limit | None = None
+    model_rpm_limit: dict[ModelName, Limit] | None = None
+    model_tpm_limit: dict[ModelName, Limit] | None = None
+    metadata: dict[str, Any] | None = None
+    blocked: bool | None = None
+
+
+class NewTeamRequest(TeamFields):
+    team_id: Name | None = None
+    members_with_roles: list[Member] = Field(default_factory=list)
+
+
+class UpdateTeamRequest(TeamFields):
+    team_id: Name
+
+
+class DeleteTeamsRequest(_Body):
+    team_ids: list[str] = Field(min_length=1)
+
+
+class TeamMemberAddRequest(_Body):
+    team_id: Name
+    member: Member | list[Member]
+
+
+class TeamMemberDeleteRequest(_Body):
+    team_id: Name
+    user_id: Name | None = None
+    user_email: str | None = None
+
+    @model_validator(mode="after")
+    def _someone(self) -> TeamMemberDeleteRequest:
+        if self.user_id is None and self.user_email is None:
+            raise ValueError("give user_id or user_email")
+        return self
+
+
+class UserFields(_Body):
+    user_email: Annotated[str, Field(max_length=256, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    user_alias: Name | None = None
+    user_role: (
+        Literal["proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer"] | None
+    ) = None
+    models: list[ModelName] | None = None
+    max_budget: Money | None = None
+    budget_duration: str | None = None
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    max_parallel_requests: Limit | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class NewUserRequest(UserFields):
+    user_id: Name | None = None
+    teams: list[Name] | None = None
+    auto_create_key: bool = True
+    key_alias: Name | None = None
+
+
+class UpdateUserRequest(UserFields):
+    user_id: Name | None = None
+    spend: Money | None = None
+
+    @model_validator(mode="after")
+    def _someone(self) -> UpdateUserRequest:
+        if self.user_id is None and self.user_email is None:
+            raise ValueError("give user_id or user_email")
+        return self
+
+
+class DeleteUsersRequest(_Body):
+    user_ids: list[str] = Field(min_length=1)

@@ -1,0 +1,77 @@
+"""The ASGI application: routes, error handlers and the lifespan that builds ``Services``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.routing import Route
+
+from gateway.config import GatewayConfig
+from gateway.errors import install_error_handlers
+from gateway.routes.chat import ChatCompletions
+from gateway.routes.health import liveliness, prometheus, readiness
+from gateway.routes.models import list_models
+from gateway.services import Services, build_services
+
+ServicesBuilder = Callable[[GatewayConfig], Awaitable[Services]]
+
+
+def create_app(config: GatewayConfig | None = None, *, builder: ServicesBuilder = build_services) -> FastAPI:
+    """The gateway app for ``config`` (embedded defaults when None).
+
+    Services are built in the lifespan (so connections open inside the server's event loop)
+    and closed on shutdown. Other teams add their routers with ``app.include_router`` in
+    ``include_extra_routes`` below.
+    """
+    config = config or GatewayConfig()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await builder(config)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            app.state.services = None
+            await services.aclose()
+
+    app = FastAPI(
+        title="Switchyard",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.config = config
+    app.state.services = None
+    install_error_handlers(app)
+
+    chat = ChatCompletions()
+    # The hot path first, as plain ASGI routes (no dependency injection, no Request objects).
+    hot = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/chat/completions", chat, methods=["POST"]),
+    ]
+    for path in ("/v1/models", "/models"):
+        hot.append(Route(path, list_models, methods=["GET"]))
+    hot += [
+        Route("/health/liveliness", liveliness, methods=["GET"]),
+        Route("/health/readiness", readiness, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ]
+    app.router.routes[:0] = hot
+    include_extra_routes(app)
+    return app
+
+
+def include_extra_routes(app: FastAPI) -> None:
+    """Routes owned by other components (the admin API...), mounted when they are installed."""
+    from gateway.routing.health_probe import health  # ROUTER: probes every deployment
+
+    app.router.routes.append(Route("/health", health, methods=["GET"]))
+
+    from gateway.admin import router as admin_router  # CONTROL PLANE: LiteLLM-compatible admin API
+
+    app.include_router(admin_router)

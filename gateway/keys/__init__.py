@@ -1,0 +1,1 @@
+"""Virtual keys: generation and hashing, the Postgres data layer, and the cached ``KeyResolver``."""

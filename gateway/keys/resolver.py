@@ -1,0 +1,242 @@
+"""``KeyResolver`` backed by Postgres with a small in-process cache.
+
+A cached key costs a SHA-256 and a dict lookup. A miss costs one primary-key query (the key joined
+with its team, user and membership). Unknown keys are cached as negative entries for a short time so
+a client retrying a wrong key does not reach the database again.
+
+Invalidation: writes through the admin API in this process call ``invalidate``; other gateway
+instances see the change when their entry's TTL (default 5 s) runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from gateway.keys.denials import budget_exceeded, key_blocked, key_expired, model_not_allowed
+from gateway.pipeline import LimitScope, Principal
+
+_LOOKUP = """
+SELECT k.token_hash, k.key_alias, k.team_id, k.user_id, k.models, k.max_budget, k.spend, k.rpm_limit,
+       k.tpm_limit, k.max_parallel_requests, k.model_rpm_limit, k.model_tpm_limit, k.expires, k.blocked,
+       k.metadata,
+       t.id AS t_id, t.models AS t_models, t.max_budget AS t_max_budget, t.spend AS t_spend,
+       t.rpm_limit AS t_rpm_limit, t.tpm_limit AS t_tpm_limit, t.max_parallel_requests AS t_max_parallel,
+       t.model_rpm_limit AS t_model_rpm_limit, t.model_tpm_limit AS t_model_tpm_limit, t.blocked AS t_blocked,
+       u.id AS u_id, u.max_budget AS u_max_budget, u.spend AS u_spend, u.rpm_limit AS u_rpm_limit,
+       u.tpm_limit AS u_tpm_limit, u.max_parallel_requests AS u_max_parallel,
+       m.role AS member_role
+FROM virtual_keys k
+LEFT JOIN teams t ON t.id = k.team_id
+LEFT JOIN users u ON u.id = k.user_id
+LEFT JOIN team_memberships m ON m.team_id = k.team_id AND m.user_id = k.user_id
+WHERE k.token_hash = $1
+"""
+
+# LiteLLM's special entries in a key's model list.
+_ALL_TEAM_MODELS = "all-team-models"
+_ALL_PROXY_MODELS = "all-proxy-models"
+
+
+@dataclass(slots=True)
+class BudgetState:
+    """A budget shared by every cached key that charges the same entity; spend is kept fresh by the sink."""
+
+    max_budget: float | None
+    spend: float
+
+    def exceeded(self) -> bool:
+        return self.max_budget is not None and self.spend >= self.max_budget
+
+
+@dataclass(slots=True)
+class _Entry:
+    principal: Principal | None  # None: no such key (negative entry)
+    fresh_until: float
+    blocked: bool = False
+    expires_at: float | None = None
+    budgets: tuple[tuple[str, BudgetState], ...] = ()
+
+
+def _as_float(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _allowed_models(key_models: list[str], team_models: list[str] | None) -> tuple[str, ...]:
+    """Key access intersected with team access; empty means every model."""
+    key_set = [m for m in key_models if m not in (_ALL_TEAM_MODELS, _ALL_PROXY_MODELS)]
+    team_set = list(team_models or [])
+    if _ALL_PROXY_MODELS in team_set:
+        team_set = []
+    if not key_set:
+        return tuple(team_set)
+    if not team_set:
+        return tuple(key_set)
+    return tuple(m for m in key_set if m in team_set) or ("__no_models__",)
+
+
+def _model_scopes(kind: str, owner: str, rpm: dict[str, Any], tpm: dict[str, Any]) -> list[LimitScope]:
+    scopes = []
+    for model in sorted(set(rpm or {}) | set(tpm or {})):
+        r, t = (rpm or {}).get(model), (tpm or {}).get(model)
+        scopes.append(
+            LimitScope(
+                kind, f"{owner}:{model}", rpm=None if r is None else int(r), tpm=None if t is None else int(t)
+            )
+        )
+    return scopes
+
+
+class PostgresKeyResolver:
+    """Resolves ``sk-...`` bearer keys to principals, enforcing blocked/expired/budget rules."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, ttl: float = 5.0, negative_ttl: float = 2.0, max_entries: int = 10_000
+    ) -> None:
+        self._pool = pool
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._max_entries = max_entries
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._budgets: dict[str, BudgetState] = {}
+        self._inflight: dict[str, asyncio.Future[_Entry]] = {}
+        self.db_lookups = 0  # how many times the database was asked (tests and the benchmark read it)
+
+    # -- the request path -------------------------------------------------------------------------
+    async def resolve(self, token: str) -> Principal | None:
+        token_hash = hashlib.sha256(token.encode()).hexdigest()
+        entry = self._cache.get(token_hash)
+        now = time.monotonic()
+        if entry is None or entry.fresh_until < now:
+            entry = await self._load(token_hash, now)
+        principal = entry.principal
+        if principal is None:
+            return None
+        if entry.blocked:
+            raise key_blocked()
+        if entry.expires_at is not None and entry.expires_at <= time.time():
+            raise key_expired()
+        for kind, budget in entry.budgets:
+            if budget.exceeded():
+                raise budget_exceeded(kind, budget.spend, budget.max_budget or 0.0)
+        return principal
+
+    @staticmethod
+    def check_model(principal: Principal, model: str) -> None:
+        """Raise a 403 if ``principal`` may not call ``model`` (empty ``models`` allows all)."""
+        if principal.models and model not in principal.models:
+            raise model_not_allowed(model, principal.models)
+
+    # -- cache maintenance ------------------------------------------------------------------------
+    def invalidate(self, token_hash: str | None = None) -> None:
+        """Forget one key (or every key) in this process, e.g. after an admin write."""
+        if token_hash is None:
+            self._cache.clear()
+            self._budgets.clear()
+        else:
+            self._cache.pop(token_hash, None)
+
+    def apply_spend(self, kind: str, entity_id: str, spend: float) -> None:
+        """Update the cached spend of a key/team/user after the sink committed (kind: key|team|user)."""
+        state = self._budgets.get(f"{kind}:{entity_id}")
+        if state is not None:
+            state.spend = spend
+
+    def _budget(self, kind: str, entity_id: str, max_budget: Decimal | None, spend: Decimal) -> BudgetState:
+        name = f"{kind}:{entity_id}"
+        state = self._budgets.get(name)
+        if state is None:
+            if len(self._budgets) >= self._max_entries * 3:
+                self._budgets.clear()  # rare; entries re-create their states on their next load
+            state = self._budgets[name] = BudgetState(_as_float(max_budget), float(spend))
+        else:
+            state.max_budget, state.spend = _as_float(max_budget), float(spend)
+        return state
+
+    def _store(self, token_hash: str, entry: _Entry) -> _Entry:
+        self._cache[token_hash] = entry
+        self._cache.move_to_end(token_hash)
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
+        return entry
+
+    async def _load(self, token_hash: str, now: float) -> _Entry:
+        # Concurrent misses for the same key share one query (a burst of requests with a new key,
+        # or a client hammering a wrong one, reaches the database once).
+        pending = self._inflight.get(token_hash)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
+        self._inflight[token_hash] = future
+        try:
+            self.db_lookups += 1
+            row = await self._pool.fetchrow(_LOOKUP, token_hash)
+            if row is None:
+                entry = self._store(token_hash, _Entry(None, now + self._negative_ttl))
+            else:
+                entry = self._store(token_hash, self._entry_from_row(row, now))
+            future.set_result(entry)
+            return entry
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters (if any) get it; nobody else must
+            raise
+        finally:
+            del self._inflight[token_hash]
+
+    def _entry_from_row(self, row: asyncpg.Record, now: float) -> _Entry:
+        token_hash: str = row["token_hash"]
+        team_id, user_id = row["t_id"], row["u_id"]
+        limits: list[LimitScope] = []
+        if (
+            row["rpm_limit"] is not None
+            or row["tpm_limit"] is not None
+            or row["max_parallel_requests"] is not None
+        ):
+            limits.append(
+                LimitScope(
+                    "key", token_hash, row["rpm_limit"], row["tpm_limit"], row["max_parallel_requests"]
+                )
+            )
+        limits += _model_scopes("key_model", token_hash, row["model_rpm_limit"], row["model_tpm_limit"])
+        budgets = [("key", self._budget("key", token_hash, row["max_budget"], row["spend"]))]
+        if team_id is not None:
+            if any(row[c] is not None for c in ("t_rpm_limit", "t_tpm_limit", "t_max_parallel")):
+                limits.append(
+                    LimitScope("team", team_id, row["t_rpm_limit"], row["t_tpm_limit"], row["t_max_parallel"])
+                )
+            limits += _model_scopes("team_model", team_id, row["t_model_rpm_limit"], row["t_model_tpm_limit"])
+            budgets.append(("team", self._budget("team", team_id, row["t_max_budget"], row["t_spend"])))
+        if user_id is not None:
+            if any(row[c] is not None for c in ("u_rpm_limit", "u_tpm_limit", "u_max_parallel")):
+                limits.append(
+                    LimitScope("user", user_id, row["u_rpm_limit"], row["u_tpm_limit"], row["u_max_parallel"])
+                )
+            budgets.append(("user", self._budget("user", user_id, row["u_max_budget"], row["u_spend"])))
+        principal = Principal(
+            kind="virtual",
+            key_hash=token_hash,
+            key_alias=row["key_alias"],
+            team_id=team_id,
+            user_id=user_id,
+            models=_allowed_models(list(row["models"] or []), None if team_id is None else row["t_models"]),
+            limits=tuple(limits),
+            team_admin=row["member_role"] == "admin",
+            metadata=dict(row["metadata"] or {}),
+        )
+        expires: datetime | None = row["expires"]
+        return _Entry(
+            principal=principal,
+            fresh_until=now + self._ttl,
+            blocked=bool(row["blocked"]) or bool(row["t_blocked"]),
+            expires_at=None if expires is None else expires.timestamp(),
+            budgets=tuple(budgets),
+        )

@@ -1,0 +1,1 @@
+"""HTTP routes of the gateway (the OpenAI-compatible API, health, metrics)."""

@@ -1,0 +1,133 @@
+"""``GET /health``: probe every deployment now and report which answer.
+
+Each deployment gets one tiny request, all concurrently, under a short timeout: ``GET
+{api_base}/models`` for OpenAI-compatible upstreams (free, no tokens), a 1-token completion for
+the others (e.g. the local engine). The answer has LiteLLM's shape (``healthy_endpoints``,
+``unhealthy_endpoints``, counts) and never carries a key: endpoints are described by model
+name, provider model, api_base and deployment id, and error text is scrubbed of the key.
+When the gateway requires keys, only the master key (an admin) may call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.auth import token_from_headers
+from gateway.errors import GatewayError, as_gateway_error
+from providers.base import OPENAI_COMPATIBLE_PROVIDERS, ProviderError
+from providers.http import shared_client
+
+if TYPE_CHECKING:
+    from gateway.routing.deployment import Deployment
+    from gateway.routing.router import Router
+
+DEFAULT_PROBE_TIMEOUT_S = 5.0
+MAX_PROBE_TIMEOUT_S = 30.0
+_MAX_ERROR_CHARS = 300
+
+
+def _describe(dep: Deployment) -> dict[str, Any]:
+    return {
+        "model_name": dep.model_name,
+        "model": dep.provider_model,
+        "api_base": dep.api_base,
+        "id": dep.id,
+    }
+
+
+def _scrub(message: str, dep: Deployment) -> str:
+    if dep.api_key and dep.api_key in message:
+        message = message.replace(dep.api_key, "***")
+    return message[:_MAX_ERROR_CHARS]
+
+
+async def _probe_openai(dep: Deployment, limit_s: float) -> None:
+    url = (dep.api_base or "https://api.openai.com/v1").rstrip("/") + "/models"
+    headers = {"accept": "application/json"}
+    if dep.api_key:
+        headers["authorization"] = f"Bearer {dep.api_key}"
+    resp = await shared_client().get(url, headers=headers, timeout=limit_s)
+    if resp.status_code >= 400:
+        raise ProviderError.from_upstream(resp.status_code, resp.content, resp.headers)
+
+
+async def _probe_completion(router: Router, dep: Deployment, limit_s: float) -> None:
+    provider = router.providers.get(dep.provider)
+    body = {"model": dep.model_name, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    call = dep.provider_call(body, "health-probe")
+    call.timeout = limit_s
+    await provider.chat(call)
+
+
+async def probe_one(router: Router, dep: Deployment, limit_s: float) -> tuple[bool, dict[str, Any]]:
+    """Probe one deployment: (healthy, endpoint description)."""
+    info = _describe(dep)
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(limit_s):
+            if dep.provider in OPENAI_COMPATIBLE_PROVIDERS:
+                await _probe_openai(dep, limit_s)
+            else:
+                await _probe_completion(router, dep, limit_s)
+    except TimeoutError:
+        info["error"] = f"no answer within {limit_s:g}s"
+        return False, info
+    except ProviderError as exc:
+        info["error"] = _scrub(f"HTTP {exc.status_code}: {exc.message}", dep)
+        return False, info
+    except Exception as exc:
+        # Connection refused, DNS failure, a provider that cannot load...: unhealthy, not a 500.
+        info["error"] = _scrub(f"{type(exc).__name__}: {exc}", dep)
+        return False, info
+    info["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
+    return True, info
+
+
+async def probe_all(router: Router, limit_s: float, model: str | None = None) -> dict[str, Any]:
+    """Probe every deployment (or every deployment of ``model``) concurrently."""
+    deps = [d for d in router.deployments if model is None or d.model_name == model]
+    results = await asyncio.gather(*(probe_one(router, d, limit_s) for d in deps))
+    now = time.time()
+    cooling = {s.id: s.cooldown_until - now for s in router.states if s.cooldown_until > now}
+    healthy, unhealthy = [], []
+    for ok, info in results:
+        if info["id"] in cooling:
+            info["cooldown_remaining_s"] = round(cooling[info["id"]], 1)
+        (healthy if ok else unhealthy).append(info)
+    return {
+        "healthy_endpoints": healthy,
+        "unhealthy_endpoints": unhealthy,
+        "healthy_count": len(healthy),
+        "unhealthy_count": len(unhealthy),
+    }
+
+
+async def health(request: Request) -> Response:
+    """``GET /health[?model=name&timeout=seconds]``: admin only when the gateway requires keys."""
+    services = request.app.state.services
+    try:
+        if services is None:
+            raise GatewayError(503, "gateway is starting", code="starting")
+        token = token_from_headers(request.headers.get("authorization"), request.headers.get("api-key"))
+        principal = await services.auth.authenticate(token)
+        if not principal.is_admin:
+            raise GatewayError(403, "/health needs the master key", "permission_error", "admin_only")
+        model = request.query_params.get("model") or None
+        if model is not None and not services.router.has_model(model):
+            raise GatewayError(404, f"model {model!r} not found", code="model_not_found", param="model")
+        try:
+            timeout = float(request.query_params.get("timeout", DEFAULT_PROBE_TIMEOUT_S))
+        except ValueError:
+            raise GatewayError(400, "timeout must be a number of seconds", param="timeout") from None
+        timeout = min(max(timeout, 0.05), MAX_PROBE_TIMEOUT_S)
+        report = await probe_all(services.router, timeout, model)
+    except Exception as exc:
+        err = as_gateway_error(exc)
+        return Response(err.body(), err.status, headers=err.headers, media_type="application/json")
+    return Response(orjson.dumps(report), media_type="application/json")

@@ -1,0 +1,467 @@
+"""The router: pick a deployment for a model name, call it, retry, fall back, cool down.
+
+Per request: refresh shared cooldowns if the local copy is stale (at most every ~200 ms), pick
+a deployment with the configured strategy (``ModelGroup.pick``), call its provider. Retryable
+failures (429, 5xx, timeouts, connection errors) are retried under tenacity with backoff,
+preferring a deployment this request has not tried yet; when the model is exhausted the
+``fallbacks`` run in order, and context-window / content-policy refusals go to their own
+fallback lists. Failing deployments are cooled down (shared through Redis when configured).
+A model whose deployments are all cooling down answers 503 at once with ``Retry-After``.
+
+Streams are retried only before the first event: ``chat`` returns once the first event has
+arrived. A stream that breaks later ends with an SSE ``data: {"error": {...}}`` event, which
+the OpenAI SDK raises as ``APIError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import GatewayError
+from gateway.pipeline import Usage
+from gateway.routing.cooldowns import CooldownManager, CooldownSettings
+from gateway.routing.deployment import Deployment
+from gateway.routing.fallbacks import FallbackKind, FallbackTable
+from gateway.routing.model_group import ModelGroup, Unavailable
+from gateway.routing.retry_policy import Failure, RetrySettings, classify, is_retryable, make_retrying
+from gateway.routing.state import DeploymentState
+from gateway.routing.strategies import make_strategy
+from providers.base import (
+    ProviderError,
+    ProviderRegistry,
+    ProviderResponse,
+    ProviderTimeoutError,
+    ProviderUnreachableError,
+    UsageTap,
+)
+
+if TYPE_CHECKING:
+    from gateway.config import RouterSettings
+    from gateway.context import RequestContext
+
+log = logging.getLogger("switchyard.routing")
+
+# Each attempt gets at least this long even when the retry budget is nearly spent, so the last
+# attempt is a real one rather than an instant timeout.
+MIN_ATTEMPT_TIMEOUT_S = 1.0
+
+
+class NoDeploymentAvailable(Exception):
+    """Every deployment of ``model`` is cooling down or at its own limits right now."""
+
+    def __init__(self, model: str, why: Unavailable) -> None:
+        super().__init__(f"no deployment of {model!r} is available")
+        self.model = model
+        self.why = why
+
+    def to_gateway_error(self) -> GatewayError:
+        now = time.time()
+        if self.why.cooled and not self.why.limited:
+            wait = max(1, math.ceil(self.why.retry_at - now))
+            return GatewayError(
+                503,
+                f"every deployment of model {self.model!r} is cooling down after failures; retry in {wait}s",
+                "service_unavailable",
+                "no_healthy_deployments",
+                headers={"retry-after": str(wait)},
+            )
+        # At their own rpm/tpm/parallel limits: the next minute window frees them.
+        wait = max(1, math.ceil(60 - now % 60)) if self.why.limited else 1
+        if self.why.cooled:
+            wait = min(wait, max(1, math.ceil(self.why.retry_at - now)))
+        return GatewayError(
+            429,
+            f"every deployment of model {self.model!r} is at its rate limit; retry in {wait}s",
+            "rate_limit_error",
+            "deployment_rate_limited",
+            headers={"retry-after": str(wait)},
+        )
+
+
+@dataclass(slots=True)
+class RoutedResponse:
+    """A complete response and how it was obtained.
+
+    ``attempts`` counts every upstream call this request made (retries and fallbacks
+    included); ``upstream_s`` is the time spent inside upstream calls (every attempt), so the
+    gateway's own overhead (routing decisions and retry backoff included) is the request's
+    duration minus it.
+    """
+
+    response: ProviderResponse
+    deployment: Deployment
+    attempts: int = 1
+    upstream_s: float = 0.0
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.response.usage
+
+
+class RoutedStream:
+    """An upstream stream whose first event has already arrived.
+
+    Iterating yields OpenAI-format SSE events (``b"data: {...}\\n\\n"``, no ``[DONE]``).
+    ``usage`` is filled from the upstream's usage chunk by the time iteration ends. If the
+    upstream breaks after the first event, iteration raises a ``ProviderError`` whose message
+    starts with "stream interrupted" (``error`` keeps the cause); there is no retry once bytes
+    went out. ``aclose()`` stops the upstream request (safe to call more than once).
+    """
+
+    def __init__(
+        self,
+        first: bytes,
+        rest: AsyncIterator[bytes],
+        deployment: Deployment,
+        attempts: int = 1,
+        *,
+        upstream_s: float = 0.0,
+        on_finish: Callable[[RoutedStream, BaseException | None], Any] | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self.attempts = attempts
+        self.upstream_s = upstream_s
+        self.error: BaseException | None = None
+        self._first: bytes | None = first
+        self._rest = rest
+        self._tap = UsageTap()
+        self._tap.inspect(first)
+        self._on_finish = on_finish
+        self._done = False
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._tap.usage
+
+    def __aiter__(self) -> RoutedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        first = self._first
+        if first is not None:
+            self._first = None
+            return first
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            event = await self._rest.__anext__()
+        except StopAsyncIteration:
+            await self._finish(None)
+            raise
+        except Exception as exc:
+            # Bytes already reached the client, so no retry: the error propagates to the chat
+            # route, which ends the stream with a ``data: {"error": ...}`` event (the OpenAI
+            # SDK raises it as APIError) and records the request as failed.
+            self.error = exc
+            await self._finish(exc)
+            raise interrupted(exc) from exc
+        self._tap.inspect(event)
+        return event
+
+    async def _finish(self, exc: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._on_finish is not None:
+            result = self._on_finish(self, exc)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def aclose(self) -> None:
+        self._first = None
+        try:
+            closer = getattr(self._rest, "aclose", None)
+            if closer is not None:
+                await closer()
+        finally:
+            await self._finish(None)
+
+
+def interrupted(exc: BaseException) -> ProviderError:
+    """The error a stream that broke after its first event ends with (status kept, message marked)."""
+    if isinstance(exc, ProviderError):
+        return ProviderError(
+            exc.status_code, f"stream interrupted: {exc.message}", exc.type, exc.code or "stream_interrupted"
+        )
+    return ProviderError(502, f"stream interrupted: {type(exc).__name__}", "api_error", "stream_interrupted")
+
+
+@dataclass(slots=True)
+class _Trace:
+    """What one request did so far (for headers and the final error)."""
+
+    attempts: int = 0
+    upstream_s: float = 0.0
+    last_error: BaseException | None = None
+    no_deployment: list[NoDeploymentAvailable] = field(default_factory=list)
+
+
+class Router:
+    """Maps model names to deployments and calls them through their provider adapters."""
+
+    def __init__(
+        self,
+        deployments: list[Deployment],
+        settings: RouterSettings,
+        providers: ProviderRegistry,
+        redis: Any = None,
+    ) -> None:
+        self.deployments = list(deployments)
+        self.settings = settings
+        self.providers = providers
+        self.redis = redis
+        self.states: list[DeploymentState] = [
+            DeploymentState(
+                id=d.id,
+                model_name=d.model_name,
+                weight=d.weight,
+                rpm=d.rpm,
+                tpm=d.tpm,
+                max_parallel=d.max_parallel_requests,
+                order=d.order,
+                cost=d.input_cost_per_token + d.output_cost_per_token,
+                deployment=d,
+            )
+            for d in self.deployments
+        ]
+        by_name: dict[str, list[DeploymentState]] = {}
+        for s in self.states:
+            by_name.setdefault(s.model_name, []).append(s)
+        self.groups: dict[str, ModelGroup] = {name: ModelGroup(name, ds) for name, ds in by_name.items()}
+        self.strategy = make_strategy(settings.routing_strategy)
+        self.cooldowns = CooldownManager(
+            self.states,
+            CooldownSettings(
+                allowed_fails=settings.allowed_fails,
+                allowed_fails_window_s=settings.allowed_fails_window_s,
+                cooldown_time=settings.cooldown_time,
+            ),
+            redis,
+        )
+        budget = settings.retry_budget_s or settings.timeout or 600.0
+        self.retry = RetrySettings(num_retries=settings.num_retries, budget_s=budget)
+        self.fallbacks = FallbackTable(
+            settings.fallbacks, settings.context_window_fallbacks, settings.content_policy_fallbacks
+        )
+        missing = self.fallbacks.referenced_models() - set(self.groups)
+        if missing:
+            log.warning("fallbacks name models that are not configured: %s", ", ".join(sorted(missing)))
+
+    def model_names(self) -> list[str]:
+        """Every model name callers may ask for, in config order."""
+        return list(self.groups)
+
+    def has_model(self, name: str) -> bool:
+        return name in self.groups
+
+    # ---- the request path ---------------------------------------------------------------
+
+    async def chat(
+        self, model: str, body: dict[str, Any], *, stream: bool, ctx: RequestContext
+    ) -> RoutedResponse | RoutedStream:
+        """Serve ``body`` from a deployment of ``model``, retrying and falling back as configured.
+
+        Raises ``GatewayError`` (404 unknown model; 503/429 when nothing is available) or the
+        last ``ProviderError``. For streams, failures before the first event are raised here.
+        """
+        if model not in self.groups:
+            raise GatewayError(404, f"model {model!r} not found", code="model_not_found", param="model")
+        trace = _Trace()
+        queue: list[str] = [model]
+        seen = {model}
+        i = 0
+        while i < len(queue):
+            name = queue[i]
+            i += 1
+            group = self.groups.get(name)
+            if group is None:
+                continue
+            try:
+                return await self._serve_model(group, body, stream, ctx, trace)
+            except NoDeploymentAvailable as exc:
+                trace.no_deployment.append(exc)
+                kind = FallbackKind.GENERAL
+            except ProviderError as exc:
+                trace.last_error = exc
+                failure = classify(exc)
+                if failure is Failure.REQUEST:
+                    raise
+                if failure is Failure.CONTEXT_WINDOW:
+                    kind = FallbackKind.CONTEXT_WINDOW
+                elif failure is Failure.CONTENT_POLICY:
+                    kind = FallbackKind.CONTENT_POLICY
+                else:
+                    kind = FallbackKind.GENERAL
+            for target in self.fallbacks.targets(kind, model):
+                if target not in seen:
+                    seen.add(target)
+                    queue.append(target)
+        if trace.last_error is not None:
+            raise trace.last_error
+        assert trace.no_deployment
+        raise trace.no_deployment[0].to_gateway_error()
+
+    async def _serve_model(
+        self, group: ModelGroup, body: dict[str, Any], stream: bool, ctx: RequestContext, trace: _Trace
+    ) -> RoutedResponse | RoutedStream:
+        """One model name with retries; raises when its deployments are exhausted.
+
+        The first attempt runs directly; only a retryable failure enters tenacity's loop (whose
+        setup costs more than the routing decision itself), so success pays nothing for it.
+        """
+        await self.cooldowns.refresh()
+        tried: set[DeploymentState] = set()
+        last: list[ProviderError] = []
+        started = time.monotonic()
+        budget = self.retry.budget_s
+        try:
+            return await self._try_next(group, body, stream, ctx, trace, tried, last, started)
+        except ProviderError as exc:
+            if self.retry.num_retries <= 0 or not is_retryable(exc):
+                raise
+            first_failure = exc
+
+        def others_available() -> bool:
+            return group.any_available(time.time(), tried)
+
+        retrying = make_retrying(
+            self.retry, others_available, budget_s=budget - (time.monotonic() - started), already=1
+        )
+        # Tenacity waits only between its own attempts: wait here after the first failure.
+        pause = retrying.wait.delay(1, first_failure)  # type: ignore[attr-defined]
+        if time.monotonic() - started + pause >= budget:
+            raise first_failure
+        await asyncio.sleep(pause)
+        async for attempt in retrying:
+            with attempt:
+                return await self._try_next(group, body, stream, ctx, trace, tried, last, started)
+        raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
+
+    async def _try_next(
+        self,
+        group: ModelGroup,
+        body: dict[str, Any],
+        stream: bool,
+        ctx: RequestContext,
+        trace: _Trace,
+        tried: set[DeploymentState],
+        last: list[ProviderError],
+        started: float,
+    ) -> RoutedResponse | RoutedStream:
+        """Pick a deployment (an untried one first) and make one attempt."""
+        picked = group.pick(self.strategy, time.time(), exclude=tried, stream=stream)
+        if isinstance(picked, Unavailable):
+            if last:
+                # The deployments this request already tried are now cooling down: report
+                # their real error rather than "unavailable".
+                raise last[-1]
+            raise NoDeploymentAvailable(group.name, picked)
+        tried.add(picked)
+        remaining = max(MIN_ATTEMPT_TIMEOUT_S, self.retry.budget_s - (time.monotonic() - started))
+        trace.attempts += 1
+        t0 = time.monotonic()
+        try:
+            return await self._attempt(picked, body, stream, ctx, remaining, trace)
+        except ProviderError as exc:
+            last.append(exc)
+            raise
+        finally:
+            trace.upstream_s += time.monotonic() - t0
+
+    async def _attempt(
+        self,
+        d: DeploymentState,
+        body: dict[str, Any],
+        stream: bool,
+        ctx: RequestContext,
+        time_left: float,
+        trace: _Trace,
+    ) -> RoutedResponse | RoutedStream:
+        dep: Deployment = d.deployment
+        provider = self.providers.get(dep.provider)
+        call = dep.provider_call(body, ctx.request_id)
+        call.timeout = min(call.timeout, time_left)
+        t0 = time.monotonic()
+        limit = call.timeout
+        d.on_start(time.time())
+        try:
+            if not stream:
+                # The adapter enforces call.timeout; the outer guard covers adapters that don't.
+                async with asyncio.timeout(call.timeout + 1.0):
+                    resp = await provider.chat(call)
+                d.record_latency(time.monotonic() - t0)
+                if resp.usage is not None:
+                    d.add_tokens(time.time(), resp.usage.total_tokens)
+                d.on_end()
+                return RoutedResponse(resp, dep, trace.attempts, trace.upstream_s + time.monotonic() - t0)
+            first_timeout = min(
+                dep.stream_timeout or self.settings.first_chunk_timeout or call.timeout, call.timeout
+            )
+            if call.stream_timeout is None:
+                call.stream_timeout = first_timeout
+            limit = first_timeout
+            events = provider.chat_stream(call)
+            try:
+                async with asyncio.timeout(first_timeout):
+                    first = await events.__anext__()
+            except BaseException:
+                closer = getattr(events, "aclose", None)
+                if closer is not None:
+                    await closer()
+                raise
+        except StopAsyncIteration:
+            d.on_end()
+            raise ProviderError(502, "upstream ended the stream without any event") from None
+        except TimeoutError:
+            d.on_end()
+            d.record_latency(time.monotonic() - t0)
+            exc = ProviderTimeoutError(f"upstream did not answer within {limit:g}s")
+            await self._failed(d, exc)
+            raise exc from None
+        except ProviderError as exc:
+            d.on_end()
+            if isinstance(exc, ProviderTimeoutError):
+                d.record_latency(time.monotonic() - t0)
+            await self._failed(d, exc)
+            raise
+        except (ConnectionError, OSError) as exc:
+            d.on_end()
+            err = ProviderUnreachableError(f"upstream unreachable: {type(exc).__name__}")
+            await self._failed(d, err)
+            raise err from exc
+        except BaseException:
+            d.on_end()
+            raise
+        ttft = time.monotonic() - t0
+        d.record_ttft(ttft)
+        return RoutedStream(
+            first,
+            events,
+            dep,
+            trace.attempts,
+            upstream_s=trace.upstream_s + ttft,
+            on_finish=lambda s, exc: self._stream_finished(d, s, exc),
+        )
+
+    async def _failed(self, d: DeploymentState, exc: ProviderError) -> None:
+        """Count a failure towards ``d``'s cooldown when it says something about ``d``."""
+        failure = classify(exc)
+        if failure is Failure.RETRYABLE or failure is Failure.DEPLOYMENT:
+            retry_after = exc.retry_after if exc.status_code == 429 else None
+            await self.cooldowns.record_failure(d, retry_after=retry_after)
+
+    async def _stream_finished(self, d: DeploymentState, s: RoutedStream, exc: BaseException | None) -> None:
+        d.on_end()
+        usage = s.usage
+        if usage is not None:
+            d.add_tokens(time.time(), usage.total_tokens)
+        if isinstance(exc, ProviderError):
+            await self._failed(d, exc)
+        elif exc is not None:
+            log.warning("stream from deployment %s broke: %s", d.id, type(exc).__name__)

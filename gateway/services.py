@@ -1,0 +1,161 @@
+"""The ONE place that decides which implementation each request-path stage uses.
+
+``build_services(config)`` runs once in the app lifespan and returns ``Services``; the request
+path only ever talks to the protocols in ``gateway.pipeline`` through it. Teams plug in real
+stages by editing this builder only (look for the marked slots): the control plane (virtual
+keys, spend), limits and cache (Redis-backed limiter and response cache), the router.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from gateway.auth import Authenticator, ChainKeyResolver, MasterKeyResolver
+from gateway.config import CacheSettings, GatewayConfig
+from gateway.null_stages import NullLimiter
+from gateway.pipeline import KeyResolver, Limiter, Principal, ResponseCache, SpendSink
+from gateway.routing.deployment import deployments_from_entries
+from gateway.routing.router import Router
+
+if TYPE_CHECKING:
+    from gateway.cache import ResponseCacheService
+from providers.base import ProviderRegistry
+from providers.http import aclose_shared_client
+
+log = logging.getLogger("switchyard.services")
+
+# (principal, model, body) -> cache key, or None when this request must not be cached.
+CacheKeyFn = Callable[[Principal, str, dict[str, Any]], str | None]
+Closer = Callable[[], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Services:
+    """Everything the request path needs, built from the config."""
+
+    config: GatewayConfig
+    providers: ProviderRegistry
+    router: Router
+    auth: Authenticator
+    limiter: Limiter
+    spend: SpendSink
+    cache: ResponseCache | None = None
+    cache_key: CacheKeyFn | None = None
+    cache_ttl: float = 0.0
+    redis: Any = None
+    # Run in reverse order at shutdown.
+    closers: list[Closer] = field(default_factory=list)
+    # Free-form slots for components that need to share objects (e.g. the db pool for the admin API).
+    extras: dict[str, Any] = field(default_factory=dict)
+    # The response cache with the full request-path API (plan, lookup, store, stream replay).
+    response_cache: ResponseCacheService | None = None
+
+    async def aclose(self) -> None:
+        for closer in reversed(self.closers):
+            try:
+                await closer()
+            except Exception:
+                log.exception("error while shutting down %r", closer)
+        self.closers.clear()
+
+
+def request_cache_key(settings: CacheSettings) -> CacheKeyFn:
+    """The default cache key: tenant + model + the canonical request body.
+
+    Only deterministic requests are cached unless ``cache_nonzero_temperature`` is set.
+    Streaming requests are not cached.
+    """
+
+    def key(principal: Principal, model: str, body: dict[str, Any]) -> str | None:
+        if body.get("stream"):
+            return None
+        temperature = body.get("temperature", 1.0)
+        if not settings.cache_nonzero_temperature and temperature != 0:
+            return None
+        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.sha256(canonical).hexdigest()
+        return f"{principal.cache_scope}:{model}:{digest}"
+
+    return key
+
+
+async def build_services(config: GatewayConfig) -> Services:
+    """Build every stage from the config. Each ``# SLOT`` is where a team plugs in."""
+    closers: list[Closer] = [aclose_shared_client]
+    providers = ProviderRegistry.default()
+    closers.append(providers.aclose)
+
+    # SLOT (limits & cache): the shared Redis pool when general_settings.redis_url is set.
+    redis: Any = None
+    gs = config.general_settings
+    if gs.redis_url:
+        from gateway.redis_pool import close_pools, get_pool
+
+        redis = get_pool(
+            gs.redis_url,
+            failure_mode=gs.redis_failure_mode,
+            socket_timeout=gs.redis_timeout_s,
+            connect_timeout=gs.redis_timeout_s,
+        )
+        closers.append(close_pools)
+
+    # SLOT (router): the router over every deployment.
+    deployments = deployments_from_entries(config.model_list, config.router_settings.timeout or 600.0)
+    router = Router(deployments, config.router_settings, providers, redis)
+
+    # SLOT (control plane): append the virtual-key resolver when a database is configured.
+    # The database is always there (DATABASE_URL, else an embedded server under data_dir); virtual
+    # keys are only required once a master key is set (no master key = local mode).
+    from gateway.db.control_plane import ControlPlane
+
+    control_plane = await ControlPlane.open(config)
+    closers.append(control_plane.close)
+    resolvers: list[KeyResolver] = []
+    if config.general_settings.master_key:
+        resolvers.append(MasterKeyResolver(config.general_settings.master_key))
+        resolvers.append(control_plane.resolver)
+    auth = Authenticator(ChainKeyResolver(resolvers) if resolvers else None)
+
+    # SLOT (limits): a real limiter (key/team/model/global scopes from limit_settings).
+    from gateway.limits import build_limiter
+
+    limiter: Limiter = NullLimiter()
+    if config.limit_settings.enabled:
+        real_limiter = build_limiter(config.limit_settings, redis)
+        closers.append(real_limiter.close)
+        limiter = real_limiter
+
+    # SLOT (cache): the response cache (Redis when redis_url is set, else in-process; an LRU in front).
+    # The chat route drives it through ``response_cache`` (plan/lookup/store, streams included).
+    from gateway.cache import build_cache
+
+    response_cache = build_cache(config.cache_settings, redis) if config.cache_settings.enabled else None
+    if response_cache is not None:
+        closers.append(response_cache.close)
+    cache: ResponseCache | None = response_cache
+    cache_key = None
+
+    # SLOT (control plane): the batching Postgres spend writer (flushed by control_plane.close).
+    spend: SpendSink = control_plane.sink
+
+    return Services(
+        config=config,
+        providers=providers,
+        router=router,
+        auth=auth,
+        limiter=limiter,
+        spend=spend,
+        cache=cache,
+        cache_key=cache_key,
+        cache_ttl=config.cache_settings.ttl,
+        redis=redis,
+        closers=closers,
+        response_cache=response_cache,
+        extras={"control_plane": control_plane},
+    )

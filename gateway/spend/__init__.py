@@ -1,0 +1,1 @@
+"""Spend: the bundled price table, the batching Postgres ``SpendSink`` and budget resets."""

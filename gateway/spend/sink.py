@@ -1,0 +1,255 @@
+"""``SpendSink`` for Postgres: O(1) enqueue on the request path, batched exactly-once writes behind it.
+
+Each batch is one transaction:
+  1. insert the log rows (one multi-row ``INSERT ... SELECT FROM unnest``); ``ON CONFLICT DO NOTHING``
+     on the row id makes a retried batch idempotent (ids are assigned at enqueue time),
+  2. charge only the rows that were actually inserted: one ``spend = spend + x`` per key, team and user,
+     after locking those rows in sorted id order so instances flushing concurrently cannot deadlock,
+  3. upsert the daily aggregates (also in sorted order).
+A failed batch is rolled back and put back at the front of the queue; ``close`` flushes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+from collections import defaultdict, deque
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from gateway.pipeline import UsageEvent
+from gateway.spend.prices import PriceTable
+
+log = logging.getLogger(__name__)
+
+_CENT_FRACTION = Decimal("1e-12")  # the scale of NUMERIC(24, 12) columns
+
+_INSERT_LOGS = """
+INSERT INTO spend_logs (id, request_id, key_hash, team_id, user_id, model, deployment_id, provider_model,
+                        prompt_tokens, completion_tokens, total_tokens, spend, status, cache_hit, stream,
+                        error_code, start_time, end_time, metadata)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::text[], $9::int[], $10::int[], $11::int[], $12::numeric[], $13::text[], $14::bool[],
+                     $15::bool[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::jsonb[])
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+# (table, primary key column, resolver kind)
+_ENTITIES = (("virtual_keys", "token_hash", "key"), ("teams", "id", "team"), ("users", "id", "user"))
+
+_UPSERT_DAILY = """
+INSERT INTO daily_spend (day, key_hash, team_id, user_id, model, requests, failed_requests, prompt_tokens,
+                         completion_tokens, spend)
+SELECT * FROM unnest($1::date[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
+                     $8::bigint[], $9::bigint[], $10::numeric[])
+ON CONFLICT (day, key_hash, team_id, user_id, model) DO UPDATE SET
+    requests = daily_spend.requests + EXCLUDED.requests,
+    failed_requests = daily_spend.failed_requests + EXCLUDED.failed_requests,
+    prompt_tokens = daily_spend.prompt_tokens + EXCLUDED.prompt_tokens,
+    completion_tokens = daily_spend.completion_tokens + EXCLUDED.completion_tokens,
+    spend = daily_spend.spend + EXCLUDED.spend
+"""
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class PostgresSpendSink:
+    """Queues ``UsageEvent``s and writes them to Postgres in batches (see module docstring)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        prices: PriceTable | None = None,
+        *,
+        flush_interval: float = 1.0,
+        batch_size: int = 500,
+        max_queue: int = 1_000_000,
+        on_charged: Callable[[str, str, float], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._prices = prices or PriceTable()
+        self._interval = flush_interval
+        self._batch_size = batch_size
+        self._max_queue = max_queue
+        self._on_charged = on_charged
+        self._queue: deque[tuple[str, UsageEvent]] = deque()
+        # Row ids: a random per-process prefix plus a counter; unique across instances, cheap to make.
+        self._prefix = secrets.token_hex(6) + "-"
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self._closed = False
+        self.rows_written = 0
+        self.dropped = 0
+        self.failed_flushes = 0
+
+    # -- the request path -------------------------------------------------------------------------
+    def record(self, event: UsageEvent) -> None:
+        """Queue an event (O(1), never awaits)."""
+        queue = self._queue
+        queue.append((self._prefix + str(next(self._seq)), event))
+        if len(queue) >= self._batch_size:
+            self._wake.set()
+            if len(queue) > self._max_queue:  # the database has been away for a long time
+                queue.popleft()
+                self.dropped += 1
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    # -- background -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the periodic flusher (needs a running event loop)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="spend-flusher")
+
+    async def _run(self) -> None:
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception as exc:  # kept in the queue; retried next tick
+                log.warning("spend flush failed (%d events kept for retry): %s", self.pending, exc)
+                await asyncio.sleep(min(5.0, self._interval))
+
+    async def flush(self) -> int:
+        """Write everything queued now; returns the number of log rows inserted. Raises on failure."""
+        written = 0
+        async with self._flush_lock:
+            while self._queue:
+                n = min(self._batch_size, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(n)]
+                try:
+                    written += await self._write(batch)
+                except BaseException:
+                    self.failed_flushes += 1
+                    self._queue.extendleft(reversed(batch))  # back at the front, order kept
+                    raise
+        return written
+
+    async def close(self) -> None:
+        """Stop the flusher and flush everything queued (retrying a few times)."""
+        self._closed = True
+        if self._task is not None:
+            self._wake.set()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for attempt in range(5):
+            try:
+                await self.flush()
+                return
+            except Exception as exc:
+                log.warning("final spend flush attempt %d failed: %s", attempt + 1, exc)
+                await asyncio.sleep(0.2 * (attempt + 1))
+        if self._queue:
+            log.error("spend: %d events could not be written at shutdown", len(self._queue))
+
+    # -- the batch transaction --------------------------------------------------------------------
+    def _cost(self, event: UsageEvent) -> Decimal:
+        cost = event.cost
+        if not cost and event.status == "success" and not event.cache_hit:
+            cost = self._prices.cost(
+                deployment_id=event.deployment_id,
+                provider_model=event.provider_model,
+                model=event.model,
+                usage=event.usage,
+            )
+        return Decimal(cost).quantize(_CENT_FRACTION)
+
+    async def _write(self, batch: list[tuple[str, UsageEvent]]) -> int:
+        costs = [self._cost(e) for _, e in batch]
+        cols: list[list[Any]] = [[] for _ in range(19)]
+        for (row_id, e), cost in zip(batch, costs, strict=True):
+            p, u = e.principal, e.usage
+            values = (
+                row_id,
+                e.request_id,
+                p.key_hash,
+                p.team_id,
+                p.user_id,
+                e.model,
+                e.deployment_id,
+                e.provider_model,
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.total_tokens,
+                cost,
+                e.status,
+                e.cache_hit,
+                e.stream,
+                e.error_code,
+                _utc(e.started_at),
+                _utc(e.ended_at),
+                e.metadata,
+            )
+            for col, value in zip(cols, values, strict=True):
+                col.append(value)
+        charged: list[tuple[str, str, float]] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = {r["id"] for r in await conn.fetch(_INSERT_LOGS, *cols)}
+            amounts: dict[str, dict[str, Decimal]] = {kind: defaultdict(Decimal) for _, _, kind in _ENTITIES}
+            daily: dict[tuple[date, str, str, str, str], list[Any]] = {}
+            for (row_id, e), cost in zip(batch, costs, strict=True):
+                if row_id not in inserted:
+                    continue  # already written by an earlier attempt whose commit we did not see
+                p = e.principal
+                for kind, entity in (("key", p.key_hash), ("team", p.team_id), ("user", p.user_id)):
+                    if entity is not None:
+                        amounts[kind][entity] += cost
+                group = (
+                    _utc(e.started_at).date(),
+                    p.key_hash or "",
+                    p.team_id or "",
+                    p.user_id or "",
+                    e.model,
+                )
+                agg = daily.setdefault(group, [0, 0, 0, 0, Decimal(0)])
+                agg[0] += 1
+                agg[1] += e.status != "success"
+                agg[2] += e.usage.prompt_tokens
+                agg[3] += e.usage.completion_tokens
+                agg[4] += cost
+            for table, pk, kind in _ENTITIES:
+                ids = sorted(amounts[kind])
+                if not ids:
+                    continue
+                # Lock in sorted order first: concurrent batches then always queue in the same order.
+                await conn.execute(
+                    f"SELECT 1 FROM {table} WHERE {pk} = ANY($1::text[]) ORDER BY {pk} FOR UPDATE", ids
+                )
+                rows = await conn.fetch(
+                    f"UPDATE {table} AS t SET spend = t.spend + v.amount "
+                    f"FROM unnest($1::text[], $2::numeric[]) AS v(id, amount) WHERE t.{pk} = v.id "
+                    f"RETURNING t.{pk} AS id, t.spend",
+                    ids,
+                    [amounts[kind][i] for i in ids],
+                )
+                charged += [(kind, r["id"], float(r["spend"])) for r in rows]
+            if daily:
+                groups = sorted(daily)
+                dcols: list[list[Any]] = [[] for _ in range(10)]
+                for g in groups:
+                    for col, value in zip(dcols, (*g, *daily[g]), strict=True):
+                        col.append(value)
+                await conn.execute(_UPSERT_DAILY, *dcols)
+        self.rows_written += len(inserted)
+        if self._on_charged is not None:
+            for kind, entity, spend in charged:
+                self._on_charged(kind, entity, spend)
+        return len(inserted)

@@ -1,0 +1,85 @@
+"""Engine configuration: one dataclass the offline ``LLM``, the ``AsyncEngine`` and the server share."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from a dtype or its common spelling (``"bf16"``, ``"float32"`` ...)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower().removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"dtype: unsupported value {dtype!r} (one of {sorted(_DTYPES)})") from None
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """How to run the engine.
+
+    ``model`` is a HF safetensors directory, a ``.gguf`` file, or ``None`` for the bundled SmolLM2 GGUF.
+    The KV cache is sized from ``kv_cache_memory_bytes`` (CPU; default derived from
+    ``max_model_len * max_num_seqs``, capped at 1 GiB) or from free GPU memory times
+    ``gpu_memory_utilization`` (CUDA), and never grows past that.
+    """
+
+    model: str | Path | None = None
+    dtype: str | torch.dtype = "bfloat16"
+    device: str = "cpu"
+    block_size: int = 16
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None  # None: the model's max_position_embeddings (capped at 8192)
+    kv_cache_memory_bytes: int | None = None
+    gpu_memory_utilization: float = 0.85
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    enforce_eager: bool = False
+    num_threads: int | None = None  # CPU: torch intra-op threads; None = all cores
+    warmup: bool = True
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_dtype(self.dtype)
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len: must be at least 2, got {self.max_model_len!r}")
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
+            raise ValueError(f"kv_cache_memory_bytes: must be positive, got {self.kv_cache_memory_bytes!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization!r}"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return resolve_dtype(self.dtype)
+
+    def threads(self) -> int:
+        """Intra-op threads for CPU execution: all cores this process may run on, unless set."""
+        if self.num_threads:
+            return self.num_threads
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)

@@ -1,0 +1,266 @@
+"""The synchronous engine: requests in, one scheduled model step per ``step()``, outputs out.
+
+Output handling per sampled token: append, detokenize incrementally, then finish on EOS, a stop
+token id, ``max_tokens``/context length, or a stop string (found across token boundaries; text that
+could still be the start of a stop string is held back until it can't).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from local_engine.config import EngineConfig
+from local_engine.detokenizer import IncrementalDetokenizer
+from local_engine.engine.block_manager import BlockManager
+from local_engine.engine.model_runner import ModelRunner
+from local_engine.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
+from local_engine.engine.scheduler import Scheduler
+from local_engine.loader import LoadedModel, load_model
+from local_engine.sampling_params import SamplingParams
+from local_engine.sequence import Sequence
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    seqs: list[Sequence]
+    # n > 1: siblings wait until sequence 0 has computed the prompt, then reuse its cached blocks.
+    pending_siblings: list[Sequence] = field(default_factory=list)
+    arrival_time: float = field(default_factory=time.monotonic)
+    max_stop_len: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self.seqs)
+
+
+@dataclass(slots=True)
+class _Reported:
+    """Per sequence: how much text and how many tokens were already handed out."""
+
+    text_len: int = 0
+    num_tokens: int = 0
+
+
+class LLMEngine:
+    """Owns the scheduler, block manager and model runner; not thread-safe (one caller at a time)."""
+
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
+        self.config = config
+        if config.device == "cpu":
+            torch.set_num_threads(config.threads())
+        if loaded is None:
+            loaded = load_model(config.model, dtype=config.torch_dtype, device=config.device)
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.model_name = loaded.config.name
+        self.runner = ModelRunner(config, loaded)
+        self.max_model_len = self.runner.max_model_len
+        self.block_manager = BlockManager(
+            self.runner.num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.eos_token_ids = frozenset(loaded.config.eos_token_ids)
+        self.requests: dict[str, _Request] = {}
+        self._reported: dict[int, _Reported] = {}
+        self.num_steps = 0
+        if config.warmup:
+            self.warmup()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def add_request(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None
+    ) -> None:
+        """Queue a request. Raises ``ValueError`` for a prompt that can never run."""
+        params = params or SamplingParams()
+        if request_id in self.requests:
+            raise ValueError(f"request_id: {request_id!r} is already running")
+        prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not prompt_ids:
+            raise ValueError("prompt: must not be empty")
+        if len(prompt_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt: {len(prompt_ids)} tokens leave no room to generate within max_model_len "
+                f"{self.max_model_len}"
+            )
+        vocab = self.loaded.config.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise ValueError(f"prompt: token ids must be in [0, {vocab})")
+        if self.block_manager.blocks_needed(len(prompt_ids) + 1) > self.block_manager.num_blocks:
+            raise ValueError(f"prompt: {len(prompt_ids)} tokens do not fit in the KV cache")
+        seqs = [Sequence(request_id, i, prompt_ids, params) for i in range(params.n)]
+        for seq in seqs:
+            seq.detokenizer = IncrementalDetokenizer(
+                self.tokenizer, skip_special_tokens=params.skip_special_tokens, prompt_token_ids=prompt_ids
+            )
+            self._reported[seq.seq_id] = _Reported()
+        request = _Request(request_id, prompt_ids, params, seqs, pending_siblings=seqs[1:])
+        request.max_stop_len = max((len(s) for s in params.stop), default=0)
+        self.requests[request_id] = request
+        self.scheduler.add(seqs[0])
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its blocks; False if it is unknown (or already done)."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return False
+        for seq in request.seqs:
+            if seq.finish_reason is None:
+                seq.finish_reason = "abort"
+            self.scheduler.finish(seq)
+            self._reported.pop(seq.seq_id, None)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # -- the step ------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule and run one model step; returns an output for every request that progressed."""
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            return []
+        result = self.runner.execute(batch)
+        self.num_steps += 1
+        bm = self.block_manager
+        for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
+            seq.num_computed_tokens += n
+            bm.commit(seq)
+        touched: dict[str, _Request] = {}
+        sampled = result.sampled
+        for seq, token_id, logprob in zip(result.seqs, sampled.token_ids, sampled.logprobs, strict=True):
+            request = self.requests[seq.request_id]
+            self._append_token(request, seq, token_id, logprob)
+            if seq.finish_reason is not None:
+                self.scheduler.finish(seq)
+            if request.pending_siblings and seq.index == 0:
+                for sibling in reversed(request.pending_siblings):
+                    self.scheduler.add(sibling, front=True)
+                request.pending_siblings = []
+            touched[request.request_id] = request
+        outputs = [self._make_output(r) for r in touched.values()]
+        for request in touched.values():
+            if request.finished:
+                del self.requests[request.request_id]
+                for seq in request.seqs:
+                    self._reported.pop(seq.seq_id, None)
+        return outputs
+
+    def _append_token(
+        self,
+        request: _Request,
+        seq: Sequence,
+        token_id: int,
+        logprob: tuple[float, list[tuple[int, float]]] | None,
+    ) -> None:
+        p = request.params
+        seq.token_ids.append(token_id)
+        if logprob is not None and seq.logprobs is not None:
+            chosen, top = logprob
+            seq.logprobs.append(
+                TokenLogprob(
+                    token_id,
+                    self._token_text(token_id),
+                    chosen,
+                    [(t, self._token_text(t), v) for t, v in top],
+                )
+            )
+        detok = seq.detokenizer
+        assert isinstance(detok, IncrementalDetokenizer)
+        prev_len = len(seq.text)
+        seq.text += detok.push(token_id)
+        num_out = seq.num_output_tokens
+        if num_out >= p.min_tokens:
+            if token_id in self.eos_token_ids and not p.ignore_eos:
+                seq.finish_reason = "stop"
+            elif token_id in p.stop_token_ids:
+                seq.finish_reason, seq.stop_reason = "stop", token_id
+        if seq.finish_reason is None and (
+            (p.max_tokens is not None and num_out >= p.max_tokens) or seq.num_tokens >= self.max_model_len
+        ):
+            seq.finish_reason = "length"
+        if seq.finish_reason is not None:
+            seq.text += detok.flush()
+        if p.stop and num_out >= p.min_tokens and len(seq.text) > prev_len:
+            self._check_stop_strings(request, seq, prev_len)
+
+    def _check_stop_strings(self, request: _Request, seq: Sequence, prev_len: int) -> None:
+        p = request.params
+        start = max(0, prev_len - request.max_stop_len + 1)
+        best: tuple[int, str] | None = None
+        for stop in p.stop:
+            idx = seq.text.find(stop, start)
+            if idx >= 0 and (best is None or idx < best[0]):
+                best = (idx, stop)
+        if best is not None:
+            idx, stop = best
+            seq.text = seq.text[: idx + len(stop)] if p.include_stop_str_in_output else seq.text[:idx]
+            seq.finish_reason, seq.stop_reason = "stop", stop
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    @staticmethod
+    def _held_back(text: str, stops: list[str]) -> int:
+        """Length of the longest suffix of ``text`` that may still grow into a stop string."""
+        hold = 0
+        for stop in stops:
+            for k in range(min(len(stop) - 1, len(text)), hold, -1):
+                if text.endswith(stop[:k]):
+                    hold = k
+                    break
+        return hold
+
+    def _make_output(self, request: _Request) -> RequestOutput:
+        outputs: list[CompletionOutput] = []
+        stops = request.params.stop
+        for seq in request.seqs:
+            reported = self._reported.setdefault(seq.seq_id, _Reported())
+            visible = len(seq.text)
+            if stops and seq.finish_reason is None:
+                visible -= self._held_back(seq.text, stops)
+            visible = max(visible, reported.text_len)
+            delta = seq.text[reported.text_len : visible]
+            num_out = seq.num_output_tokens
+            outputs.append(
+                CompletionOutput(
+                    index=seq.index,
+                    text=seq.text[:visible],
+                    text_delta=delta,
+                    token_ids=seq.output_token_ids,
+                    finish_reason=seq.finish_reason,
+                    logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
+                    stop_reason=seq.stop_reason,
+                    num_new_tokens=num_out - reported.num_tokens,
+                )
+            )
+            reported.text_len, reported.num_tokens = visible, num_out
+        return RequestOutput(
+            request.request_id,
+            request.prompt_token_ids,
+            outputs,
+            finished=request.finished,
+            num_cached_tokens=request.seqs[0].num_cached_tokens,
+        )
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    def warmup(self) -> None:
+        """One short request through the whole path (allocations, kernels), then a clean cache."""
+        vocab = self.loaded.config.vocab_size
+        prompt = [(i * 7 + 3) % vocab for i in range(min(16, self.max_model_len - 2))]
+        self.add_request("__warmup__", prompt, SamplingParams(temperature=0.0, max_tokens=2))
+        while "__warmup__" in self.requests:
+            self.step()
+        self.block_manager.reset_prefix_cache()
+        self.num_steps = 0

@@ -1,0 +1,50 @@
+"""The attention layer: write this step's K/V into the paged cache, then attend through it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from local_engine.attention.metadata import AttentionMetadata
+from local_engine.attention.select import get_backend
+
+
+class Attention(nn.Module):
+    """Paged multi-head attention with grouped KV heads (GQA).
+
+    ``forward(q [T, Hq*D], k [T, Hkv*D], v [T, Hkv*D], kv_cache, meta) -> [T, Hq*D]``. An empty
+    ``kv_cache`` (numel 0, e.g. a memory-profiling pass before the cache exists) attends within the
+    step's own tokens, treating every sequence as a fresh prefill.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int) -> None:
+        super().__init__()
+        if num_heads % num_kv_heads:
+            raise ValueError(f"{num_heads} query heads do not group over {num_kv_heads} KV heads")
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scale = scale
+        self.num_kv_heads = num_kv_heads
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        num_tokens = q.shape[0]
+        q = q.reshape(num_tokens, self.num_heads, self.head_dim)
+        k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        k_cache, v_cache = kv_cache
+        backend = get_backend(q.device)
+        if k_cache.numel() == 0:
+            from local_engine.attention.torch_backend import attend_uncached
+
+            out = attend_uncached(q, k, v, meta, self.scale)
+        else:
+            backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+            out = backend.attend(q, k_cache, v_cache, meta, self.scale)
+        return out.reshape(num_tokens, self.num_heads * self.head_dim)

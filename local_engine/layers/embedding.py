@@ -1,0 +1,65 @@
+"""Token embedding and the LM head (vocabulary split along rows when tensor parallel)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Embedding table holding rows ``[tp_rank * V/tp, (tp_rank + 1) * V/tp)`` of the vocabulary."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, tp_rank: int = 0, tp_size: int = 1) -> None:
+        super().__init__()
+        if num_embeddings % tp_size:
+            raise ValueError(f"vocab size {num_embeddings} is not divisible by tp_size {tp_size}")
+        self.num_embeddings = num_embeddings
+        self.tp_rank = tp_rank
+        self.tp_size = tp_size
+        self.shard_size = num_embeddings // tp_size
+        self.vocab_start = tp_rank * self.shard_size
+        self.weight = nn.Parameter(torch.empty(self.shard_size, embedding_dim))
+        self.weight.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
+        """Copy this rank's rows of the full table ``loaded``."""
+        shard = loaded.narrow(0, self.vocab_start, self.shard_size)
+        if shard.shape != param.shape:
+            raise ValueError(f"embedding shape {tuple(loaded.shape)} does not fit {tuple(param.shape)}")
+        param.data.copy_(shard)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return F.embedding(input_ids, self.weight)
+        local = input_ids - self.vocab_start
+        in_range = (local >= 0) & (local < self.shard_size)
+        out = F.embedding(local.clamp(0, self.shard_size - 1), self.weight) * in_range.unsqueeze(-1)
+        torch.distributed.all_reduce(out)
+        return out
+
+
+class ParallelLMHead(VocabParallelEmbedding):
+    """The output projection to the vocabulary; logits come back in float32."""
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, bias: bool = False, tp_rank: int = 0, tp_size: int = 1
+    ) -> None:
+        super().__init__(num_embeddings, embedding_dim, tp_rank, tp_size)
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(self.shard_size))
+            self.bias.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+        else:
+            self.register_parameter("bias", None)
+
+    def tie(self, embedding: VocabParallelEmbedding) -> None:
+        """Share the embedding table (``tie_word_embeddings``)."""
+        self.weight = embedding.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        logits = F.linear(hidden, self.weight, self.bias).float()
+        if self.tp_size == 1:
+            return logits
+        parts = [torch.empty_like(logits) for _ in range(self.tp_size)]
+        torch.distributed.all_gather(parts, logits)
+        return torch.cat(parts, dim=-1)

@@ -1,0 +1,116 @@
+"""Rotary position embedding (neox style, as Hugging Face Llama), with the common rope scalings.
+
+Supported ``rope_scaling`` types: none/``default``, ``linear`` and ``llama3``. The cos/sin table is
+precomputed in float32 for every position up to ``max_position``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from local_engine.kernels.dispatch import use_triton
+
+
+class UnsupportedRopeScaling(ValueError):
+    """The model asks for a rope scaling this engine does not implement."""
+
+
+def _default_inv_freq(rotary_dim: int, base: float) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
+    """Llama 3.1's frequency-dependent scaling: long wavelengths divided by ``factor``, short kept."""
+    factor = float(scaling["factor"])
+    low_freq_factor = float(scaling.get("low_freq_factor", 1.0))
+    high_freq_factor = float(scaling.get("high_freq_factor", 4.0))
+    old_context_len = float(scaling["original_max_position_embeddings"])
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def rope_type(scaling: dict[str, Any] | None) -> str:
+    """The scaling's type name, accepting both ``rope_type`` and the older ``type`` key."""
+    if not scaling:
+        return "default"
+    return str(scaling.get("rope_type") or scaling.get("type") or "default")
+
+
+class RotaryEmbedding(nn.Module):
+    """Applies RoPE to ``[T, heads, head_dim]`` tensors given each token's position."""
+
+    def __init__(
+        self,
+        head_dim: int,
+        rotary_dim: int,
+        max_position: int,
+        base: float,
+        rope_scaling: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.rotary_dim = rotary_dim
+        kind = rope_type(rope_scaling)
+        inv_freq = _default_inv_freq(rotary_dim, base)
+        if kind == "linear":
+            inv_freq = inv_freq / float(rope_scaling["factor"])  # type: ignore[index]
+        elif kind == "llama3":
+            inv_freq = _llama3_inv_freq(inv_freq, rope_scaling)  # type: ignore[arg-type]
+        elif kind != "default":
+            raise UnsupportedRopeScaling(
+                f"rope scaling type {kind!r} is not supported (default, linear, llama3)"
+            )
+        t = torch.arange(max_position, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)
+        # [max_position, rotary_dim]: cos in the first half, sin in the second.
+        self.register_buffer("cos_sin_cache", torch.cat([freqs.cos(), freqs.sin()], dim=-1), persistent=False)
+        self._typed_cache: torch.Tensor | None = None
+
+    def _table(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        cached = self._typed_cache
+        if cached is None or cached.dtype != dtype or cached.device != device:
+            # HF casts cos/sin to the activation dtype before rotating; caching the cast saves an op.
+            cached = self.cos_sin_cache.to(device=device, dtype=dtype)
+            self._typed_cache = cached
+        return cached
+
+    def apply(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` ``[T, heads, head_dim]`` (any strides); returns a new tensor."""
+        if x.stride(-1) == 1 and use_triton(x):  # KERNELS: Triton on CUDA, from the float32 table
+            from local_engine.kernels.rotary import apply_rotary
+
+            return apply_rotary(positions, x, self.cos_sin_cache, self.rotary_dim)
+        cos_sin = self._table(x.dtype, x.device)[positions].unsqueeze(1)
+        cos, sin = cos_sin.chunk(2, dim=-1)
+        if self.rotary_dim == self.head_dim:
+            x1, x2 = x.chunk(2, dim=-1)
+            return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
+        x1, x2 = rot.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
+
+    def forward(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.apply(positions, query), self.apply(positions, key)
+
+
+def get_rope(
+    head_dim: int,
+    max_position: int,
+    base: float,
+    rope_scaling: dict[str, Any] | None = None,
+    rotary_dim: int | None = None,
+) -> RotaryEmbedding:
+    """A rotary embedding for these settings."""
+    return RotaryEmbedding(head_dim, rotary_dim or head_dim, max_position, base, rope_scaling)

@@ -1,0 +1,172 @@
+"""The architecture-level description of a model, read from a HF ``config.json`` or GGUF metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# GGUF ``general.architecture`` -> the HF architecture name our registry knows.
+GGUF_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+
+# HF ``model_type`` -> architecture, for configs that carry no ``architectures`` list.
+MODEL_TYPES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+
+
+class ModelConfigError(ValueError):
+    """A config that does not describe a model this engine can run."""
+
+
+def _as_ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    """Everything the model code needs to build itself (the public fields are the engine contract)."""
+
+    name: str
+    architecture: str
+    num_hidden_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    eos_token_ids: tuple[int, ...] = ()
+    bos_token_id: int | None = None
+    intermediate_size: int = 0
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    hidden_act: str = "silu"
+    torch_dtype: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_hf_dict(cls, cfg: dict[str, Any], name: str = "model") -> ModelConfig:
+        """From a Hugging Face ``config.json`` (transformers 4 or 5 spelling of the rope settings)."""
+        archs = cfg.get("architectures") or []
+        architecture = archs[0] if archs else MODEL_TYPES.get(str(cfg.get("model_type")), "")
+        if not architecture:
+            raise ModelConfigError(
+                "config.json names no architecture (neither 'architectures' nor 'model_type')"
+            )
+        model_type = str(cfg.get("model_type", ""))
+        try:
+            hidden = int(cfg["hidden_size"])
+            heads = int(cfg["num_attention_heads"])
+            layers = int(cfg["num_hidden_layers"])
+            vocab = int(cfg["vocab_size"])
+            intermediate = int(cfg["intermediate_size"])
+        except KeyError as exc:
+            raise ModelConfigError(f"config.json lacks {exc.args[0]!r}") from exc
+        # transformers 5 folds rope_theta and the scaling into ``rope_parameters``.
+        rope_params = dict(cfg.get("rope_parameters") or {})
+        rope_theta = float(rope_params.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
+        scaling = cfg.get("rope_scaling") or rope_params or None
+        if scaling and str(scaling.get("rope_type") or scaling.get("type") or "default") == "default":
+            scaling = None
+        is_qwen2 = architecture.startswith("Qwen2") or model_type == "qwen2"
+        is_qwen3 = architecture.startswith("Qwen3") or model_type == "qwen3"
+        attention_bias = bool(cfg.get("attention_bias", False))
+        return cls(
+            name=name,
+            architecture=architecture,
+            num_hidden_layers=layers,
+            hidden_size=hidden,
+            num_attention_heads=heads,
+            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            vocab_size=vocab,
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+            eos_token_ids=_as_ids(cfg.get("eos_token_id")),
+            bos_token_id=cfg.get("bos_token_id"),
+            intermediate_size=intermediate,
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=rope_theta,
+            rope_scaling=dict(scaling) if scaling else None,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            # Qwen2 always biases q/k/v (never o); Llama's attention_bias covers all four.
+            qkv_bias=True if is_qwen2 else attention_bias,
+            o_bias=False if is_qwen2 else attention_bias,
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            qk_norm=is_qwen3,
+            hidden_act=str(cfg.get("hidden_act", "silu")),
+            torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+        )
+
+    @classmethod
+    def from_gguf_metadata(
+        cls, meta: dict[str, Any], tensor_names: set[str], name: str = "model"
+    ) -> ModelConfig:
+        """From GGUF key/value metadata plus the file's tensor names (to detect tied embeddings, biases)."""
+        arch = str(meta.get("general.architecture", ""))
+        architecture = GGUF_ARCHITECTURES.get(arch)
+        if architecture is None:
+            raise ModelConfigError(
+                f"GGUF architecture {arch!r} is not supported (supported: {sorted(GGUF_ARCHITECTURES)})"
+            )
+
+        def get(key: str, default: Any = None) -> Any:
+            return meta.get(f"{arch}.{key}", default)
+
+        try:
+            hidden = int(get("embedding_length"))
+            heads = int(get("attention.head_count"))
+            layers = int(get("block_count"))
+            intermediate = int(get("feed_forward_length"))
+        except TypeError as exc:
+            raise ModelConfigError(f"GGUF metadata lacks the {arch}.* model dimensions") from exc
+        tokens = meta.get("tokenizer.ggml.tokens")
+        vocab = get("vocab_size") or (len(tokens) if tokens is not None else None)
+        if vocab is None:
+            raise ModelConfigError("GGUF metadata gives no vocabulary size")
+        head_dim = int(get("attention.key_length") or hidden // heads)
+        scaling: dict[str, Any] | None = None
+        scaling_type = get("rope.scaling.type")
+        if scaling_type and scaling_type != "none":
+            scaling = {"rope_type": str(scaling_type), "factor": float(get("rope.scaling.factor", 1.0))}
+            original = get("rope.scaling.original_context_length")
+            if original:
+                scaling["original_max_position_embeddings"] = int(original)
+        return cls(
+            name=name,
+            architecture=architecture,
+            num_hidden_layers=layers,
+            hidden_size=hidden,
+            num_attention_heads=heads,
+            num_key_value_heads=int(get("attention.head_count_kv") or heads),
+            head_dim=head_dim,
+            vocab_size=int(vocab),
+            max_position_embeddings=int(get("context_length", 2048)),
+            eos_token_ids=_as_ids(meta.get("tokenizer.ggml.eos_token_id")),
+            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+            intermediate_size=intermediate,
+            rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+            rope_theta=float(get("rope.freq_base", 10000.0)),
+            rope_scaling=scaling,
+            tie_word_embeddings="output.weight" not in tensor_names,
+            qkv_bias="blk.0.attn_q.bias" in tensor_names,
+            o_bias="blk.0.attn_output.bias" in tensor_names,
+            qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
+        )

@@ -1,0 +1,80 @@
+"""``switchyard engine serve --model PATH [...]``: run the standalone engine server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchyard engine", description="Switchyard's local inference engine"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = sub.add_parser("serve", help="serve one model over an OpenAI-compatible HTTP API")
+    serve.add_argument(
+        "--model", default=None, help="HF model directory or .gguf file (default: bundled SmolLM2)"
+    )
+    serve.add_argument("--served-model-name", default=None, help="name clients use (default: from the model)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--dtype", default="bfloat16", help="bfloat16, float16 or float32")
+    serve.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    serve.add_argument("--max-model-len", type=int, default=None)
+    serve.add_argument("--max-num-seqs", type=int, default=64)
+    serve.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    serve.add_argument("--block-size", type=int, default=16)
+    serve.add_argument("--kv-cache-memory-bytes", type=int, default=None)
+    serve.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    serve.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: all cores)")
+    serve.add_argument("--no-prefix-caching", action="store_true")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("SWITCHYARD_ENGINE_API_KEY"),
+        help="require this bearer key on /v1/*",
+    )
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point used by ``switchyard engine ...``."""
+    args = build_parser().parse_args(argv)
+    import uvicorn
+
+    from local_engine.config import EngineConfig
+    from local_engine.engine.async_engine import AsyncEngine
+    from local_engine.loader import ModelLoadError
+    from local_engine.server.app import create_app
+
+    try:
+        config = EngineConfig(
+            model=args.model,
+            dtype=args.dtype,
+            device=args.device,
+            block_size=args.block_size,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_model_len=args.max_model_len,
+            kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            enable_prefix_caching=not args.no_prefix_caching,
+            seed=args.seed,
+            num_threads=args.num_threads,
+        )
+    except ValueError as exc:
+        print(f"switchyard engine: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(AsyncEngine(config), args.served_model_name, args.api_key)
+    try:
+        uvicorn.run(
+            app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5
+        )
+    except ModelLoadError as exc:
+        print(f"switchyard engine: cannot load the model: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,349 @@
+"""A lean HTTP/1.1 keep-alive transport for httpx, for the gateway's upstream calls.
+
+Why not httpcore (httpx's default)? Profiles of the gateway under load showed most of its CPU in
+httpcore's connection pool: on every request it scans every pooled connection and polls each
+socket (a syscall per idle connection per request), on top of anyio and h11 layers. This
+transport keeps httpx's API (the adapters still use one ``httpx.AsyncClient``) and replaces the
+network layer with asyncio protocols, the ``httptools`` C parser (already used by uvicorn) and
+a LIFO idle-connection list per origin: acquiring a connection is a list pop.
+
+Scope: HTTP/1.1 over TCP or TLS, one request per connection at a time (no pipelining), request
+bodies buffered (the gateway sends small JSON bodies). Proxies are not supported here;
+``providers.http`` falls back to httpcore when proxy environment variables are set.
+Timeouts follow httpx's ``Timeout``: ``connect`` for new connections, ``read`` for the headers
+and for each wait on the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httptools
+import httpx
+
+_HIGH_WATER = 1 << 20  # pause reading from the upstream above this much unread body
+_LOW_WATER = 1 << 18
+_IDLE_EXPIRY_S = 60.0
+_MAX_IDLE_PER_ORIGIN = 1024
+
+Origin = tuple[bytes, str, int]
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection and the state of the response being read on it."""
+
+    __slots__ = (
+        "body",
+        "buffered",
+        "closed",
+        "complete",
+        "error",
+        "headers",
+        "headers_done",
+        "idle_since",
+        "keep_alive",
+        "loop",
+        "parser",
+        "paused",
+        "received",
+        "status",
+        "transport",
+        "waiter",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.waiter: asyncio.Future[None] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = True
+        self.body: deque[bytes] = deque()
+        self.buffered = 0
+        self.paused = False
+        self.error: Exception | None = None
+        self.received = False
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"invalid HTTP response from upstream: {exc}"))
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.headers_done and not self.complete and not self._has_length():
+            # A body delimited by the connection closing.
+            self.complete = True
+            self.keep_alive = False
+            self._wake()
+        elif not self.complete:
+            message = "upstream closed the connection" + ("" if self.received else " without a response")
+            self._fail(httpx.RemoteProtocolError(message) if exc is None else httpx.ReadError(str(exc)))
+
+    # -- httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        self.headers_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(bytes(body))
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
+        self._wake()
+
+    # -- helpers
+
+    def _has_length(self) -> bool:
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == b"content-length" or (lower == b"transfer-encoding" and b"chunked" in value.lower()):
+                return True
+        return False
+
+    def _fail(self, exc: Exception) -> None:
+        if self.error is None:
+            self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, read_timeout: float | None) -> None:
+        """Wait for the next parser event (headers, body, completion, error)."""
+        waiter = self.loop.create_future()
+        self.waiter = waiter
+        timer = None
+        if read_timeout is not None:
+            # A timer handle, not asyncio.timeout(): no extra task or context per wait.
+            timer = self.loop.call_later(read_timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def take_body(self) -> bytes:
+        chunk = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.body.clear()
+        self.buffered = 0
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(httpx.ReadTimeout("upstream read timed out"))
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """The body of one response; returns the connection to the pool once fully read."""
+
+    def __init__(self, pool: HTTP11Transport, origin: Origin, conn: _Connection, read_timeout: float | None):
+        self._pool = pool
+        self._origin = origin
+        self._conn = conn
+        self._timeout = read_timeout
+        self._released = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        while True:
+            if conn.body:
+                yield conn.take_body()
+                continue
+            if conn.complete:
+                return
+            if conn.error is not None:
+                raise conn.error
+            await conn.wait(self._timeout)
+
+    async def aclose(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        conn = self._conn
+        if conn.complete and conn.keep_alive and not conn.closed and not conn.body:
+            self._pool._release(self._origin, conn)
+        else:
+            # Not read to the end (e.g. the client went away mid-stream): dropping the
+            # connection is what tells the upstream to stop.
+            conn.close()
+
+
+class HTTP11Transport(httpx.AsyncBaseTransport):
+    """An ``httpx`` transport: pooled HTTP/1.1 keep-alive connections, httptools parsing."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._ssl = ssl_context
+        self._closed = False
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()
+            self._ssl.set_alpn_protocols(["http/1.1"])
+        return self._ssl
+
+    def _acquire(self, origin: Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            if now - conn.idle_since > _IDLE_EXPIRY_S:
+                conn.close()
+                continue
+            return conn
+        return None
+
+    def _release(self, origin: Origin, conn: _Connection) -> None:
+        if self._closed:
+            conn.close()
+            return
+        idle = self._idle.setdefault(origin, [])
+        if len(idle) >= _MAX_IDLE_PER_ORIGIN:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    async def _connect(self, origin: Origin, connect_timeout: float | None) -> _Connection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        ctx = self._ssl_context() if scheme == b"https" else None
+        try:
+            coro = loop.create_connection(
+                lambda: _Connection(loop), host, port, ssl=ctx, server_hostname=host if ctx else None
+            )
+            _, conn = await asyncio.wait_for(coro, connect_timeout)
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
+        except OSError as exc:
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+        return conn
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in (b"http", b"https"):
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
+        port = url.port or (443 if scheme == b"https" else 80)
+        origin: Origin = (scheme, url.host, port)
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        try:
+            body = request.content
+        except httpx.RequestNotRead:
+            body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
+        payload = _serialize(request, body)
+
+        reused_conn = self._acquire(origin)
+        conn = reused_conn or await self._connect(origin, timeouts.get("connect"))
+        try:
+            return await self._exchange(origin, conn, payload, request, timeouts.get("read"))
+        except httpx.RemoteProtocolError:
+            if reused_conn is None or conn.received:
+                raise
+            # The idle connection was closed by the upstream as we reused it (keep-alive race),
+            # before any byte of a response: the request was not processed; retry once, fresh.
+            conn = await self._connect(origin, timeouts.get("connect"))
+            return await self._exchange(origin, conn, payload, request, timeouts.get("read"))
+
+    async def _exchange(
+        self,
+        origin: Origin,
+        conn: _Connection,
+        payload: bytes,
+        request: httpx.Request,
+        read_timeout: float | None,
+    ) -> httpx.Response:
+        conn._reset()
+        try:
+            assert conn.transport is not None
+            conn.transport.write(payload)
+            while not conn.headers_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(read_timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return httpx.Response(
+            conn.status,
+            headers=conn.headers,
+            stream=_ResponseStream(self, origin, conn, read_timeout),
+            extensions={"http_version": b"HTTP/1.1"},
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+
+def _serialize(request: httpx.Request, body: bytes) -> bytes:
+    target = request.url.raw_path
+    lines = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+    has_length = False
+    for name, value in request.headers.raw:
+        lower = name.lower()
+        if lower == b"transfer-encoding":
+            continue  # the body is buffered and sent with a Content-Length
+        if lower == b"content-length":
+            has_length = True
+        lines += [name, b": ", value, b"\r\n"]
+    if not has_length and (body or request.method in ("POST", "PUT", "PATCH")):
+        lines += [b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
+    lines.append(b"\r\n")
+    lines.append(body)
+    return b"".join(lines)

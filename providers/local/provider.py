@@ -1,0 +1,149 @@
+"""Runs ``local/<name>`` deployments on an in-process ``AsyncEngine``.
+
+``local/smollm2`` (or ``local/default``) serves the bundled SmolLM2 GGUF; any other name needs a
+``model_path`` param (a HF directory or a ``.gguf`` file), or is itself taken as that path.
+Optional deployment params: ``dtype``, ``device``, ``max_model_len``, ``max_num_seqs``,
+``max_num_batched_tokens``, ``block_size``, ``kv_cache_memory_bytes``, ``num_threads``.
+
+The OpenAI translation is the engine server's own (``local_engine.server.serving``), so a request
+gets the same answer through the gateway as from ``switchyard engine serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+
+from gateway.pipeline import Usage
+from local_engine.config import EngineConfig
+from local_engine.engine.async_engine import AsyncEngine, EngineDeadError
+from local_engine.loader import ModelLoadError
+from local_engine.server.protocol import OpenAIError
+from local_engine.server.serving import OpenAIServing
+from providers.base import ContextWindowExceededError, ProviderCall, ProviderError, ProviderResponse
+
+DEFAULT_NAMES = {"smollm2", "default"}
+_ENGINE_PARAMS = {
+    "dtype": str,
+    "device": str,
+    "max_model_len": int,
+    "max_num_seqs": int,
+    "max_num_batched_tokens": int,
+    "block_size": int,
+    "kv_cache_memory_bytes": int,
+    "num_threads": int,
+}
+
+
+def _provider_error(exc: OpenAIError) -> ProviderError:
+    klass = ContextWindowExceededError if exc.code == "context_length_exceeded" else ProviderError
+    return klass(exc.status, exc.message, exc.type, exc.code, exc.param)
+
+
+def engine_config(upstream_model: str, params: Mapping[str, Any]) -> EngineConfig:
+    """The engine settings for a deployment (``ProviderError`` 400 for a bad param)."""
+    model = params.get("model_path")
+    if model is None and upstream_model not in DEFAULT_NAMES:
+        model = upstream_model
+    values: dict[str, Any] = {"model": model}
+    for name, kind in _ENGINE_PARAMS.items():
+        if params.get(name) is not None:
+            values[name] = kind(params[name])
+    try:
+        return EngineConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise ProviderError(
+            400, f"local model {upstream_model!r}: {exc}", code="bad_deployment_config"
+        ) from None
+
+
+class LocalProvider:
+    """``ChatProvider`` for ``local/`` deployments: one engine per distinct model configuration."""
+
+    def __init__(self) -> None:
+        self._servings: dict[tuple[Any, ...], OpenAIServing] = {}
+        self._lock = asyncio.Lock()
+
+    async def _serving(self, call: ProviderCall) -> OpenAIServing:
+        config = engine_config(call.upstream_model, call.params)
+        key = (call.upstream_model, str(config.model), str(config.dtype), config.device, config.max_model_len)
+        serving = self._servings.get(key)
+        if serving is not None:
+            return serving
+        async with self._lock:
+            serving = self._servings.get(key)
+            if serving is None:
+                engine = AsyncEngine(config)
+                try:
+                    await engine.start()
+                except ModelLoadError as exc:
+                    await engine.shutdown()
+                    raise ProviderError(
+                        503,
+                        f"local model {call.upstream_model!r} cannot be loaded: {exc}",
+                        code="model_load_failed",
+                    ) from None
+                serving = OpenAIServing(engine, call.upstream_model)
+                self._servings[key] = serving
+        return serving
+
+    @staticmethod
+    def _body(call: ProviderCall) -> dict[str, Any]:
+        body = dict(call.body)  # never mutate the caller's body (the router may retry with it)
+        body["model"] = call.upstream_model
+        return body
+
+    async def chat(self, call: ProviderCall) -> ProviderResponse:
+        serving = await self._serving(call)
+        body = self._body(call)
+        body["stream"] = False
+        try:
+            _, prepared = serving.prepare_chat(body)
+            outputs = await serving.run_all(prepared)
+        except OpenAIError as exc:
+            raise _provider_error(exc) from None
+        except EngineDeadError as exc:
+            raise ProviderError(503, str(exc), code="engine_dead") from None
+        response = serving.chat_response(prepared, outputs)
+        usage = response["usage"]
+        return ProviderResponse(
+            status=200,
+            body=orjson.dumps(response),
+            usage=Usage(prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"]),
+            headers={"content-type": "application/json"},
+        )
+
+    async def chat_stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
+        serving = await self._serving(call)
+        body = self._body(call)
+        body["stream"] = True
+        try:
+            _, prepared = serving.prepare_chat(body)
+        except OpenAIError as exc:
+            raise _provider_error(exc) from None
+        stream = serving.stream_outputs(prepared)
+        # Usage always goes last; the gateway drops it when the client did not ask for it.
+        chunks = serving.chat_chunks(prepared, stream, force_usage=True)
+        try:
+            async for chunk in chunks:
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        except OpenAIError as exc:
+            raise _provider_error(exc) from None
+        except EngineDeadError as exc:
+            raise ProviderError(503, str(exc), code="engine_dead") from None
+        finally:
+            # Closing the stream (client gone) aborts the engine request and frees its blocks.
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        """Shut every engine down (gateway shutdown)."""
+        servings, self._servings = list(self._servings.values()), {}
+        for serving in servings:
+            await serving.engine.shutdown()

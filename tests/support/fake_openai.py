@@ -1,0 +1,295 @@
+"""A fake OpenAI upstream: a real HTTP server on loopback that speaks the chat-completions wire format.
+
+Wire format followed (OpenAI API reference):
+- https://platform.openai.com/docs/api-reference/chat/create  (request and ``chat.completion`` object)
+- https://platform.openai.com/docs/api-reference/chat/streaming (``chat.completion.chunk`` objects sent
+  as server-sent events ``data: {...}\\n\\n``, ending with ``data: [DONE]\\n\\n``; with
+  ``stream_options.include_usage`` every chunk carries ``"usage": null`` and one last chunk with
+  ``"choices": []`` carries the usage)
+- https://platform.openai.com/docs/guides/error-codes (errors: ``{"error": {"message", "type",
+  "param", "code"}}``)
+
+Usage (any team)::
+
+    with FakeOpenAI() as fake:                    # uvicorn in a background thread, port 0
+        fake.base_url                             # "http://127.0.0.1:PORT/v1"
+        fake.set_behavior(Behavior(chunks=20))     # default behaviour, or per model: model="gpt-x"
+        fake.enqueue(Behavior(status=429))         # one-shot behaviours, used first, in order
+        fake.requests                              # every request received (RecordedRequest)
+        fake.cancelled                             # streams the client abandoned mid-way
+        fake.wait_for_cancel(5.0)                  # block until a stream was abandoned
+
+The reply text is deterministic: ``Behavior.content`` (or "chunk0 chunk1 ..."), split into
+``chunks`` stream deltas; usage reports ``prompt_tokens`` and ``completion_tokens = chunks``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Behavior:
+    """How the fake answers one request."""
+
+    status: int = 200
+    error_message: str = "fake upstream error"
+    error_type: str = "server_error"
+    error_code: str | None = None
+    raw_body: bytes | None = None  # reply with exactly these bytes (and ``status``)
+    delay_s: float = 0.0  # before the response starts
+    chunks: int = 3  # content deltas in a stream
+    chunk_delay_s: float = 0.0  # between stream events
+    content: str | None = None
+    prompt_tokens: int = 7
+    headers: dict[str, str] = field(default_factory=dict)
+    fail_after_chunks: int | None = None  # drop the connection after this many content deltas
+
+    def pieces(self) -> list[str]:
+        if self.content is None:
+            return [f"chunk{i} " for i in range(self.chunks)]
+        n = max(1, self.chunks)
+        size = max(1, -(-len(self.content) // n))
+        return [self.content[i : i + size] for i in range(0, len(self.content), size)] or [""]
+
+    def text(self) -> str:
+        return "".join(self.pieces())
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    received_at: float
+
+
+class _Dropped(Exception):
+    pass
+
+
+class FakeOpenAI:
+    """The fake server; a context manager that runs it in a background thread."""
+
+    def __init__(self, default: Behavior | None = None) -> None:
+        self.default = default or Behavior()
+        self.by_model: dict[str, Behavior] = {}
+        self.queue: deque[Behavior] = deque()
+        self.requests: list[RecordedRequest] = []
+        self.cancelled = 0
+        self.completed_streams = 0
+        self._cancel_event = threading.Event()
+        self._lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    # ------------------------------------------------------------------ control
+
+    @property
+    def base_url(self) -> str:
+        """The API base to configure (``api_base``), including ``/v1``."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def set_behavior(self, behavior: Behavior, model: str | None = None) -> None:
+        with self._lock:
+            if model is None:
+                self.default = behavior
+            else:
+                self.by_model[model] = behavior
+
+    def enqueue(self, *behaviors: Behavior) -> None:
+        with self._lock:
+            self.queue.extend(behaviors)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.default = Behavior()
+            self.by_model.clear()
+            self.queue.clear()
+            self.requests.clear()
+            self.cancelled = 0
+            self.completed_streams = 0
+            self._cancel_event.clear()
+
+    def wait_for_cancel(self, timeout: float) -> bool:
+        return self._cancel_event.wait(timeout)
+
+    def _behavior_for(self, model: str) -> Behavior:
+        with self._lock:
+            if self.queue:
+                return self.queue.popleft()
+            return self.by_model.get(model, self.default)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> FakeOpenAI:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app(), log_level="warning", access_log=False, lifespan="off", loop="asyncio", http="h11"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._server.serve(sockets=[sock])), daemon=True, name="fake-openai"
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake OpenAI server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+
+    async def _models(self, request: Request) -> Response:
+        return _json(
+            {"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "fake"}]}
+        )
+
+    async def _chat(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _json(_error("invalid JSON body", "invalid_request_error", None), 400)
+        with self._lock:
+            self.requests.append(RecordedRequest(request.url.path, dict(request.headers), body, time.time()))
+        model = str(body.get("model", ""))
+        behavior = self._behavior_for(model)
+        if behavior.delay_s:
+            await asyncio.sleep(behavior.delay_s)
+        if behavior.raw_body is not None:
+            return Response(behavior.raw_body, behavior.status, headers=behavior.headers)
+        if behavior.status >= 400:
+            err = _error(behavior.error_message, behavior.error_type, behavior.error_code)
+            return _json(err, behavior.status, behavior.headers)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(
+                self._stream(model, behavior, include_usage),
+                media_type="text/event-stream",
+                headers=behavior.headers,
+            )
+        text = behavior.text()
+        completion = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": _usage(behavior),
+        }
+        return _json(completion, 200, behavior.headers)
+
+    async def _stream(self, model: str, behavior: Behavior, include_usage: bool) -> AsyncIterator[bytes]:
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+            obj: dict[str, Any] = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+            if include_usage:
+                obj["usage"] = None
+            return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+        completed = False
+        try:
+            yield chunk({"role": "assistant", "content": ""}, None)
+            for i, piece in enumerate(behavior.pieces()):
+                if behavior.fail_after_chunks is not None and i >= behavior.fail_after_chunks:
+                    raise _Dropped()
+                if behavior.chunk_delay_s:
+                    await asyncio.sleep(behavior.chunk_delay_s)
+                yield chunk({"content": piece}, None)
+            yield chunk({}, "stop")
+            if include_usage:
+                usage_chunk = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "system_fingerprint": "fp_fake",
+                    "choices": [],
+                    "usage": _usage(behavior),
+                }
+                yield b"data: " + orjson.dumps(usage_chunk) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            completed = True
+        finally:
+            with self._lock:
+                if completed:
+                    self.completed_streams += 1
+                elif behavior.fail_after_chunks is None:
+                    self.cancelled += 1
+                    self._cancel_event.set()
+
+
+def _usage(behavior: Behavior) -> dict[str, int]:
+    completion = len(behavior.pieces())
+    return {
+        "prompt_tokens": behavior.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": behavior.prompt_tokens + completion,
+    }
+
+
+def _error(message: str, type_: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(obj), status, headers=headers, media_type="application/json")
