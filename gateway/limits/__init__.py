@@ -19,7 +19,7 @@ def build_limiter(settings: LimitSettings, pool: RedisPool | None) -> WindowLimi
     """The limiter for this process: shared through ``pool`` when there is one."""
     if pool is None:
         return MemoryLimiter(settings)
-    return RedisLimiter(settings, pool=pool)
+    return RedisLimiter(settings, pool=pool, cluster=settings.redis_cluster)
 
 
 __all__ = [

@@ -41,3 +41,6 @@ class LimitSettings(BaseModel):
     lease_ttl_seconds: float = Field(default=120.0, gt=0)
     # Redis keys start with this (lets several gateways or test runs share one Redis).
     key_prefix: str = "sy"
+    # Behind Redis Cluster (or a cluster proxy): one script call per scope, since a script may
+    # only touch one slot (see gateway.limits.redis_limiter). Off: one call for all scopes.
+    redis_cluster: bool = False

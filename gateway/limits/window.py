@@ -8,6 +8,7 @@ semantics are documented in ``admit.lua``; ``MemoryLimiter`` mirrors them in Pyt
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 from abc import ABC, abstractmethod
@@ -22,6 +23,10 @@ from gateway.pipeline import LimitScope, Principal, Usage
 log = logging.getLogger("switchyard.limits")
 
 ADMITTED, OVER_RPM, OVER_TPM, OVER_PARALLEL, TOO_LARGE = 0, 1, 2, 3, 4
+
+# Lease ids: unique across processes (random prefix) without a getrandom() syscall per request.
+_LEASE_PREFIX = uuid.uuid4().hex[:12]
+_lease_counter = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +120,7 @@ class WindowLimiter(ABC):
         return await self.admit_scopes(scopes, max(0, int(estimated_tokens)))
 
     async def admit_scopes(self, scopes: list[LimitScope], estimated_tokens: int) -> WindowAdmission:
-        lease = uuid.uuid4().hex
+        lease = f"{_LEASE_PREFIX}{next(_lease_counter):x}"
         results = await self._reserve(scopes, estimated_tokens, lease)
         refused = next((i for i, r in enumerate(results) if r.reason != ADMITTED), None)
         if refused is not None:

@@ -14,6 +14,7 @@ The ``finally`` block runs on every exit path: success, error, and the client di
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -45,6 +46,16 @@ _SSE_HEADERS = [
 _DONE = b"data: [DONE]\n\n"
 
 
+# Request ids: a random per-process prefix and a counter. Unique without a getrandom() syscall
+# per request (uuid4 costs one); ids need not be unpredictable.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
 class ClientGone(Exception):
     """The client disconnected before the request body was read."""
 
@@ -70,7 +81,9 @@ class ChatCompletions:
         started = time.monotonic()
         services: Services = scope["app"].state.services
         headers = _headers(scope)
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128]
+        if not request_id or not (request_id.isascii() and request_id.isprintable()):
+            request_id = _new_request_id()  # none given, or one we could not echo in a header
         outcome = _Outcome()
         metrics.IN_FLIGHT.inc()
         try:

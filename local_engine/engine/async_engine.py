@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from local_engine.config import EngineConfig
 from local_engine.engine.llm_engine import LLMEngine
-from local_engine.engine.outputs import RequestOutput
+from local_engine.engine.outputs import CompletionOutput, RequestOutput
 from local_engine.loader import LoadedModel
 from local_engine.sampling_params import SamplingParams
 
@@ -139,11 +139,9 @@ class AsyncEngine:
             )
 
     async def abort(self, request_id: str) -> None:
-        """Abort a request; its blocks are freed before the next step starts."""
+        """Abort a request; its blocks are freed before the next step starts, and its stream ends
+        with a final output whose unfinished completions have ``finish_reason`` "abort"."""
         self._pending_aborts.add(request_id)
-        queue = self._queues.pop(request_id, None)
-        if queue is not None:
-            queue.put_nowait(asyncio.CancelledError())
         self._kick()
         await self.wait_applied()
 
@@ -165,6 +163,8 @@ class AsyncEngine:
         adds, self._pending_adds = self._pending_adds, []
         for request_id, prompt, params in adds:
             if request_id in aborts:
+                aborts.discard(request_id)
+                self._deliver(self._never_started(request_id, prompt, params))
                 continue
             try:
                 engine.add_request(request_id, prompt, params)
@@ -173,7 +173,19 @@ class AsyncEngine:
                 if queue is not None:
                     queue.put_nowait(exc)
         for request_id in aborts:
-            engine.abort(request_id)
+            output = engine.abort(request_id)
+            if output is not None:
+                self._deliver(output)
+
+    def _deliver(self, output: RequestOutput) -> None:
+        queue = self._queues.get(output.request_id)
+        if queue is not None:
+            queue.put_nowait(output)
+
+    @staticmethod
+    def _never_started(request_id: str, prompt: list[int], params: SamplingParams) -> RequestOutput:
+        outputs = [CompletionOutput(i, "", "", [], finish_reason="abort") for i in range(params.n)]
+        return RequestOutput(request_id, prompt, outputs, finished=True)
 
     async def _run(self) -> None:
         engine = self._engine()
@@ -191,9 +203,7 @@ class AsyncEngine:
                     continue
                 outputs = await loop.run_in_executor(self._executor, engine.step)
                 for output in outputs:
-                    queue = self._queues.get(output.request_id)
-                    if queue is not None:
-                        queue.put_nowait(output)
+                    self._deliver(output)
                 # Let consumers run (and enqueue aborts) between steps.
                 await asyncio.sleep(0)
         except asyncio.CancelledError:

@@ -108,17 +108,20 @@ class LLMEngine:
         self.requests[request_id] = request
         self.scheduler.add(seqs[0])
 
-    def abort(self, request_id: str) -> bool:
-        """Stop a request now and free its blocks; False if it is unknown (or already done)."""
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its blocks. Returns its final output (``finish_reason``
+        "abort" on every unfinished completion), or None if it is unknown or already done."""
         request = self.requests.pop(request_id, None)
         if request is None:
-            return False
+            return None
         for seq in request.seqs:
             if seq.finish_reason is None:
                 seq.finish_reason = "abort"
             self.scheduler.finish(seq)
+        output = self._make_output(request)
+        for seq in request.seqs:
             self._reported.pop(seq.seq_id, None)
-        return True
+        return output
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -129,6 +132,9 @@ class LLMEngine:
         """Schedule and run one model step; returns an output for every request that progressed."""
         batch = self.scheduler.schedule()
         if batch.is_empty:
+            if self.scheduler.waiting and not self.scheduler.running:
+                # Cannot happen while add_request's size check holds; never spin silently.
+                raise RuntimeError("the waiting request cannot be scheduled into an empty KV cache")
             return []
         result = self.runner.execute(batch)
         self.num_steps += 1
@@ -186,7 +192,10 @@ class LLMEngine:
             elif token_id in p.stop_token_ids:
                 seq.finish_reason, seq.stop_reason = "stop", token_id
         if seq.finish_reason is None and (
-            (p.max_tokens is not None and num_out >= p.max_tokens) or seq.num_tokens >= self.max_model_len
+            (p.max_tokens is not None and num_out >= p.max_tokens)
+            or seq.num_tokens >= self.max_model_len
+            # The next step would need more KV blocks than the whole cache holds.
+            or self.block_manager.blocks_needed(seq.num_tokens) > self.block_manager.num_blocks
         ):
             seq.finish_reason = "length"
         if seq.finish_reason is not None:

@@ -11,6 +11,7 @@ import torch
 
 from local_engine.attention.metadata import AttentionMetadata
 from local_engine.config import EngineConfig
+from local_engine.engine.cuda_graph import DecodeGraphRunner
 from local_engine.engine.scheduler import SchedulerOutput
 from local_engine.layers.sampler import Sampler, SamplerOutput
 from local_engine.loader import LoadedModel
@@ -54,6 +55,10 @@ class ModelRunner:
         self.sampler = Sampler(config.seed)
         self.num_blocks = self._num_blocks()
         self.kv_caches = self._allocate_kv_cache(self.num_blocks)
+        # KERNELS (issue 7): pure-decode steps replay CUDA graphs, on CUDA unless enforce_eager.
+        self.decode_graphs: DecodeGraphRunner | None = None
+        if self.device.type == "cuda" and not config.enforce_eager:
+            self.decode_graphs = self._capture_decode_graphs()
 
     # -- KV cache --------------------------------------------------------------------------
 
@@ -206,7 +211,34 @@ class ModelRunner:
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         """The model call (hidden states ``[T, H]``). CUDA graph replay for pure-decode batches plugs in
         here: ``inputs.meta.is_pure_decode`` batches have one token per sequence."""
+        # KERNELS (issue 7): replay the captured graph of the smallest bucket that fits the batch.
+        graphs, meta = self.decode_graphs, inputs.meta
+        if graphs is not None and meta.is_pure_decode and graphs.bucket_for(meta.num_seqs) is not None:
+            return graphs.run(
+                inputs.input_ids, inputs.positions, meta.slot_mapping, meta.seq_lens, meta.block_tables
+            )
         return self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+
+    def _capture_decode_graphs(self) -> DecodeGraphRunner | None:
+        """KERNELS (issue 7): capture decode graphs over the allocated KV cache; eager on failure."""
+        runner = DecodeGraphRunner(
+            model=self.model,
+            kv_caches=self.kv_caches,
+            hidden_size=self.model_config.hidden_size,
+            dtype=self.dtype,
+            device=self.device,
+            block_size=self.block_size,
+            max_blocks_per_seq=self.max_blocks_per_seq,
+            max_seq_len_bound=self.max_model_len,
+            max_num_seqs=self.config.max_num_seqs,
+        )
+        try:
+            runner.capture()
+        except Exception:  # e.g. an op that synchronises inside the captured region
+            logger.exception("CUDA graph capture failed; decode steps run eagerly")
+            return None
+        logger.info("CUDA graphs captured for decode batch sizes %s", runner.buckets)
+        return runner
 
     @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> StepResult:

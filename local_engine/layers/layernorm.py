@@ -30,7 +30,7 @@ class RMSNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if use_triton(x):  # KERNELS: fused add + norm in one Triton kernel on CUDA (same numerics)
+        if use_triton(x):  # KERNELS: fused add + norm in one Triton kernel on CUDA (matching numerics)
             from local_engine.kernels.rmsnorm import rms_norm
 
             return rms_norm(x, self.weight, self.eps, residual)

@@ -19,7 +19,7 @@ from local_engine.layers.attention import Attention
 from local_engine.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from local_engine.layers.layernorm import RMSNorm
 from local_engine.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from local_engine.layers.rotary import get_rope
+from local_engine.layers.rotary import RotaryEmbedding, get_rope
 from local_engine.models.config import ModelConfig
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -30,7 +30,7 @@ class WeightLoadError(ValueError):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -41,9 +41,8 @@ class LlamaAttention(nn.Module):
             config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias=config.qkv_bias
         )
         self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, bias=config.o_bias)
-        self.rotary_emb = get_rope(
-            self.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
-        )
+        # One table shared by every layer: at 128k positions it is tens of MB.
+        self.rotary_emb = rotary_emb
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, self.num_kv_heads)
         self.qk_norm = config.qk_norm
         if self.qk_norm:
@@ -85,9 +84,9 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config)
+        self.self_attn = LlamaAttention(config, rotary_emb)
         self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -114,7 +113,12 @@ class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        rotary_emb = get_rope(
+            config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
+        )
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, rotary_emb) for _ in range(config.num_hidden_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(

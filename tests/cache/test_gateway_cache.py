@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.support.fake_openai import Behavior
-from tests.support.limits_cache_gateways import GatewayPair
+from tests.support.limits_cache_gateways import MASTER_KEY, GatewayPair
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -23,17 +23,17 @@ def question() -> list[dict[str, str]]:
     return [{"role": "user", "content": f"question {uuid.uuid4().hex}"}]
 
 
-def sdk(base_url: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="x", max_retries=0)
+def sdk(base_url: str, key: str = MASTER_KEY) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0)
 
 
 def upstream_calls(pair: GatewayPair, messages: list[dict[str, str]]) -> int:
     return sum(1 for r in pair.fake.requests if r.body.get("messages") == messages)
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    """Stores are written in the background: poll briefly for them to land."""
-    for _ in range(100):
+async def eventually(check: Callable[[], Awaitable[Any]], what: str, tries: int = 100) -> Any:
+    """Stores (and spend rows) are written in the background: poll briefly for them to land."""
+    for _ in range(tries):
         result = await check()
         if result:
             return result
@@ -127,3 +127,33 @@ async def test_cache_control_no_cache_no_store_and_temperature(gateway_pair: Gat
     r = await a.chat.completions.with_raw_response.create(model=MODEL, messages=warm, temperature=0.8)
     assert r.headers.get("x-switchyard-cache") != "hit"
     assert upstream_calls(gateway_pair, warm) == 3
+
+
+async def test_no_hit_across_teams_but_hits_within_a_team(gateway_pair: GatewayPair) -> None:
+    gw = gateway_pair
+    team_a, team_b = gw.new_team(), gw.new_team()
+    a1 = sdk(gw.a.base_url, gw.new_key(team_id=team_a))
+    a2_key = gw.new_key(team_id=team_a)
+    a2 = sdk(gw.b.base_url, a2_key)
+    b1 = sdk(gw.b.base_url, gw.new_key(team_id=team_b))
+    lone = sdk(gw.a.base_url, gw.new_key())
+    msgs = question()
+    await a1.chat.completions.create(model=MODEL, messages=msgs, temperature=0)
+
+    async def hit() -> bool:
+        r = await a2.chat.completions.with_raw_response.create(model=MODEL, messages=msgs, temperature=0)
+        return r.headers.get("x-switchyard-cache") == "hit"
+
+    await eventually(hit, "a hit for another key of the same team")
+    for other in (b1, lone):
+        r = await other.chat.completions.with_raw_response.create(model=MODEL, messages=msgs, temperature=0)
+        assert r.headers.get("x-switchyard-cache") != "hit"
+    assert upstream_calls(gateway_pair, msgs) == 3
+
+    # The hit cost nothing: its spend row says cache_hit, with no tokens and no spend.
+    async def hit_logged() -> Any:
+        rows = gw.admin_get("/spend/logs", api_key=a2_key)
+        return [r for r in rows if r["cache_hit"] == "True"]
+
+    rows = await eventually(hit_logged, "the cache hit in the spend log", tries=250)
+    assert rows[0]["spend"] == 0 and rows[0]["total_tokens"] == 0

@@ -241,6 +241,7 @@ BAD_INPUTS = [
     ("/team/new", {"team_alias": "Robert'); DROP TABLE teams;--"}, "team_alias"),
     ("/team/new", {"max_budget": -0.01}, "max_budget"),
     ("/user/new", {"user_email": "not-an-email"}, "user_email"),
+    ("/user/new", {"teams": ["no-such-team"]}, "teams"),
     ("/team/member_add", {"team_id": "t", "member": {"role": "owner", "user_id": "u"}}, "member"),
 ]
 

@@ -16,7 +16,9 @@ from tests.support.gateway_process import GatewayProcess, gateway_process
 
 
 def _admin(gw: GatewayProcess, path: str, body: dict) -> dict:
-    response = httpx.post(gw.base_url + path, json=body, headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    response = httpx.post(
+        gw.base_url + path, json=body, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -91,11 +93,13 @@ def test_concurrent_spend_adds_up_exactly_and_survives_restart(
             gw.base_url + "/global/spend/report",
             params={"group_by": "team"},
             headers={"Authorization": f"Bearer {MASTER_KEY}"},
+            timeout=30,
         ).json()
         logs = httpx.get(
             gw.base_url + "/spend/logs",
             params={"api_key": keys[0]},
             headers={"Authorization": f"Bearer {MASTER_KEY}"},
+            timeout=30,
         ).json()
     asyncio.run(check_after(60))
     by_team = {t["team_name"]: Decimal(str(t["total_spend"])) for day in report for t in day["teams"]}

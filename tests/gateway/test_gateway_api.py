@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
@@ -273,7 +276,7 @@ def test_client_disconnect_mid_stream_cancels_upstream(gateway: GatewayProcess, 
 
 
 async def test_client_disconnect_while_waiting_non_stream(gateway: GatewayProcess, fake: FakeOpenAI) -> None:
-    fake.set_behavior(Behavior(delay_s=1.0))
+    fake.set_behavior(Behavior(delay_s=3.0))
     async with httpx.AsyncClient(timeout=0.3) as c:
         with pytest.raises(httpx.ReadTimeout):
             await c.post(
@@ -281,7 +284,18 @@ async def test_client_disconnect_while_waiting_non_stream(gateway: GatewayProces
                 json={"model": "gpt-fake", "messages": MESSAGES},
                 headers={"authorization": f"Bearer {MASTER_KEY}"},
             )
+    # The gateway noticed the client leaving and dropped its upstream request too.
+    assert await asyncio.to_thread(fake.wait_for_cancel, 5.0), "the upstream request was not cancelled"
     fake.set_behavior(Behavior())
     async with aclient(gateway) as c:
         completion = await c.chat.completions.create(model="gpt-fake", messages=MESSAGES)
     assert completion.choices[0].message.content == Behavior().text()
+
+
+def test_gateway_process_never_loads_torch(gateway: GatewayProcess) -> None:
+    # The gateway-only path must stay light: torch loads only when a `local/` model is configured.
+    client(gateway).chat.completions.create(model="gpt-fake", messages=MESSAGES)
+    maps = Path(f"/proc/{gateway.process.pid}/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc")
+    assert "libtorch" not in maps.read_text()

@@ -20,7 +20,7 @@ Factory = Callable[..., WindowLimiter]
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(params=["redis", "redis-cluster", "memory"])
 async def make_limiter(
     request: pytest.FixtureRequest, redis_url: str, redis_prefix: str
 ) -> AsyncIterator[Factory]:
@@ -34,7 +34,7 @@ async def make_limiter(
         else:
             pool = RedisPool(redis_url, socket_timeout=1.0, connect_timeout=1.0)
             pools.append(pool)
-            lim = RedisLimiter(s, pool=pool)
+            lim = RedisLimiter(s, pool=pool, cluster=request.param == "redis-cluster")
         made.append(lim)
         return lim
 

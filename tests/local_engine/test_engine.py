@@ -195,8 +195,10 @@ def test_abort_frees_blocks_at_once(tiny_llm, prompts_and_reference) -> None:
         engine.step()
     used = engine.block_manager.num_blocks - engine.block_manager.num_free_blocks
     assert used > 0
-    assert engine.abort("ab0") and engine.abort("ab1")
-    assert not engine.abort("ab0")
+    final = engine.abort("ab0")
+    assert final is not None and final.finished and final.outputs[0].finish_reason == "abort"
+    assert engine.abort("ab1") is not None
+    assert engine.abort("ab0") is None
     remaining = sum(len(s.block_table) for r in engine.requests.values() for s in r.seqs)
     assert engine.block_manager.num_blocks - engine.block_manager.num_free_blocks == remaining
     engine.abort("ab2")
@@ -240,7 +242,9 @@ async def test_async_engine_streams_and_cancellation_frees_blocks(tiny, prompts_
         await gen.__anext__()
         await engine.abort("c")
         assert_no_leak(core)
-        with pytest.raises(BaseException):  # noqa: B017 - the stream ends with the abort
+        final = await gen.__anext__()
+        assert final.finished and final.outputs[0].finish_reason == "abort"
+        with pytest.raises(StopAsyncIteration):
             await gen.__anext__()
     finally:
         await engine.shutdown()

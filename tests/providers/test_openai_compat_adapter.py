@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import orjson
 import pytest
 
@@ -118,3 +119,22 @@ async def test_upstream_cookies_are_not_kept(provider: OpenAICompatProvider, fak
     await provider.chat(call(fake))
     await provider.chat(call(fake))
     assert "cookie" not in fake.requests[-1].headers
+
+
+async def test_transport_caps_connections_in_use(fake: FakeOpenAI) -> None:
+    # With one slot, a second request waits for the first response to be closed (pool timeout).
+    client = build_client(HTTP11Transport(max_connections=1))
+    provider = OpenAICompatProvider(client)
+    try:
+        fake.set_behavior(Behavior(chunks=50, chunk_delay_s=0.05))
+        stream = provider.chat_stream(call(fake))
+        await anext(stream)
+        with pytest.raises(httpx.PoolTimeout):
+            await client.post(
+                fake.base_url + "/chat/completions", content=b"{}", timeout=httpx.Timeout(5, pool=0.2)
+            )
+        await stream.aclose()
+        fake.set_behavior(Behavior())
+        assert (await provider.chat(call(fake))).status == 200  # the slot came back
+    finally:
+        await client.aclose()

@@ -16,7 +16,8 @@ Usage (any team)::
         fake.set_behavior(Behavior(chunks=20))     # default behaviour, or per model: model="gpt-x"
         fake.enqueue(Behavior(status=429))         # one-shot behaviours, used first, in order
         fake.requests                              # every request received (RecordedRequest)
-        fake.cancelled                             # streams the client abandoned mid-way
+        fake.cancelled                             # requests the client abandoned (mid-stream or while
+                                                  # waiting out Behavior.delay_s)
         fake.wait_for_cancel(5.0)                  # block until a stream was abandoned
 
 The reply text is deterministic: ``Behavior.content`` (or "chunk0 chunk1 ..."), split into
@@ -86,7 +87,15 @@ class _Dropped(Exception):
 class FakeOpenAI:
     """The fake server; a context manager that runs it in a background thread."""
 
-    def __init__(self, default: Behavior | None = None) -> None:
+    def __init__(
+        self,
+        default: Behavior | None = None,
+        *,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+    ) -> None:
+        self.ssl_certfile = ssl_certfile
+        self.ssl_keyfile = ssl_keyfile
         self.default = default or Behavior()
         self.by_model: dict[str, Behavior] = {}
         self.queue: deque[Behavior] = deque()
@@ -104,7 +113,8 @@ class FakeOpenAI:
     @property
     def base_url(self) -> str:
         """The API base to configure (``api_base``), including ``/v1``."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        scheme = "https" if self.ssl_certfile else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/v1"
 
     def set_behavior(self, behavior: Behavior, model: str | None = None) -> None:
         with self._lock:
@@ -144,7 +154,14 @@ class FakeOpenAI:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app(), log_level="warning", access_log=False, lifespan="off", loop="asyncio", http="h11"
+            self.app(),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            loop="asyncio",
+            http="h11",
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -196,8 +213,8 @@ class FakeOpenAI:
             self.requests.append(RecordedRequest(request.url.path, dict(request.headers), body, time.time()))
         model = str(body.get("model", ""))
         behavior = self._behavior_for(model)
-        if behavior.delay_s:
-            await asyncio.sleep(behavior.delay_s)
+        if behavior.delay_s and not await self._wait_unless_disconnected(request, behavior.delay_s):
+            return Response(b"", 499)  # nobody is listening any more
         if behavior.raw_body is not None:
             return Response(behavior.raw_body, behavior.status, headers=behavior.headers)
         if behavior.status >= 400:
@@ -228,6 +245,18 @@ class FakeOpenAI:
             "usage": _usage(behavior),
         }
         return _json(completion, 200, behavior.headers)
+
+    async def _wait_unless_disconnected(self, request: Request, delay: float) -> bool:
+        """Sleep ``delay`` seconds; False (and the request counts as cancelled) if the client left."""
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(0.02, left))
+            if await request.is_disconnected():
+                with self._lock:
+                    self.cancelled += 1
+                    self._cancel_event.set()
+                return False
+        return True
 
     async def _stream(self, model: str, behavior: Behavior, include_usage: bool) -> AsyncIterator[bytes]:
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"

@@ -99,6 +99,8 @@ def test_prisma_deploy_then_gateway_agrees(empty_db: str) -> None:
     deploy = _migrate_mjs("deploy", empty_db)
     assert deploy.returncode == 0 and "applied" in deploy.stdout, deploy.stdout + deploy.stderr
     assert _run(_apply(empty_db)) == []
+    migrate = run_switchyard(["migrate"], env={"DATABASE_URL": empty_db})
+    assert migrate.returncode == 0 and "no pending migrations" in migrate.stdout, migrate.stderr
 
 
 def test_instances_starting_together_apply_once(empty_db: str) -> None:
