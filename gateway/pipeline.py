@@ -112,7 +112,10 @@ class Admission(Protocol):
 
 class Limiter(Protocol):
     async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
-        """Reserve a request (and ``estimated_tokens``) against every scope; raise a 429 GatewayError if over."""
+        """Reserve a request (and ``estimated_tokens``) against every scope.
+
+        Raises a 429 ``GatewayError`` when any scope is over its limit.
+        """
         ...
 
 

@@ -32,6 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 
+from gateway.redis_errors import RedisUnavailable
 from gateway.redis_wire import WireConnection
 
 log = logging.getLogger("switchyard.redis")
@@ -50,10 +51,6 @@ REDIS_SKIPPED = Counter(
     ["component"],
 )
 REDIS_UP = Gauge("switchyard_redis_up", "1 while the Redis circuit is closed (Redis reachable), else 0.")
-
-
-class RedisUnavailable(Exception):
-    """Redis could not be used for this call (error, timeout, or the circuit is open)."""
 
 
 @dataclass(slots=True)

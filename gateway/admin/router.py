@@ -12,6 +12,7 @@ cache for the keys it touched.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import uuid
 from collections.abc import AsyncIterator
@@ -50,6 +51,12 @@ def _plane(request: Request) -> Any:
     if plane is None:
         raise GatewayError(503, "the control plane (database) is not available", code="no_database")
     return plane
+
+
+log = logging.getLogger(__name__)
+
+# OFFSET is a bigint: (page - 1) * size must stay far inside it, or asyncpg fails with a 500.
+_MAX_PAGE = 1_000_000
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -107,6 +114,8 @@ async def _write(request: Request) -> AsyncIterator[tuple[asyncpg.Connection, Ca
             raise _unique_error(exc) from None
         except asyncpg.ForeignKeyViolationError as exc:
             raise bad_request(f"referenced object does not exist: {exc.detail or exc}") from None
+        except asyncpg.DataError:
+            raise _unstorable() from None
 
 
 @asynccontextmanager
@@ -114,7 +123,17 @@ async def _read(request: Request) -> AsyncIterator[tuple[asyncpg.Connection, Cal
     plane = _plane(request)
     async with plane.db.pool.acquire() as conn:
         caller = await _caller(request, conn)
-        yield conn, caller
+        try:
+            yield conn, caller
+        except asyncpg.DataError:
+            raise _unstorable() from None
+
+
+def _unstorable() -> GatewayError:
+    # A backstop: the schemas bound every field, so reaching this means a query parameter (or a field
+    # we missed) held a value the column cannot store; that is the caller's 400, never a 500.
+    log.warning("admin request rejected by the database as out of range or unstorable")
+    return bad_request("a value is out of range or cannot be stored")
 
 
 def _unique_error(exc: asyncpg.UniqueViolationError) -> GatewayError:
@@ -329,8 +348,8 @@ async def key_list(
     key_alias: str | None = None,
     return_full_object: bool = False,
 ) -> Response:
-    if page < 1:
-        raise bad_request("page: must be at least 1", param="page")
+    if not 1 <= page <= _MAX_PAGE:
+        raise bad_request(f"page: must be between 1 and {_MAX_PAGE}", param="page")
     if not 1 <= size <= 1000:
         raise bad_request("size: must be between 1 and 1000", param="size")
     async with _read(request) as (conn, caller):
@@ -697,8 +716,8 @@ async def user_delete(request: Request) -> Response:
 async def user_list(
     request: Request, page: int = 1, page_size: int = 25, role: str | None = None
 ) -> Response:
-    if page < 1:
-        raise bad_request("page: must be at least 1", param="page")
+    if not 1 <= page <= _MAX_PAGE:
+        raise bad_request(f"page: must be between 1 and {_MAX_PAGE}", param="page")
     if not 1 <= page_size <= 1000:
         raise bad_request("page_size: must be between 1 and 1000", param="page_size")
     async with _read(request) as (conn, caller):

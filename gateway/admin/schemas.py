@@ -19,13 +19,57 @@ MAX_METADATA_BYTES = 16 * 1024
 # because limit scopes name per-model limits "<team or user id>:<model>".
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@/ \-]{0,127}$"
 Name = Annotated[str, Field(pattern=_NAME)]
-Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Limit = Annotated[int, Field(ge=0)]
+# Budgets and spend are stored as DECIMAL(24, 12): at most 12 integer digits.
+MAX_MONEY = 1e12 - 1
+Money = Annotated[float, Field(ge=0, le=MAX_MONEY, allow_inf_nan=False)]
+# Limits are stored in INTEGER (int4) columns; anything larger would fail in the database, not here.
+MAX_INT4 = 2**31 - 1
+Limit = Annotated[int, Field(ge=0, le=MAX_INT4)]
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
+# Free-form references (keys, hashes, e-mail addresses, durations): bounded so nothing unbounded reaches SQL.
+Ref = Annotated[str, Field(min_length=1, max_length=512)]
+Duration = Annotated[str, Field(max_length=32)]
+
+
+def _text_problem(value: Any) -> str | None:
+    """Why Postgres would refuse ``value`` (anywhere inside it), or None.
+
+    ``text`` and ``jsonb`` cannot hold NUL, lone surrogates cannot be encoded as UTF-8, and ``jsonb``
+    has no NaN or infinity; each would otherwise surface as a database error (a 500) after validation.
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "must not contain NUL characters"
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "must be valid Unicode (no lone surrogates)"
+        return None
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return "must not contain NaN or infinity"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problem = _text_problem(k) or _text_problem(v)
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for v in value:
+            problem = _text_problem(v)
+            if problem:
+                return problem
+    return None
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        problem = _text_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("metadata", "model_rpm_limit", "model_tpm_limit", check_fields=False)
     @classmethod
@@ -49,8 +93,8 @@ class KeyFields(_Body):
     user_id: Name | None = None
     models: list[ModelName] | None = None
     max_budget: Money | None = None
-    budget_duration: str | None = None
-    duration: str | None = None
+    budget_duration: Duration | None = None
+    duration: Duration | None = None
     rpm_limit: Limit | None = None
     tpm_limit: Limit | None = None
     max_parallel_requests: Limit | None = None
@@ -66,16 +110,16 @@ class GenerateKeyRequest(KeyFields):
 
 
 class UpdateKeyRequest(KeyFields):
-    key: str = Field(min_length=1)
+    key: Ref
 
 
 class KeyRef(_Body):
-    key: str = Field(min_length=1)
+    key: Ref
 
 
 class DeleteKeysRequest(_Body):
-    keys: list[str] | None = None
-    key_aliases: list[str] | None = None
+    keys: list[Ref] | None = None
+    key_aliases: list[Ref] | None = None
 
     @model_validator(mode="after")
     def _something(self) -> DeleteKeysRequest:
@@ -85,7 +129,7 @@ class DeleteKeysRequest(_Body):
 
 
 class RegenerateKeyRequest(KeyFields):
-    key: str = Field(min_length=1)
+    key: Ref
     new_key: str | None = Field(default=None, pattern=r"^sk-[A-Za-z0-9_\-]{16,256}$")
 
 
@@ -105,7 +149,7 @@ class TeamFields(_Body):
     team_alias: Name | None = None
     models: list[ModelName] | None = None
     max_budget: Money | None = None
-    budget_duration: str | None = None
+    budget_duration: Duration | None = None
     rpm_limit: Limit | None = None
     tpm_limit: Limit | None = None
     max_parallel_requests: Limit | None = None
@@ -125,7 +169,7 @@ class UpdateTeamRequest(TeamFields):
 
 
 class DeleteTeamsRequest(_Body):
-    team_ids: list[str] = Field(min_length=1)
+    team_ids: list[Ref] = Field(min_length=1)
 
 
 class TeamMemberAddRequest(_Body):
@@ -136,7 +180,7 @@ class TeamMemberAddRequest(_Body):
 class TeamMemberDeleteRequest(_Body):
     team_id: Name
     user_id: Name | None = None
-    user_email: str | None = None
+    user_email: Ref | None = None
 
     @model_validator(mode="after")
     def _someone(self) -> TeamMemberDeleteRequest:
@@ -153,7 +197,7 @@ class UserFields(_Body):
     ) = None
     models: list[ModelName] | None = None
     max_budget: Money | None = None
-    budget_duration: str | None = None
+    budget_duration: Duration | None = None
     rpm_limit: Limit | None = None
     tpm_limit: Limit | None = None
     max_parallel_requests: Limit | None = None
@@ -179,4 +223,4 @@ class UpdateUserRequest(UserFields):
 
 
 class DeleteUsersRequest(_Body):
-    user_ids: list[str] = Field(min_length=1)
+    user_ids: list[Ref] = Field(min_length=1)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import struct
 import time
+from typing import TYPE_CHECKING
 
 from gateway.cache.lru import LRU, Entry
 from gateway.pipeline import CachedResponse
-from gateway.redis_pool import RedisPool
+
+if TYPE_CHECKING:  # redis is imported only when a Redis URL is configured
+    from gateway.redis_pool import RedisPool
 
 _HEADER = struct.Struct("<dd")
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import Counter
@@ -29,7 +29,10 @@ from gateway.cache.settings import CacheSettings
 from gateway.cache.stream import StreamAssembler, replay_sse
 from gateway.limits.errors import redis_unavailable
 from gateway.pipeline import CachedResponse, Principal
-from gateway.redis_pool import RedisPool, RedisUnavailable
+from gateway.redis_errors import RedisUnavailable
+
+if TYPE_CHECKING:  # redis is imported only when a Redis URL is configured
+    from gateway.redis_pool import RedisPool
 
 log = logging.getLogger("switchyard.cache")
 

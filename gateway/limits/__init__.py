@@ -2,25 +2,47 @@
 
 ``build_limiter`` picks the backend: Redis (exact across every gateway process sharing it)
 when a pool is given, else the in-process limiter with the same semantics (one instance).
+Names are imported on first use (PEP 562) so that ``gateway.config``'s import of
+``gateway.limits.settings`` does not import redis.
 """
 
 from __future__ import annotations
 
-from gateway.limits.errors import RateLimited
-from gateway.limits.estimate import estimate_tokens
-from gateway.limits.memory_limiter import MemoryLimiter
-from gateway.limits.redis_limiter import RedisLimiter
-from gateway.limits.settings import LimitSettings, ScopeLimits
-from gateway.limits.window import NullAdmission, WindowAdmission, WindowLimiter
-from gateway.redis_pool import RedisPool
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.limits.errors import RateLimited
+    from gateway.limits.estimate import estimate_tokens
+    from gateway.limits.memory_limiter import MemoryLimiter
+    from gateway.limits.redis_limiter import RedisLimiter
+    from gateway.limits.settings import LimitSettings, ScopeLimits
+    from gateway.limits.window import NullAdmission, WindowAdmission, WindowLimiter
+    from gateway.redis_pool import RedisPool
 
 
 def build_limiter(settings: LimitSettings, pool: RedisPool | None) -> WindowLimiter:
     """The limiter for this process: shared through ``pool`` when there is one."""
     if pool is None:
+        from gateway.limits.memory_limiter import MemoryLimiter
+
         return MemoryLimiter(settings)
+    from gateway.limits.redis_limiter import RedisLimiter
+
     return RedisLimiter(settings, pool=pool, cluster=settings.redis_cluster)
 
+
+_HOMES = {
+    "LimitSettings": "settings",
+    "MemoryLimiter": "memory_limiter",
+    "NullAdmission": "window",
+    "RateLimited": "errors",
+    "RedisLimiter": "redis_limiter",
+    "ScopeLimits": "settings",
+    "WindowAdmission": "window",
+    "WindowLimiter": "window",
+    "estimate_tokens": "estimate",
+}
 
 __all__ = [
     "LimitSettings",
@@ -34,3 +56,12 @@ __all__ = [
     "build_limiter",
     "estimate_tokens",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

@@ -6,7 +6,9 @@ Each batch is one transaction:
   2. charge only the rows that were actually inserted: one ``spend = spend + x`` per key, team and user,
      after locking those rows in sorted id order so instances flushing concurrently cannot deadlock,
   3. upsert the daily aggregates (also in sorted order).
-A failed batch is rolled back and put back at the front of the queue; ``close`` flushes everything.
+Each periodic tick writes what was queued when it started (``flush``), so under load the writer makes one
+batch per interval rather than a stream of tiny ones. A failed batch is rolled back and put back at the front
+of the queue; ``close`` flushes everything.
 """
 
 from __future__ import annotations
@@ -127,11 +129,18 @@ class PostgresSpendSink:
                 await asyncio.sleep(min(5.0, self._interval))
 
     async def flush(self) -> int:
-        """Write everything queued now; returns the number of log rows inserted. Raises on failure."""
+        """Write what is queued when the flush starts, in batches; returns the log rows inserted.
+
+        Events recorded while the batches are being written wait for the next tick: looping until the
+        queue is empty would, under steady load, keep the writer busy with a stream of tiny batches
+        (one transaction per handful of requests) instead of one batch per interval. Raises on failure,
+        with the failed batch and everything after it still queued, in order.
+        """
         written = 0
         async with self._flush_lock:
-            while self._queue:
-                n = min(self._batch_size, len(self._queue))
+            remaining = len(self._queue)  # snapshot under the lock: the events this flush owns
+            while remaining > 0 and self._queue:
+                n = min(self._batch_size, remaining, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(n)]
                 try:
                     written += await self._write(batch)
@@ -139,6 +148,14 @@ class PostgresSpendSink:
                     self.failed_flushes += 1
                     self._queue.extendleft(reversed(batch))  # back at the front, order kept
                     raise
+                remaining -= n
+        return written
+
+    async def flush_all(self) -> int:
+        """Flush until the queue is empty (shutdown and tests); raises on failure like ``flush``."""
+        written = 0
+        while self._queue:
+            written += await self.flush()
         return written
 
     async def close(self) -> None:
@@ -152,7 +169,7 @@ class PostgresSpendSink:
             self._task = None
         for attempt in range(5):
             try:
-                await self.flush()
+                await self.flush_all()
                 return
             except Exception as exc:
                 log.warning("final spend flush attempt %d failed: %s", attempt + 1, exc)

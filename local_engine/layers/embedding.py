@@ -52,12 +52,25 @@ class ParallelLMHead(VocabParallelEmbedding):
         else:
             self.register_parameter("bias", None)
 
+    def pack_weight(self) -> bool:
+        """Keep a oneDNN-packed copy of the head for CPU bf16 matmuls (the largest one in small models)."""
+        from local_engine.layers.linear import _pack
+
+        self._packed = _pack(self.weight)
+        return self._packed is not None
+
     def tie(self, embedding: VocabParallelEmbedding) -> None:
         """Share the embedding table (``tie_word_embeddings``)."""
         self.weight = embedding.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        logits = F.linear(hidden, self.weight, self.bias).float()
+        packed = getattr(self, "_packed", None)
+        if packed is not None:
+            from local_engine.layers.linear import packed_linear
+
+            logits = packed_linear(hidden, packed, self.bias).float()
+        else:
+            logits = F.linear(hidden, self.weight, self.bias).float()
         if self.tp_size == 1:
             return logits
         parts = [torch.empty_like(logits) for _ in range(self.tp_size)]

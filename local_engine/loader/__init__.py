@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from local_engine.layers.linear import pack_cpu_weights
 from local_engine.loader.errors import ModelLoadError
 from local_engine.models.config import ModelConfig, ModelConfigError
 from local_engine.models.default import DEFAULT_MODEL_NAME, DefaultModelMissing, default_model_path
@@ -78,6 +79,8 @@ def _build_model(
     with _default_dtype(dtype), torch.device(device):
         model = cls(config)
     model.load_weights(weights)  # type: ignore[operator]
+    if torch.device(device).type == "cpu":
+        pack_cpu_weights(model)  # oneDNN layouts for bf16 matmuls (a no-op for other dtypes)
     model.eval()
     model.requires_grad_(False)
     return model

@@ -243,6 +243,17 @@ BAD_INPUTS = [
     ("/user/new", {"user_email": "not-an-email"}, "user_email"),
     ("/user/new", {"teams": ["no-such-team"]}, "teams"),
     ("/team/member_add", {"team_id": "t", "member": {"role": "owner", "user_id": "u"}}, "member"),
+    # Values pydantic would accept but the database could not store (each was a 500 before).
+    ("/key/generate", {"tpm_limit": 2**31}, "tpm_limit"),
+    ("/key/generate", {"max_parallel_requests": 10**12}, "max_parallel_requests"),
+    ("/key/generate", {"model_tpm_limit": {"gpt-4o": 2**31}}, "model_tpm_limit"),
+    ("/team/new", {"rpm_limit": 2**31}, "rpm_limit"),
+    ("/user/new", {"tpm_limit": 2**40}, "tpm_limit"),
+    ("/key/generate", {"max_budget": 1e300}, "max_budget"),
+    ("/team/new", {"max_budget": 1e12}, "max_budget"),
+    ("/key/generate", {"budget_duration": "99999999999999999999d"}, "budget_duration"),
+    ("/key/generate", {"metadata": {"note": "a\x00b"}}, "metadata"),
+    ("/team/delete", {"team_ids": ["t" * 10_000]}, "team_ids"),
 ]
 
 
@@ -255,6 +266,36 @@ def test_bad_input_is_a_400_naming_the_field(
     error = response.json()["error"]
     assert error["param"] is not None and error["param"].startswith(field), error
     assert field in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "field"),
+    [
+        ("/key/generate", b'{"max_budget": NaN}', "max_budget"),
+        ("/team/new", b'{"max_budget": Infinity}', "max_budget"),
+        ("/key/generate", b'{"metadata": {"x": NaN}}', "metadata"),
+        ("/key/generate", b'{"metadata": {"note": "\\ud800"}}', "metadata"),
+    ],
+)
+def test_unstorable_json_is_a_400_naming_the_field(
+    gateway: GatewayProcess, path: str, raw: bytes, field: str
+) -> None:
+    # Python's JSON parser accepts these; DECIMAL and jsonb cannot store NaN, nor UTF-8 a lone surrogate.
+    response = httpx.post(
+        gateway.base_url + path,
+        content=raw,
+        headers={"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == field
+
+
+def test_out_of_range_query_parameters_are_a_400(gateway: GatewayProcess) -> None:
+    response = call(gateway, "/key/list", params={"page": 10**30})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "page", response.text
+    response = call(gateway, "/key/list", params={"team_id": "a\x00b"})
+    assert response.status_code == 400, response.text
 
 
 def test_duplicate_alias_is_a_400_and_sql_text_is_stored_verbatim(

@@ -177,6 +177,34 @@ async def test_failed_flush_is_retried_without_losing_or_doubling_rows(db: Datab
     await impatient.close()
 
 
+async def test_a_flush_writes_what_was_queued_when_it_started_and_close_writes_the_rest(db: Database) -> None:
+    key, key_hash = await _new_key(db)
+    principal = await PostgresKeyResolver(db.pool).resolve(key)
+    assert principal is not None
+    late: list[int] = []
+
+    def traffic_during_the_write(kind: str, entity: str, spend: float) -> None:
+        # Each committed batch sees a new request arrive, as it would under steady load.
+        if len(late) < 50:
+            late.append(1)
+            sink.record(_event(principal, 0.001, request_id=f"late-{len(late)}"))
+
+    sink = PostgresSpendSink(db.pool, batch_size=10, on_charged=traffic_during_the_write)
+    for i in range(25):
+        sink.record(_event(principal, 0.001, request_id=f"early-{i}"))
+    # Three batches (10 + 10 + 5): the events recorded meanwhile wait for the next tick.
+    assert await sink.flush() == 25
+    assert sink.pending == 3 and len(late) == 3
+    await sink.close()
+    assert sink.pending == 0
+    count = await db.pool.fetchval("SELECT count(*) FROM spend_logs WHERE key_hash = $1", key_hash)
+    assert count == 25 + len(late)
+    assert (
+        await db.pool.fetchval("SELECT spend FROM virtual_keys WHERE token_hash = $1", key_hash)
+        == Decimal("0.001") * count
+    )
+
+
 async def test_budget_reset_zeroes_due_spend_once(db: Database) -> None:
     past = datetime.now(UTC) - timedelta(minutes=1)
     _, due = await _new_key(db, spend=Decimal("3"), budget_duration="1h", budget_reset_at=past)
