@@ -20,7 +20,9 @@ class NullAdmission:
 class NullLimiter:
     """Admits everything."""
 
-    async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> NullAdmission:
+    async def admit(
+        self, principal: Principal, model: str, estimated_tokens: int, *, instant: bool = False
+    ) -> NullAdmission:
         return NullAdmission()
 
 

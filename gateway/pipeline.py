@@ -111,10 +111,13 @@ class Admission(Protocol):
 
 
 class Limiter(Protocol):
-    async def admit(self, principal: Principal, model: str, estimated_tokens: int) -> Admission:
+    async def admit(
+        self, principal: Principal, model: str, estimated_tokens: int, *, instant: bool = False
+    ) -> Admission:
         """Reserve a request (and ``estimated_tokens``) against every scope.
 
-        Raises a 429 ``GatewayError`` when any scope is over its limit.
+        Raises a 429 ``GatewayError`` when any scope is over its limit. ``instant``: the request is
+        answered at once (a cache hit); it is counted and checked but holds nothing to settle.
         """
         ...
 

@@ -110,6 +110,25 @@ class ResponseCacheService:
         ttl = control.ttl if control.ttl is not None else self.settings.ttl
         return CachePlan(cache_key(body, scope, route), control, ttl, include_usage)
 
+    def peek(self, plan: CachePlan) -> Entry | None:
+        """The entry when this process holds it (no I/O), else None: ``lookup`` then asks Redis.
+
+        Lets the request path know about a hit before admission, so a hit is admitted as one
+        (``Limiter.admit(instant=True)``: no tokens reserved, nothing to settle afterwards).
+        """
+        if not plan.lookup:
+            return None
+        assert plan.key is not None
+        now = time.time()
+        entry = self.lru.get(plan.key, now)
+        if entry is None and isinstance(self.backend, MemoryCacheBackend):
+            entry = self.backend.lru.get(plan.key, now)
+        max_age = plan.control.max_age
+        if entry is None or (max_age is not None and now - entry.created_at > max_age):
+            return None  # not counted: the lookup that follows counts the outcome
+        CACHE_REQUESTS.labels("hit").inc()
+        return entry
+
     async def lookup(self, plan: CachePlan) -> Entry | None:
         """The cached entry, or None (miss, skipped, or Redis down in fail-open mode)."""
         if not plan.lookup:

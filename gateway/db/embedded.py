@@ -4,6 +4,12 @@ The wheel's own ``PostgresServer`` listens on a Unix socket only; asyncpg and Pr
 simplest over TCP, so this drives the wheel's ``initdb``/``pg_ctl`` binaries directly and listens on
 a free loopback port. Several gateway processes on the same data directory share one server: each
 registers its pid in ``postgres.users`` (under a file lock) and the last one to leave stops it.
+
+Start-up cost (2 busy shared cores): ``start`` takes ~0.25 s in a new data directory (``initdb``)
+and ~0.1 s after that; from ``switchyard serve`` to the first 200 on ``/health/readiness`` is then
+~1.1-1.6 s on a first run and ~1.0-1.3 s later, mostly Python imports, about the same as with
+``DATABASE_URL`` naming a running server. That is inside the 2 s start-up budget, so readiness
+simply waits for the database rather than answering before it can check keys.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@
 -- Every scope is checked first; only when all admit are the reservations written.
 --
 -- KEYS: per scope, its window hash and its lease zset (one hash tag per scope)
--- ARGV: estimated tokens, lease id, lease ttl ms, window s, then per scope: rpm, tpm, max_parallel
---       (0 = unlimited)
+-- ARGV: estimated tokens, lease id, lease ttl ms (0: check parallel slots but take none), window s,
+--       then per scope: rpm, tpm, max_parallel (0 = unlimited)
 -- Returns one string (a single bulk reply is much cheaper for the client to parse than an
 -- array of integers): per scope "reason,requests,tokens,parallel,reset_requests_ms,
 -- reset_tokens_ms,retry_ms,bucket", scopes joined by ";".
@@ -113,7 +113,7 @@ for s = 1, nscopes do
       if rmin == nil then rmin = sec end
       if tmin == nil and est > 0 then tmin = sec end
     end
-    if st[10] > 0 then
+    if st[10] > 0 and lease_ttl > 0 then -- lease_ttl 0: an instant admission holds no slot
       redis.call('ZADD', pkey, now + lease_ttl, lease)
       redis.call('PEXPIRE', pkey, lease_ttl + 1000)
       par = par + 1

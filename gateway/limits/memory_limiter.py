@@ -45,14 +45,16 @@ class MemoryLimiter(WindowLimiter):
             st = self._state[key] = _ScopeState()
         return st
 
-    async def _reserve(self, scopes: list[LimitScope], estimated: int, lease: str) -> list[ScopeResult]:
+    async def _reserve(
+        self, scopes: list[LimitScope], estimated: int, lease: str, *, hold: bool = True
+    ) -> list[ScopeResult]:
         now = self._now_ms()
-        results = [self._reserve_one(s, estimated, lease, now) for s in scopes]
+        results = [self._reserve_one(s, estimated, lease, now, hold) for s in scopes]
         if len(self._state) > 100_000:
             self._evict(now)
         return results
 
-    def _reserve_one(self, s: LimitScope, est: int, lease: str, now: int) -> ScopeResult:
+    def _reserve_one(self, s: LimitScope, est: int, lease: str, now: int, hold: bool = True) -> ScopeResult:
         window = self.settings.window_seconds
         st = self._scope_state(s)
         sec = now // 1000
@@ -93,7 +95,7 @@ class MemoryLimiter(WindowLimiter):
             toks += est
             rmin = sec if rmin is None else rmin
             tmin = sec if tmin is None and est else tmin
-            if maxp:
+            if maxp and hold:
                 st.leases[lease] = now + self.settings.lease_ttl_seconds * 1000
                 par += 1
         reset_r = (rmin + window) * 1000 - now if rmin is not None else 0

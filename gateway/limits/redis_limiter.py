@@ -80,23 +80,28 @@ class RedisLimiter(WindowLimiter):
             keys = self._keys[k] = scope_keys(self.settings.key_prefix, scope)
         return keys
 
-    async def admit_scopes(self, scopes: list[LimitScope], estimated_tokens: int) -> WindowAdmission:
+    async def admit_scopes(
+        self, scopes: list[LimitScope], estimated_tokens: int, *, instant: bool = False
+    ) -> WindowAdmission:
         try:
-            return await WindowLimiter.admit_scopes(self, scopes, estimated_tokens)
+            return await WindowLimiter.admit_scopes(self, scopes, estimated_tokens, instant=instant)
         except RedisUnavailable:
             assert self.pool is not None and self._fallback is not None
             if self.pool.failure_mode == "closed":
                 raise redis_unavailable() from None
             # Fail-open: this instance enforces the limits alone until Redis is back.
-            return await self._fallback.admit_scopes(scopes, estimated_tokens)
+            return await self._fallback.admit_scopes(scopes, estimated_tokens, instant=instant)
 
-    async def _reserve(self, scopes: list[LimitScope], estimated: int, lease: str) -> list[ScopeResult]:
+    async def _reserve(
+        self, scopes: list[LimitScope], estimated: int, lease: str, *, hold: bool = True
+    ) -> list[ScopeResult]:
         s = self.settings
         assert self.pool is not None
         if not self._loaded:
             await self.pool.load_scripts("limits", ADMIT, SETTLE, RENEW)
             self._loaded = True
-        head = (estimated, lease, int(s.lease_ttl_seconds * 1000), s.window_seconds)
+        # A lease TTL of 0 tells admit.lua to check the parallel slots without taking one.
+        head = (estimated, lease, int(s.lease_ttl_seconds * 1000) if hold else 0, s.window_seconds)
         if not self.cluster:
             keys: list[str] = []
             args: list[Any] = list(head)

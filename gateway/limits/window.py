@@ -51,6 +51,7 @@ class Reservation:
     buckets: list[int]
     estimated_tokens: int
     lease: str
+    held: bool = True  # False: an instant admission (a cache hit) that holds no slot and no tokens
 
 
 class NullAdmission:
@@ -85,7 +86,10 @@ class WindowAdmission:
             return
         self._settled = True
         actual = usage.total_tokens if usage is not None else 0
-        await self._limiter._settle(self._reservation, actual)
+        reservation = self._reservation
+        if not reservation.held and actual == reservation.estimated_tokens:
+            return  # an instant admission: nothing held, nothing to correct, no round trip
+        await self._limiter._settle(reservation, actual)
 
 
 def _label(scope: LimitScope) -> str:
@@ -110,18 +114,30 @@ class WindowLimiter(ABC):
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def admit(
-        self, principal: Principal, model: str, estimated_tokens: int
+        self, principal: Principal, model: str, estimated_tokens: int, *, instant: bool = False
     ) -> WindowAdmission | NullAdmission:
+        """Admit one request; ``instant`` for one answered at once (a cache hit, see ``admit_scopes``)."""
         if not self.settings.enabled:
             return NullAdmission()
         scopes = applicable_scopes(principal, model, self.settings)
         if not scopes:
             return NullAdmission()
-        return await self.admit_scopes(scopes, max(0, int(estimated_tokens)))
+        return await self.admit_scopes(scopes, max(0, int(estimated_tokens)), instant=instant)
 
-    async def admit_scopes(self, scopes: list[LimitScope], estimated_tokens: int) -> WindowAdmission:
+    async def admit_scopes(
+        self, scopes: list[LimitScope], estimated_tokens: int, *, instant: bool = False
+    ) -> WindowAdmission:
+        """Check and reserve every scope, all-or-nothing; raises ``RateLimited`` when one refuses.
+
+        An ``instant`` admission is for a request answered in the same moment (a cache hit): it
+        counts as a request and is refused like any other (RPM, a full TPM window, every parallel
+        slot taken), but reserves no tokens (it spends none) and holds no parallel slot (it is
+        over at once), so it needs no settling round trip.
+        """
+        if instant:
+            estimated_tokens = 0
         lease = f"{_LEASE_PREFIX}{next(_lease_counter):x}"
-        results = await self._reserve(scopes, estimated_tokens, lease)
+        results = await self._reserve(scopes, estimated_tokens, lease, hold=not instant)
         refused = next((i for i, r in enumerate(results) if r.reason != ADMITTED), None)
         if refused is not None:
             taken = (
@@ -134,8 +150,9 @@ class WindowLimiter(ABC):
                 )
                 self._spawn(self._release(back, 0, rollback=True))
             raise self._refusal(scopes[refused], results[refused], estimated_tokens)
-        reservation = Reservation(scopes, [r.bucket for r in results], estimated_tokens, lease)
-        self._held(reservation)
+        reservation = Reservation(scopes, [r.bucket for r in results], estimated_tokens, lease, not instant)
+        if reservation.held:
+            self._held(reservation)
         return WindowAdmission(self, reservation, self._headers(scopes, results))
 
     def _headers(self, scopes: list[LimitScope], results: list[ScopeResult]) -> dict[str, str]:
@@ -231,7 +248,10 @@ class WindowLimiter(ABC):
         await self.drain()
 
     @abstractmethod
-    async def _reserve(self, scopes: list[LimitScope], estimated: int, lease: str) -> list[ScopeResult]: ...
+    async def _reserve(
+        self, scopes: list[LimitScope], estimated: int, lease: str, *, hold: bool = True
+    ) -> list[ScopeResult]:
+        """Check and reserve; ``hold=False`` checks parallel slots without taking one."""
 
     @abstractmethod
     async def _release(self, reservation: Reservation, actual_tokens: int, *, rollback: bool) -> None: ...

@@ -24,6 +24,7 @@ import orjson
 
 from gateway import metrics
 from gateway.auth import token_from_headers
+from gateway.cache.lru import Entry
 from gateway.cache.service import StreamRecorder
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, as_gateway_error, bad_request, error_body
@@ -122,20 +123,40 @@ class ChatCompletions:
         # 3. Model access: the model must exist and the principal may use it.
         _check_model(services, principal, model)
 
-        # 4. Admission: reserve against every limit scope (429 when over).
+        # 4. Admission: reserve against every limit scope (429 when over). A response this process
+        # already holds in cache is admitted as an instant request: counted and checked like any
+        # other, but it spends no tokens and is over at once, so there is nothing to settle.
         started_at = time.time() - (time.monotonic() - started)
         ctx = RequestContext(request_id, principal, model, stream, started, started_at)
-        admission = await services.limiter.admit(principal, model, _estimate_tokens(body))
-
         cache = services.response_cache
         plan = None
+        hit = None
+        if cache is not None:
+            control = headers.get(b"cache-control")
+            plan = cache.plan(principal, body, control.decode("latin-1") if control else None)
+            hit = cache.peek(plan)
+        pending: asyncio.Future[Entry | None] | None = None
+        if hit is not None:
+            admission = await services.limiter.admit(principal, model, 0, instant=True)
+        else:
+            if cache is not None and plan is not None and plan.lookup and cache.pool is not None:
+                # Ask Redis for the entry now: the GET is written with the admission's script
+                # (auto-pipelining), so a miss or a shared hit costs one round trip, not two.
+                pending = asyncio.ensure_future(cache.lookup(plan))
+            try:
+                admission = await services.limiter.admit(principal, model, _estimate_tokens(body))
+            except BaseException:
+                if pending is not None:
+                    pending.cancel()
+                    pending.add_done_callback(_retrieve)
+                raise
+
         recorder = None
         try:
             # 5. Cache lookup (gateway.cache decides what is cacheable; streams replay as SSE).
-            if cache is not None:
-                control = headers.get(b"cache-control")
-                plan = cache.plan(principal, body, control.decode("latin-1") if control else None)
-                hit = await cache.lookup(plan)
+            if cache is not None and plan is not None:
+                if hit is None:
+                    hit = await (pending if pending is not None else cache.lookup(plan))
                 if hit is not None:
                     outcome.cache_hit = True
                     outcome.usage = Usage()  # no upstream tokens were spent
@@ -186,6 +207,12 @@ class ChatCompletions:
 
 
 # --------------------------------------------------------------------------- stages
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    # A lookup abandoned because admission refused: its outcome is not wanted, nor worth a warning.
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:

@@ -284,3 +284,28 @@ async def test_fail_closed_answers_503_without_hanging(own_redis, redis_prefix: 
     finally:
         await lim.close()
         await pool.close()
+
+
+async def test_an_instant_admission_counts_and_is_checked_but_holds_nothing(make_limiter: Factory) -> None:
+    # What a cache hit gets: limits apply to it, but it spends no tokens and is over at once.
+    lim = make_limiter(key_rpm=4, key_tpm=100, key_max_parallel_requests=2)
+    p = key()
+    held = await lim.admit(p, "m", 60)
+    hit = await lim.admit(p, "m", 500, instant=True)  # an estimate is ignored: nothing is reserved
+    assert hit.headers["x-ratelimit-remaining-requests"] == "2"
+    assert hit.headers["x-ratelimit-remaining-tokens"] == "40"
+    await hit.settle(Usage())
+    # It took no parallel slot: one more ordinary request still fits next to the held one...
+    second = await lim.admit(p, "m", 10)
+    # ...and with both slots taken, an instant admission is refused like any other.
+    with pytest.raises(RateLimited) as full:
+        await lim.admit(p, "m", 0, instant=True)
+    assert "parallel" in full.value.message
+    await held.settle(Usage(30, 30))
+    await second.settle(Usage(5, 5))
+    # It counted as a request: 3 of 4 admitted this minute, so one more, then RPM refuses.
+    last = await lim.admit(p, "m", 0, instant=True)
+    with pytest.raises(RateLimited) as over:
+        await lim.admit(p, "m", 0, instant=True)
+    assert over.value.type == "requests"
+    await last.settle(Usage())
