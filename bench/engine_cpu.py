@@ -258,6 +258,9 @@ def run_child(
     env.update(
         {"OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_KVCACHE_SPACE": "1"}
     )
+    # The same OpenMP wait policy for every system (our package defaults to PASSIVE, which the parent
+    # process inherits by importing it): sleeping, not spinning, idle workers on a shared machine.
+    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONPATH"] = str(REPO)
     command = [str(python), str(Path(__file__).resolve()), "--child", system, "--prompts", str(prompts_file)]
     command += ["--out", str(out_file), "--threads", str(threads)]

@@ -51,9 +51,14 @@ def _attend_one(
         .permute(1, 2, 0, 3)
         .reshape(num_kv_heads, groups * n, head_dim)
     )
+    # 4-D (a batch of one): 3-D inputs miss the CPU flash kernel for the much slower math path.
     out = F.scaled_dot_product_attention(
-        qg, k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=scale
-    )
+        qg.unsqueeze(0),
+        k.transpose(0, 1).unsqueeze(0),
+        v.transpose(0, 1).unsqueeze(0),
+        attn_mask=mask,
+        scale=scale,
+    )[0]
     return out.view(num_kv_heads, groups, n, head_dim).permute(2, 0, 1, 3).reshape(n, num_heads, head_dim)
 
 
@@ -75,8 +80,21 @@ def attend_uncached(
 @dataclass
 class _DecodePlan:
     tokens: torch.Tensor | None  # rows of the flattened batch holding decode tokens (None: all of them)
-    blocks: torch.Tensor  # [S_dec, num_blocks] int64
-    mask: torch.Tensor  # [S_dec, 1, 1, num_blocks * block_size] bool
+    blocks: torch.Tensor  # [S_dec * num_blocks] int64, each sequence's blocks in order
+    span: int  # num_blocks * block_size: gathered positions per sequence
+    mask: torch.Tensor | None  # [S_dec, 1, 1, span] additive (0 / -inf), query dtype; None: one seq
+    seq_len: int  # the longest sequence (the only one when mask is None: trimmed to it instead)
+
+
+def _gather_blocks(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """``cache[blocks]`` flattened to ``[len(blocks) * block_size, Hkv, D]``.
+
+    ``index_select`` of whole blocks viewed as rows copies contiguous rows (KBs each); on CPU it is
+    3-10x faster than advanced indexing, which goes element by element.
+    """
+    num_blocks, block_size, num_kv_heads, head_dim = cache.shape
+    rows = cache.view(num_blocks, block_size * num_kv_heads * head_dim).index_select(0, blocks)
+    return rows.view(blocks.shape[0] * block_size, num_kv_heads, head_dim)
 
 
 @dataclass
@@ -99,7 +117,7 @@ class TorchAttentionBackend:
 
     def __init__(self) -> None:
         # The metadata (and slot mapping) of the step in flight, and what was derived from it.
-        self._plan_key: tuple[AttentionMetadata, int, int] | None = None
+        self._plan_key: tuple[AttentionMetadata, int, int, torch.dtype] | None = None
         self._plan = _StepPlan()
         self._slots_src: torch.Tensor | None = None
         self._slots: torch.Tensor | None = None
@@ -146,15 +164,16 @@ class TorchAttentionBackend:
         )
 
     def _step_plan(
-        self, meta: AttentionMetadata, block_size: int, groups: int, device: torch.device
+        self, meta: AttentionMetadata, block_size: int, groups: int, query: torch.Tensor
     ) -> _StepPlan:
-        key = (meta, block_size, groups)
+        device, dtype = query.device, query.dtype
+        key = (meta, block_size, groups, dtype)
         if self._plan_key is not None and self._plan_key[0] is meta and self._plan_key[1:] == key[1:]:
             return self._plan
         plan = _StepPlan()
         if meta.max_query_len == 1:
             plan.decode = self._decode_plan(
-                None, meta.block_tables, meta.seq_lens, meta.max_seq_len, block_size
+                None, meta.block_tables, meta.seq_lens, meta.max_seq_len, block_size, dtype
             )
         else:
             decode_rows: list[int] = []
@@ -176,7 +195,7 @@ class TorchAttentionBackend:
                 max_len = max(_seq_lens(meta)[r] for r in decode_rows)
                 tokens = torch.tensor(decode_tokens, device=device)
                 plan.decode = self._decode_plan(
-                    tokens, meta.block_tables[rows], seq_lens, max_len, block_size
+                    tokens, meta.block_tables[rows], seq_lens, max_len, block_size, dtype
                 )
         self._plan_key, self._plan = key, plan
         return plan
@@ -188,16 +207,24 @@ class TorchAttentionBackend:
         seq_lens: torch.Tensor,
         max_seq_len: int,
         block_size: int,
+        dtype: torch.dtype,
     ) -> _DecodePlan:
         num_seqs = block_tables.shape[0]
         num_blocks = -(-max_seq_len // block_size)
-        blocks = block_tables[:, :num_blocks].to(torch.long)
+        blocks = block_tables[:, :num_blocks].to(torch.long).reshape(-1)
         span = num_blocks * block_size
+        if num_seqs == 1:
+            # One sequence: trim the gathered context to its length instead of masking.
+            return _DecodePlan(tokens, blocks, span, None, max_seq_len)
         positions = torch.arange(span, device=block_tables.device)
-        mask = (positions.unsqueeze(0) < seq_lens.to(block_tables.device).unsqueeze(1)).view(
+        visible = (positions.unsqueeze(0) < seq_lens.to(block_tables.device).unsqueeze(1)).view(
             num_seqs, 1, 1, span
         )
-        return _DecodePlan(tokens, blocks, mask)
+        # An additive float mask: SDPA would otherwise convert a bool mask on every layer.
+        mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(
+            ~visible, float("-inf")
+        )
+        return _DecodePlan(tokens, blocks, span, mask, max_seq_len)
 
     def attend(
         self,
@@ -208,14 +235,14 @@ class TorchAttentionBackend:
         scale: float,
     ) -> torch.Tensor:
         groups = query.shape[1] // k_cache.shape[2]
-        plan = self._step_plan(meta, k_cache.shape[1], groups, query.device)
+        plan = self._step_plan(meta, k_cache.shape[1], groups, query)
         decode = plan.decode
         if decode is not None and decode.tokens is None:
             return self._decode(query, k_cache, v_cache, decode, scale)
         out = torch.empty_like(query)
         for part in plan.prefills:
-            k = k_cache[part.blocks].flatten(0, 1)[: part.kv_len]
-            v = v_cache[part.blocks].flatten(0, 1)[: part.kv_len]
+            k = _gather_blocks(k_cache, part.blocks)[: part.kv_len]
+            v = _gather_blocks(v_cache, part.blocks)[: part.kv_len]
             end = part.start + part.q_len
             out[part.start : end] = _attend_one(query[part.start : end], k, v, part.mask, scale)
         if decode is not None:
@@ -230,9 +257,17 @@ class TorchAttentionBackend:
         """One query token per sequence: a single batched, length-masked SDPA over gathered K/V."""
         num_seqs, num_heads, head_dim = query.shape
         num_kv_heads = k_cache.shape[2]
-        span = plan.mask.shape[-1]
-        k = k_cache[plan.blocks].view(num_seqs, span, num_kv_heads, head_dim).transpose(1, 2)
-        v = v_cache[plan.blocks].view(num_seqs, span, num_kv_heads, head_dim).transpose(1, 2)
-        qg = query.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
+        groups = num_heads // num_kv_heads
+        k = _gather_blocks(k_cache, plan.blocks)
+        v = _gather_blocks(v_cache, plan.blocks)
+        if plan.mask is None:  # one sequence, trimmed: [1, Hkv, G, D] against [1, Hkv, L, D], no mask
+            # (4-D on purpose: 3-D inputs miss the CPU flash kernel for the much slower math path.)
+            k = k[: plan.seq_len].transpose(0, 1).unsqueeze(0)
+            v = v[: plan.seq_len].transpose(0, 1).unsqueeze(0)
+            qg = query.view(1, num_kv_heads, groups, head_dim)
+            return F.scaled_dot_product_attention(qg, k, v, scale=scale).reshape(1, num_heads, head_dim)
+        k = k.view(num_seqs, plan.span, num_kv_heads, head_dim).transpose(1, 2)
+        v = v.view(num_seqs, plan.span, num_kv_heads, head_dim).transpose(1, 2)
+        qg = query.view(num_seqs, num_kv_heads, groups, head_dim)
         out = F.scaled_dot_product_attention(qg, k, v, attn_mask=plan.mask, scale=scale)
         return out.reshape(num_seqs, num_heads, head_dim)

@@ -24,8 +24,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        # One fused op; it accumulates in float32 for low-precision inputs.
-        return F.rms_norm(x, (self.hidden_size,), self.weight, self.eps)
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (self.hidden_size,), self.weight, self.eps)
+        # HF's order: normalise in float32, round to the model dtype, then scale by the weight.
+        # Scaling before rounding (one fused call) shifts bf16 logits enough to flip greedy picks.
+        return F.rms_norm(x.float(), (self.hidden_size,), None, self.eps).to(x.dtype) * self.weight
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None

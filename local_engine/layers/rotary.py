@@ -75,6 +75,9 @@ class RotaryEmbedding(nn.Module):
         # [max_position, rotary_dim]: cos in the first half, sin in the second.
         self.register_buffer("cos_sin_cache", torch.cat([freqs.cos(), freqs.sin()], dim=-1), persistent=False)
         self._typed_cache: torch.Tensor | None = None
+        # This forward pass's (positions, dtype) -> (cos, sin) pair: every layer shares it.
+        self._step_key: tuple[torch.Tensor, torch.dtype] | None = None
+        self._step_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _table(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         cached = self._typed_cache
@@ -84,17 +87,45 @@ class RotaryEmbedding(nn.Module):
             self._typed_cache = cached
         return cached
 
+    def _step_factors(
+        self, positions: torch.Tensor, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[T, 1, rotary_dim]`` cos and signed sin for ``positions``, reused by every layer of one
+        forward pass (same tensor object, until ``begin_step``)."""
+        key = self._step_key
+        if (
+            device.type == "cpu"  # elsewhere a CUDA graph capture must see the gather every time
+            and key is not None
+            and key[0] is positions
+            and key[1] == dtype
+            and self._step_cos_sin is not None
+        ):
+            return self._step_cos_sin
+        cos, sin = self._table(dtype, device)[positions].unsqueeze(1).chunk(2, dim=-1)
+        factors = (torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1))
+        self._step_key, self._step_cos_sin = (positions, dtype), factors
+        return factors
+
+    def begin_step(self) -> None:
+        """Forget the previous forward pass's factors (its positions may be refilled in place)."""
+        self._step_key = self._step_cos_sin = None
+
     def apply(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Rotate ``x`` ``[T, heads, head_dim]`` (any strides); returns a new tensor."""
         if x.stride(-1) == 1 and use_triton(x):  # KERNELS: Triton on CUDA, from the float32 table
             from local_engine.kernels.rotary import apply_rotary
 
             return apply_rotary(positions, x, self.cos_sin_cache, self.rotary_dim)
+        if self.rotary_dim == self.head_dim:
+            # x * [cos, cos] + [x2, x1] * [-sin, sin]: four ops per call, with the per-position
+            # factors built once per step (same roundings as HF's q * cos + rotate_half(q) * sin).
+            cos2, sin2 = self._step_factors(positions, x.dtype, x.device)
+            half = self.rotary_dim // 2
+            out = x * cos2
+            swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+            return out.add_(swapped.mul_(sin2))
         cos_sin = self._table(x.dtype, x.device)[positions].unsqueeze(1)
         cos, sin = cos_sin.chunk(2, dim=-1)
-        if self.rotary_dim == self.head_dim:
-            x1, x2 = x.chunk(2, dim=-1)
-            return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
         rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
         x1, x2 = rot.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)

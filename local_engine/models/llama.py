@@ -131,6 +131,8 @@ class LlamaModel(nn.Module):
         begin_step = getattr(get_backend(input_ids.device), "begin_step", None)
         if begin_step is not None:
             begin_step()
+        if len(self.layers):
+            self.layers[0].self_attn.rotary_emb.begin_step()  # shared by every layer
         hidden = self.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):

