@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -173,10 +174,10 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-def _request(port: int, stream: bool) -> bytes:
+def _request(port: int, stream: bool, key: str = BENCH_KEY, nonce: str = "") -> bytes:
     body: dict = {
         "model": MODEL,
-        "messages": [{"role": "user", "content": "Hello, how are you today?"}],
+        "messages": [{"role": "user", "content": f"Hello, how are you today?{nonce}"}],
         "max_tokens": 20,
     }
     if stream:
@@ -186,7 +187,7 @@ def _request(port: int, stream: bool) -> bytes:
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:"
         + str(port).encode()
         + b"\r\ncontent-type: application/json\r\nauthorization: Bearer "
-        + BENCH_KEY.encode()
+        + key.encode()
         + b"\r\ncontent-length: "
         + str(len(raw)).encode()
         + b"\r\n\r\n"
@@ -194,19 +195,26 @@ def _request(port: int, stream: bool) -> bytes:
     )
 
 
-async def _load(port: int, stream: bool, concurrency: int, duration: float) -> dict:
-    request = _request(port, stream)
+async def _load(
+    port: int, stream: bool, concurrency: int, duration: float, key: str = BENCH_KEY, unique: bool = False
+) -> dict:
+    """Fixed-concurrency keep-alive load; ``unique`` makes every request distinct (all cache misses)."""
+    request = _request(port, stream, key)
     latencies: list[int] = []
     errors = 0
     deadline = time.monotonic() + duration
 
-    async def worker() -> None:
+    async def worker(w: int) -> None:
         nonlocal errors
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        n = 0
         try:
             while time.monotonic() < deadline:
+                if unique:
+                    n += 1
+                    request_n = _request(port, stream, key, f" {os.getpid()}-{w}-{n}")
                 t0 = time.perf_counter_ns()
-                writer.write(request)
+                writer.write(request_n if unique else request)
                 status = await _read_response(reader)
                 if status == 200:
                     latencies.append(time.perf_counter_ns() - t0)
@@ -216,7 +224,7 @@ async def _load(port: int, stream: bool, concurrency: int, duration: float) -> d
             writer.close()
 
     started = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
     elapsed = time.monotonic() - started
     latencies.sort()
 
@@ -235,9 +243,9 @@ async def _load(port: int, stream: bool, concurrency: int, duration: float) -> d
     }
 
 
-def run_loadgen(port: int, stream: bool, concurrency: int, duration: float) -> None:
+def run_loadgen(port: int, stream: bool, concurrency: int, duration: float, key: str, unique: bool) -> None:
     _use_uvloop()
-    print(json.dumps(asyncio.run(_load(port, stream, concurrency, duration))))
+    print(json.dumps(asyncio.run(_load(port, stream, concurrency, duration, key, unique))))
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -387,7 +395,15 @@ class TargetResult:
     runs: list[Run] = field(default_factory=list)
 
 
-def _loadgen(port: int, stream: bool, concurrency: int, duration: float, core: int) -> dict:
+def _loadgen(
+    port: int,
+    stream: bool,
+    concurrency: int,
+    duration: float,
+    core: int,
+    key: str = BENCH_KEY,
+    unique: bool = False,
+) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -398,7 +414,8 @@ def _loadgen(port: int, stream: bool, concurrency: int, duration: float, core: i
         "--concurrency",
         str(concurrency),
     ]
-    cmd += ["--duration", str(duration)] + (["--stream"] if stream else [])
+    cmd += ["--duration", str(duration), "--key", key] + (["--stream"] if stream else [])
+    cmd += ["--unique"] if unique else []
     out = subprocess.run(_pinned(cmd, core), capture_output=True, text=True, timeout=duration + 60)
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
@@ -406,16 +423,23 @@ def _loadgen(port: int, stream: bool, concurrency: int, duration: float, core: i
 
 
 def _measure(
-    name: str, port: int, proc: subprocess.Popen | None, levels: list[int], duration: float, load_core: int
+    name: str,
+    port: int,
+    proc: subprocess.Popen | None,
+    levels: list[int],
+    duration: float,
+    load_core: int,
+    key: str = BENCH_KEY,
+    unique: bool = False,
 ) -> TargetResult:
     result = TargetResult(name)
     # Warm-up: connection pools, lazy imports, JIT-ish caches.
-    _loadgen(port, False, 8, min(1.0, duration), load_core)
-    _loadgen(port, True, 8, min(0.5, duration), load_core)
+    _loadgen(port, False, 8, min(1.0, duration), load_core, key, unique)
+    _loadgen(port, True, 8, min(0.5, duration), load_core, key, unique)
     for stream in (False, True):
         for c in levels:
             cpu0 = _cpu_seconds(proc.pid) if proc else 0.0
-            r = _loadgen(port, stream, c, duration, load_core)
+            r = _loadgen(port, stream, c, duration, load_core, key, unique)
             cpu1 = _cpu_seconds(proc.pid) if proc else 0.0
             per_req = (cpu1 - cpu0) * 1000 / r["requests"] if proc and r["requests"] else None
             mode = "stream" if stream else "plain"
@@ -558,6 +582,9 @@ def orchestrate(args: argparse.Namespace) -> int:
         finally:
             _stop(proc)
 
+        if not args.skip_full:
+            results.append(_measure_full(up_port, tmp, sy_env, levels, duration, gateway_core, load_core))
+
         if not args.skip_litellm:
             litellm = _ensure_litellm()
             lcfg = tmp / "litellm.yaml"
@@ -598,6 +625,79 @@ def orchestrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_redis_url() -> str | None:
+    """The local Redis for shared limits and cache, if one answers (else in-process ones)."""
+    url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return url if s.recv(16).startswith(b"+PONG") else None
+    except OSError:
+        return None
+
+
+def _admin_post(port: int, path: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"authorization": f"Bearer {BENCH_KEY}", "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _measure_full(
+    up_port: int,
+    tmp: Path,
+    sy_env: dict[str, str | None],
+    levels: list[int],
+    duration: float,
+    gateway_core: int,
+    load_core: int,
+) -> TargetResult:
+    """Switchyard with everything on: a virtual key of a team (auth from the control plane),
+    rate limits on key and team, the response cache (every request distinct, so all misses and
+    stores), and spend accounting."""
+    redis_url = _bench_redis_url()
+    print(f"switchyard full: virtual key, limits and cache on Redis {redis_url or '(in-process)'}")
+    cfg = tmp / "config-full.yaml"
+    cfg.write_text(
+        _config_yaml(up_port, tmp).replace(
+            "general_settings:\n", f"general_settings:\n  data_dir: {tmp / 'data'}\n"
+        )
+        + "cache_settings:\n  enabled: true\n  cache_nonzero_temperature: true\n"
+        + "limit_settings:\n  enabled: true\n"
+    )
+    env = dict(sy_env)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    port = _free_port()
+    exe = REPO / ".venv" / "bin" / "switchyard"
+    started = time.monotonic()
+    proc = _spawn(
+        [str(exe), "serve", "--config", str(cfg), "--port", str(port)], gateway_core, env, tmp / "full.log"
+    )
+    try:
+        first = _first_healthy(port, proc, started)
+        team = _admin_post(port, "/team/new", {"team_alias": f"bench-{os.getpid()}", "rpm_limit": 10**9})
+        key = _admin_post(
+            port,
+            "/key/generate",
+            {
+                "team_id": team["team_id"],
+                "rpm_limit": 10**9,
+                "tpm_limit": 2**31 - 1,
+                "max_parallel_requests": 10**6,
+            },
+        )["key"]
+        res = _measure("sy-full", port, proc, levels, duration, load_core, key, unique=True)
+        res.first_healthy_s = first
+        return res
+    finally:
+        _stop(proc)
+
+
 def _report(results: list[TargetResult], levels: list[int]) -> None:
     by = {r.name: r for r in results}
     direct = {(x.mode, x.concurrency): x for x in by["direct"].runs}
@@ -622,11 +722,13 @@ def _report(results: list[TargetResult], levels: list[int]) -> None:
         if r.name == "direct":
             continue
         print(f"{r.name:10s} RSS {r.rss_mb:6.1f} MB   first healthy answer {r.first_healthy_s:.2f} s")
-    if "switchyard" in by and "litellm" in by:
-        sy = {(x.mode, x.concurrency): x for x in by["switchyard"].runs}
+    for name in ("switchyard", "sy-full"):
+        if name not in by or "litellm" not in by:
+            continue
+        sy = {(x.mode, x.concurrency): x for x in by[name].runs}
         ll = {(x.mode, x.concurrency): x for x in by["litellm"].runs}
         print()
-        print("Switchyard / LiteLLM (same core, same run):")
+        print(f"{name} / LiteLLM (same core, same run):")
         for mode in ("plain", "stream"):
             for c in levels:
                 a, b = sy[(mode, c)], ll[(mode, c)]
@@ -652,12 +754,19 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--key", default=BENCH_KEY)
+    parser.add_argument("--unique", action="store_true", help="loadgen: every request distinct")
+    parser.add_argument(
+        "--skip-full",
+        action="store_true",
+        help="do not measure Switchyard with virtual keys, limits and cache",
+    )
     args = parser.parse_args()
     if args.role == "upstream":
         run_upstream(args.port)
         return 0
     if args.role == "loadgen":
-        run_loadgen(args.port, args.stream, args.concurrency, args.duration)
+        run_loadgen(args.port, args.stream, args.concurrency, args.duration, args.key, args.unique)
         return 0
     return orchestrate(args)
 

@@ -18,6 +18,7 @@ from gateway.limits.errors import RateLimited
 from gateway.limits.headers import format_reset, retry_after_seconds
 from gateway.limits.scopes import applicable_scopes
 from gateway.limits.settings import LimitSettings
+from gateway.null_stages import NullAdmission
 from gateway.pipeline import LimitScope, Principal, Usage
 
 log = logging.getLogger("switchyard.limits")
@@ -52,18 +53,6 @@ class Reservation:
     estimated_tokens: int
     lease: str
     held: bool = True  # False: an instant admission (a cache hit) that holds no slot and no tokens
-
-
-class NullAdmission:
-    """No limit applies: nothing to settle."""
-
-    __slots__ = ("headers",)
-
-    def __init__(self) -> None:
-        self.headers: dict[str, str] = {}
-
-    async def settle(self, usage: Usage | None) -> None:
-        return None
 
 
 class WindowAdmission:
