@@ -8,18 +8,15 @@ keys, spend), limits and cache (Redis-backed limiter and response cache), the ro
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from gateway.auth import Authenticator, ChainKeyResolver, MasterKeyResolver
-from gateway.config import CacheSettings, GatewayConfig
+from gateway.config import GatewayConfig
 from gateway.null_stages import NullLimiter
-from gateway.pipeline import KeyResolver, Limiter, Principal, ResponseCache, SpendSink
+from gateway.pipeline import KeyResolver, Limiter, SpendSink
 from gateway.routing.deployment import deployments_from_entries
 from gateway.routing.router import Router
 
@@ -30,8 +27,6 @@ from providers.http import aclose_shared_client
 
 log = logging.getLogger("switchyard.services")
 
-# (principal, model, body) -> cache key, or None when this request must not be cached.
-CacheKeyFn = Callable[[Principal, str, dict[str, Any]], str | None]
 Closer = Callable[[], Awaitable[None]]
 
 
@@ -45,9 +40,6 @@ class Services:
     auth: Authenticator
     limiter: Limiter
     spend: SpendSink
-    cache: ResponseCache | None = None
-    cache_key: CacheKeyFn | None = None
-    cache_ttl: float = 0.0
     redis: Any = None
     # Run in reverse order at shutdown.
     closers: list[Closer] = field(default_factory=list)
@@ -63,26 +55,6 @@ class Services:
             except Exception:
                 log.exception("error while shutting down %r", closer)
         self.closers.clear()
-
-
-def request_cache_key(settings: CacheSettings) -> CacheKeyFn:
-    """The default cache key: tenant + model + the canonical request body.
-
-    Only deterministic requests are cached unless ``cache_nonzero_temperature`` is set.
-    Streaming requests are not cached.
-    """
-
-    def key(principal: Principal, model: str, body: dict[str, Any]) -> str | None:
-        if body.get("stream"):
-            return None
-        temperature = body.get("temperature", 1.0)
-        if not settings.cache_nonzero_temperature and temperature != 0:
-            return None
-        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-        digest = hashlib.sha256(canonical).hexdigest()
-        return f"{principal.cache_scope}:{model}:{digest}"
-
-    return key
 
 
 async def build_services(config: GatewayConfig) -> Services:
@@ -138,8 +110,6 @@ async def build_services(config: GatewayConfig) -> Services:
     response_cache = build_cache(config.cache_settings, redis) if config.cache_settings.enabled else None
     if response_cache is not None:
         closers.append(response_cache.close)
-    cache: ResponseCache | None = response_cache
-    cache_key = None
 
     # SLOT (control plane): the batching Postgres spend writer (flushed by control_plane.close).
     spend: SpendSink = control_plane.sink
@@ -151,9 +121,6 @@ async def build_services(config: GatewayConfig) -> Services:
         auth=auth,
         limiter=limiter,
         spend=spend,
-        cache=cache,
-        cache_key=cache_key,
-        cache_ttl=config.cache_settings.ttl,
         redis=redis,
         closers=closers,
         response_cache=response_cache,
