@@ -251,7 +251,7 @@ def child_main(system: str, prompts_file: Path, out_file: Path, threads: int) ->
 
 
 def run_child(
-    system: str, python: Path, prompts_file: Path, threads: int, cores: str
+    system: str, python: Path, prompts_file: Path, threads: int, cores: str, spincount: int | None = None
 ) -> dict[str, Any] | None:
     out_file = prompts_file.with_name(f"{system}.json")
     env = dict(os.environ)
@@ -260,7 +260,14 @@ def run_child(
     )
     # The same OpenMP wait policy for every system (our package defaults to PASSIVE, which the parent
     # process inherits by importing it): sleeping, not spinning, idle workers on a shared machine.
-    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    # With --omp-spincount, every system's workers instead spin that many rounds before sleeping:
+    # PASSIVE puts them to sleep after every parallel region (each matmul and attention call), and
+    # waking them costs about a third of a step here; spinning only pays on cores nobody else uses.
+    if spincount is not None:
+        env.pop("OMP_WAIT_POLICY", None)
+        env["GOMP_SPINCOUNT"] = str(spincount)
+    else:
+        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONPATH"] = str(REPO)
     command = [str(python), str(Path(__file__).resolve()), "--child", system, "--prompts", str(prompts_file)]
     command += ["--out", str(out_file), "--threads", str(threads)]
@@ -309,6 +316,12 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cores", default="0-1", help="taskset core list for every system")
+    parser.add_argument(
+        "--omp-spincount",
+        type=int,
+        default=None,
+        help="run every system with GOMP_SPINCOUNT=N (bounded spinning) instead of OMP_WAIT_POLICY=PASSIVE",
+    )
     parser.add_argument("--child", choices=sorted(SYSTEMS))
     parser.add_argument("--prompts", type=Path)
     parser.add_argument("--out", type=Path)
@@ -326,6 +339,9 @@ def main() -> None:
         "greedy, bf16"
     )
     print(f"threads={args.threads} cores={args.cores} cpu={platform.processor() or platform.machine()}")
+    spin = args.omp_spincount
+    wait = f"GOMP_SPINCOUNT={spin}" if spin is not None else "OMP_WAIT_POLICY=PASSIVE"
+    print(f"OpenMP idle workers: {wait}")
     plan: list[tuple[str, Path]] = [("switchyard", Path(sys.executable))]
     if not args.skip_hf or not args.skip_vllm:
         convert_default_model(CONVERTED)
@@ -338,7 +354,7 @@ def main() -> None:
         prompts_file = Path(tmp) / "prompts.json"
         prompts_file.write_text(json.dumps(prompts))
         for name, python in plan:
-            r = run_child(name, python, prompts_file, args.threads, args.cores)
+            r = run_child(name, python, prompts_file, args.threads, args.cores, args.omp_spincount)
             if r is not None:
                 results[name] = r
     if "switchyard" not in results:
@@ -368,7 +384,13 @@ def main() -> None:
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    record = {"summary": summary, "threads": args.threads, "cores": args.cores, "prompt_lengths": lengths}
+    record = {
+        "summary": summary,
+        "threads": args.threads,
+        "cores": args.cores,
+        "omp_spincount": args.omp_spincount,
+        "prompt_lengths": lengths,
+    }
     (out_dir / f"engine_cpu-{stamp}.json").write_text(json.dumps(record, indent=2))
 
 
