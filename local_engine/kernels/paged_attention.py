@@ -45,6 +45,54 @@ def _find_seq_idx(query_start_loc_ptr, target, num_seqs, BLOCK_Q: tl.constexpr):
 
 
 # ``num_seqs`` == 1 must not become a compile-time constant: it is a loop bound that changes type.
+@triton.jit
+def _load_kv_tile(
+    k_cache_ptr,
+    v_cache_ptr,
+    table,
+    kv_pos,
+    kv_ok,
+    kv_head,
+    dims,
+    dim_ok,
+    stride_kc_b,
+    stride_kc_s,
+    stride_kc_h,
+    stride_vc_b,
+    stride_vc_s,
+    stride_vc_h,
+    BLOCK_SIZE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+):
+    """One tile of keys (transposed, ``[DIM_PAD, TILE]``) and values (``[TILE, DIM_PAD]``) of a
+    sequence, gathered from the paged cache through its block table row ``table``."""
+    block = tl.load(table + kv_pos // BLOCK_SIZE, mask=kv_ok, other=0).to(tl.int64)
+    in_block = (kv_pos % BLOCK_SIZE).to(tl.int64)
+    k_off = block * stride_kc_b + in_block * stride_kc_s + kv_head * stride_kc_h
+    v_off = block * stride_vc_b + in_block * stride_vc_s + kv_head * stride_vc_h
+    k = tl.load(
+        k_cache_ptr + k_off[None, :] + dims[:, None], mask=dim_ok[:, None] & kv_ok[None, :], other=0.0
+    ).to(DOT_DTYPE)
+    v = tl.load(
+        v_cache_ptr + v_off[:, None] + dims[None, :], mask=kv_ok[:, None] & dim_ok[None, :], other=0.0
+    ).to(DOT_DTYPE)
+    return k, v
+
+
+@triton.jit
+def _online_softmax_step(s, v, m_i, l_i, acc, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """Fold one tile of log2-scaled scores ``s`` and values ``v`` into the running max, sum and
+    output (flash-attention's online softmax)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # Rows with nothing visible yet keep m = -inf; shift by 0 instead so exp2 gives 0, not NaN.
+    m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
+    p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
 @triton.jit(do_not_specialize=["num_seqs"])
 def _unified_attention_kernel(
     out_ptr,
@@ -116,27 +164,15 @@ def _unified_attention_kernel(
     for start in range(0, num_keys, TILE):
         kv_pos = start + tl.arange(0, TILE)
         kv_ok = kv_pos < num_keys
-        block = tl.load(table + kv_pos // BLOCK_SIZE, mask=kv_ok, other=0).to(tl.int64)
-        in_block = (kv_pos % BLOCK_SIZE).to(tl.int64)
-        k_off = block * stride_kc_b + in_block * stride_kc_s + kv_head * stride_kc_h
-        v_off = block * stride_vc_b + in_block * stride_vc_s + kv_head * stride_vc_h
-        k = tl.load(
-            k_cache_ptr + k_off[None, :] + dims[:, None], mask=dim_ok[:, None] & kv_ok[None, :], other=0.0
-        ).to(DOT_DTYPE)
-        v = tl.load(
-            v_cache_ptr + v_off[:, None] + dims[None, :], mask=kv_ok[:, None] & dim_ok[None, :], other=0.0
-        ).to(DOT_DTYPE)
+        k, v = _load_kv_tile(
+            k_cache_ptr, v_cache_ptr, table, kv_pos, kv_ok, kv_head, dims, dim_ok,
+            stride_kc_b, stride_kc_s, stride_kc_h, stride_vc_b, stride_vc_s, stride_vc_h,
+            BLOCK_SIZE, DOT_DTYPE,
+        )  # fmt: skip
         s = tl.dot(q, k, input_precision=PRECISION) * scale_log2
         visible = row_ok[:, None] & kv_ok[None, :] & (kv_pos[None, :] <= causal_limit[:, None])
         s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        # Rows with nothing visible yet keep m = -inf; shift by 0 instead so exp2 gives 0, not NaN.
-        m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, DOT_DTYPE, PRECISION)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(
@@ -205,25 +241,14 @@ def _split_kv_decode_kernel(
     for start in range(kv_start, kv_end, TILE):
         kv_pos = start + tl.arange(0, TILE)
         kv_ok = kv_pos < kv_end
-        block = tl.load(table + kv_pos // BLOCK_SIZE, mask=kv_ok, other=0).to(tl.int64)
-        in_block = (kv_pos % BLOCK_SIZE).to(tl.int64)
-        k_off = block * stride_kc_b + in_block * stride_kc_s + kv_head * stride_kc_h
-        v_off = block * stride_vc_b + in_block * stride_vc_s + kv_head * stride_vc_h
-        k = tl.load(
-            k_cache_ptr + k_off[None, :] + dims[:, None], mask=dim_ok[:, None] & kv_ok[None, :], other=0.0
-        ).to(DOT_DTYPE)
-        v = tl.load(
-            v_cache_ptr + v_off[:, None] + dims[None, :], mask=kv_ok[:, None] & dim_ok[None, :], other=0.0
-        ).to(DOT_DTYPE)
+        k, v = _load_kv_tile(
+            k_cache_ptr, v_cache_ptr, table, kv_pos, kv_ok, kv_head, dims, dim_ok,
+            stride_kc_b, stride_kc_s, stride_kc_h, stride_vc_b, stride_vc_s, stride_vc_h,
+            BLOCK_SIZE, DOT_DTYPE,
+        )  # fmt: skip
         s = tl.dot(q, k, input_precision=PRECISION) * scale_log2
         s = tl.where(row_ok[:, None] & kv_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(DOT_DTYPE), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, DOT_DTYPE, PRECISION)
 
     base = (token * num_q_heads + head) * NUM_SPLITS + split  # [BLOCK_M]
     tl.store(part_acc_ptr + base[:, None] * DIM_PAD + dims[None, :], acc, mask=row_ok[:, None])
