@@ -6,8 +6,9 @@ at startup, and that must not pull in the service and its backends when no cache
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gateway.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from gateway.cache.keys import CacheControl, cache_key, canonical_request, parse_cache_control
@@ -60,10 +61,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOMES)

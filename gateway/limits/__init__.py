@@ -8,8 +8,9 @@ Names are imported on first use (PEP 562) so that ``gateway.config``'s import of
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gateway.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from gateway.limits.errors import RateLimited
@@ -35,7 +36,7 @@ def build_limiter(settings: LimitSettings, pool: RedisPool | None) -> WindowLimi
 _HOMES = {
     "LimitSettings": "settings",
     "MemoryLimiter": "memory_limiter",
-    "NullAdmission": "window",
+    "NullAdmission": "window",  # defined in gateway.null_stages, imported there
     "RateLimited": "errors",
     "RedisLimiter": "redis_limiter",
     "ScopeLimits": "settings",
@@ -58,10 +59,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOMES)
