@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from local_engine.attention.metadata import AttentionMetadata
+from local_engine.kernels import cpu as cpu_kernels
 
 
 def _query_lens(meta: AttentionMetadata) -> list[int]:
@@ -80,10 +81,13 @@ def attend_uncached(
 @dataclass
 class _DecodePlan:
     tokens: torch.Tensor | None  # rows of the flattened batch holding decode tokens (None: all of them)
-    blocks: torch.Tensor  # [S_dec * num_blocks] int64, each sequence's blocks in order
+    blocks: torch.Tensor | None  # [S_dec * num_blocks] int64, each sequence's blocks in order
     span: int  # num_blocks * block_size: gathered positions per sequence
     mask: torch.Tensor | None  # [S_dec, 1, 1, span] additive (0 / -inf), query dtype; None: one seq
     seq_len: int  # the longest sequence (the only one when mask is None: trimmed to it instead)
+    # The fused CPU kernel reads the cache through the block tables itself (no gather, no mask).
+    tables: torch.Tensor | None = None  # [S_dec, width] int32
+    lens: torch.Tensor | None = None  # [S_dec] int32
 
 
 def _gather_blocks(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
@@ -150,6 +154,9 @@ class TorchAttentionBackend:
         v_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
     ) -> None:
+        if k_cache.dtype == torch.bfloat16 and cpu_kernels.usable(key):
+            cpu_kernels.write_kv(key, value, k_cache, v_cache, slot_mapping)
+            return
         self._prepare_slots(slot_mapping)
         slots, keep = self._slots, self._slots_keep
         assert slots is not None
@@ -171,9 +178,10 @@ class TorchAttentionBackend:
         if self._plan_key is not None and self._plan_key[0] is meta and self._plan_key[1:] == key[1:]:
             return self._plan
         plan = _StepPlan()
+        kernel = self._decode_kernel(query, groups)
         if meta.max_query_len == 1:
             plan.decode = self._decode_plan(
-                None, meta.block_tables, meta.seq_lens, meta.max_seq_len, block_size, dtype
+                None, meta.block_tables, meta.seq_lens, meta.max_seq_len, block_size, dtype, kernel
             )
         else:
             decode_rows: list[int] = []
@@ -195,10 +203,18 @@ class TorchAttentionBackend:
                 max_len = max(_seq_lens(meta)[r] for r in decode_rows)
                 tokens = torch.tensor(decode_tokens, device=device)
                 plan.decode = self._decode_plan(
-                    tokens, meta.block_tables[rows], seq_lens, max_len, block_size, dtype
+                    tokens, meta.block_tables[rows], seq_lens, max_len, block_size, dtype, kernel
                 )
         self._plan_key, self._plan = key, plan
         return plan
+
+    @staticmethod
+    def _decode_kernel(query: torch.Tensor, groups: int) -> bool:
+        """Whether decode tokens go to the fused CPU kernel (bf16 on CPU, shapes it supports)."""
+        num_heads, head_dim = query.shape[1], query.shape[2]
+        return cpu_kernels.usable(query) and cpu_kernels.decode_supported(
+            num_heads, num_heads // groups, head_dim
+        )
 
     @staticmethod
     def _decode_plan(
@@ -208,7 +224,10 @@ class TorchAttentionBackend:
         max_seq_len: int,
         block_size: int,
         dtype: torch.dtype,
+        kernel: bool = False,
     ) -> _DecodePlan:
+        if kernel:
+            return _DecodePlan(tokens, None, 0, None, max_seq_len, block_tables, seq_lens)
         num_seqs = block_tables.shape[0]
         num_blocks = -(-max_seq_len // block_size)
         blocks = block_tables[:, :num_blocks].to(torch.long).reshape(-1)
@@ -255,6 +274,11 @@ class TorchAttentionBackend:
         query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: _DecodePlan, scale: float
     ) -> torch.Tensor:
         """One query token per sequence: a single batched, length-masked SDPA over gathered K/V."""
+        if plan.tables is not None:
+            assert plan.lens is not None
+            tables, lens = plan.tables, plan.lens
+            return cpu_kernels.paged_decode(query, k_cache, v_cache, tables, lens, plan.seq_len, scale)
+        assert plan.blocks is not None
         num_seqs, num_heads, head_dim = query.shape
         num_kv_heads = k_cache.shape[2]
         groups = num_heads // num_kv_heads

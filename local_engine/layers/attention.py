@@ -7,6 +7,8 @@ from torch import nn
 
 from local_engine.attention.metadata import AttentionMetadata
 from local_engine.attention.select import get_backend
+from local_engine.kernels import cpu as cpu_kernels
+from local_engine.layers.rotary import RotaryEmbedding
 
 
 class Attention(nn.Module):
@@ -48,3 +50,39 @@ class Attention(nn.Module):
             backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
             out = backend.attend(q, k_cache, v_cache, meta, self.scale)
         return out.reshape(num_tokens, self.num_heads * self.head_dim)
+
+    def rotary_fusable(
+        self, qkv: torch.Tensor, rotary: RotaryEmbedding, kv_cache: tuple[torch.Tensor, torch.Tensor]
+    ) -> bool:
+        """Whether ``forward_qkv`` can rotate, cache and attend with the fused CPU kernel."""
+        return (
+            rotary.rotary_dim == self.head_dim
+            and kv_cache[0].numel() > 0
+            and kv_cache[0].dtype == torch.bfloat16
+            and cpu_kernels.usable(qkv)
+        )
+
+    def forward_qkv(
+        self,
+        qkv: torch.Tensor,
+        positions: torch.Tensor,
+        rotary: RotaryEmbedding,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """``forward`` from the fused projection ``[T, (Hq + 2 Hkv) * D]`` with RoPE applied in the
+        same CPU pass that writes K/V into the cache (see ``rotary_fusable``)."""
+        k_cache, v_cache = kv_cache
+        q = cpu_kernels.rope_write_kv(
+            qkv,
+            positions,
+            rotary.table(qkv.dtype, qkv.device),
+            meta.slot_mapping,
+            k_cache,
+            v_cache,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+        )
+        out = get_backend(q.device).attend(q, k_cache, v_cache, meta, self.scale)
+        return out.reshape(q.shape[0], self.num_heads * self.head_dim)

@@ -56,7 +56,7 @@ class ParallelLMHead(VocabParallelEmbedding):
         """Keep a oneDNN-packed copy of the head for CPU bf16 matmuls (the largest one in small models)."""
         from local_engine.layers.linear import _pack
 
-        self._packed = _pack(self.weight)
+        self._packed = _pack(self.weight, self.bias)
         return self._packed is not None
 
     def tie(self, embedding: VocabParallelEmbedding) -> None:

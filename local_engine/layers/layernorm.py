@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from local_engine.kernels import cpu as cpu_kernels
 from local_engine.kernels.dispatch import use_triton
 
 
@@ -37,6 +38,8 @@ class RMSNorm(nn.Module):
             from local_engine.kernels.rmsnorm import rms_norm
 
             return rms_norm(x, self.weight, self.eps, residual)
+        if self.weight.dtype == torch.bfloat16 and cpu_kernels.usable(x):  # one C call, same roundings
+            return cpu_kernels.rms_norm(x, self.weight, self.eps, residual)
         if residual is None:
             return self._norm(x)
         summed = x + residual

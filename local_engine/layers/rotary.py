@@ -79,7 +79,8 @@ class RotaryEmbedding(nn.Module):
         self._step_key: tuple[torch.Tensor, torch.dtype] | None = None
         self._step_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _table(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def table(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The ``[max_position, rotary_dim]`` cos | sin table in ``dtype`` on ``device`` (cached)."""
         cached = self._typed_cache
         if cached is None or cached.dtype != dtype or cached.device != device:
             # HF casts cos/sin to the activation dtype before rotating; caching the cast saves an op.
@@ -101,7 +102,7 @@ class RotaryEmbedding(nn.Module):
             and self._step_cos_sin is not None
         ):
             return self._step_cos_sin
-        cos, sin = self._table(dtype, device)[positions].unsqueeze(1).chunk(2, dim=-1)
+        cos, sin = self.table(dtype, device)[positions].unsqueeze(1).chunk(2, dim=-1)
         factors = (torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1))
         self._step_key, self._step_cos_sin = (positions, dtype), factors
         return factors
@@ -124,7 +125,7 @@ class RotaryEmbedding(nn.Module):
             out = x * cos2
             swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
             return out.add_(swapped.mul_(sin2))
-        cos_sin = self._table(x.dtype, x.device)[positions].unsqueeze(1)
+        cos_sin = self.table(x.dtype, x.device)[positions].unsqueeze(1)
         cos, sin = cos_sin.chunk(2, dim=-1)
         rot, rest = x[..., : self.rotary_dim], x[..., self.rotary_dim :]
         x1, x2 = rot.chunk(2, dim=-1)

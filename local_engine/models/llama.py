@@ -59,6 +59,8 @@ class LlamaAttention(nn.Module):
             q = self.q_norm(q.reshape(num_tokens, self.num_heads, self.head_dim))
             k = self.k_norm(k.reshape(num_tokens, self.num_kv_heads, self.head_dim))
             q, k = self.rotary_emb(positions, q, k)  # type: ignore[arg-type]
+        elif self.attn.rotary_fusable(qkv, self.rotary_emb, kv_cache):
+            return self.o_proj(self.attn.forward_qkv(qkv, positions, self.rotary_emb, kv_cache, meta))
         else:
             # Rotate q and k heads together in one pass over the fused projection's output.
             heads = qkv.view(num_tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)

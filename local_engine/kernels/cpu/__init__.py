@@ -1,0 +1,230 @@
+"""Fused CPU kernels for bf16 models: RMSNorm (+ residual add), rotary + KV-cache write, and paged
+decode attention, from ``ops.c`` compiled on first use (see ``_build``) and called with ctypes.
+
+They exist because, on a CPU, the dozens of small torch ops around each layer's matmuls cost more
+than the matmuls at decode batch sizes. Each function takes and returns torch tensors and checks
+every shape, dtype and stride the C code relies on; ``usable(x)`` says whether a tensor may take
+this path (a CPU bf16 tensor, a compiled library, ``SWITCHYARD_CPU_KERNELS`` not ``0``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import subprocess
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_F = ctypes.c_float
+_SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
+    "sy_rms_norm": (None, [_P, _I, _P, _I, _P, _P, _P, _I, _I, _F]),
+    "sy_rope_write_kv": (None, [_P, _I, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
+    "sy_write_kv": (None, [_P, _I, _P, _I, _P, _P, _P, _I, _I]),
+    "sy_paged_decode": (ctypes.c_int, [_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _F]),
+}
+MAX_GROUP = 16  # query heads per KV head the decode kernel holds in registers / stack
+MAX_HEAD_DIM = 256
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("SWITCHYARD_CPU_KERNELS", "1") == "0":
+        return None
+    from local_engine.kernels.cpu._build import BuildError, build
+
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (BuildError, OSError, subprocess.SubprocessError) as exc:
+        logger.warning("CPU kernels unavailable (%s); using torch ops", exc)
+        return None
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+def usable(x: torch.Tensor) -> bool:
+    """True when ``x`` (an activation) should go through these kernels."""
+    return x.dtype == torch.bfloat16 and x.device.type == "cpu" and _library() is not None
+
+
+def _lib() -> ctypes.CDLL:
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("CPU kernels are not available")
+    return lib
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as a contiguous tensor of ``dtype`` (itself when it already is one)."""
+    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as 2-D rows with a unit inner stride (a copy only if it has none)."""
+    x = x.reshape(-1, x.shape[-1])
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """HF's bf16 RMSNorm; with ``residual``, first ``x + residual`` (returned as the new residual)."""
+    shape, hidden = x.shape, x.shape[-1]
+    x2 = _rows(x)
+    w = _as(weight, torch.bfloat16)
+    out = torch.empty(x2.shape, dtype=torch.bfloat16)
+    if residual is None:
+        _lib().sy_rms_norm(
+            x2.data_ptr(), x2.stride(0), None, 0, w.data_ptr(), out.data_ptr(), None, x2.shape[0], hidden, eps
+        )
+        return out.view(shape)
+    r2 = _rows(residual)
+    summed = torch.empty(x2.shape, dtype=torch.bfloat16)
+    _lib().sy_rms_norm(
+        x2.data_ptr(),
+        x2.stride(0),
+        r2.data_ptr(),
+        r2.stride(0),
+        w.data_ptr(),
+        out.data_ptr(),
+        summed.data_ptr(),
+        x2.shape[0],
+        hidden,
+        eps,
+    )
+    return out.view(shape), summed.view(shape)
+
+
+def rope_write_kv(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+) -> torch.Tensor:
+    """Rotate the q and k heads of the fused ``qkv`` rows ``[T, (Hq + 2 Hkv) * D]`` (neox style,
+    ``cos_sin`` a bf16 ``[max_pos, D]`` table), write rotated K and V into the paged caches at
+    ``slot_mapping`` (-1 skips) and return the rotated queries ``[T, Hq, D]``."""
+    qkv = _rows(qkv)
+    tokens = qkv.shape[0]
+    if qkv.shape[1] != (num_heads + 2 * num_kv_heads) * head_dim or head_dim % 2:
+        raise ValueError(
+            f"qkv rows of {qkv.shape[1]} do not hold {num_heads}+2x{num_kv_heads} heads of {head_dim}"
+        )
+    if cos_sin.dtype != torch.bfloat16 or not cos_sin.is_contiguous() or cos_sin.shape[1] != head_dim:
+        raise ValueError("cos_sin must be a contiguous bf16 [max_pos, head_dim] table")
+    for cache in (k_cache, v_cache):
+        layout = cache.shape[-2:] == (num_kv_heads, head_dim) and cache.is_contiguous()
+        if cache.dtype != torch.bfloat16 or not layout:
+            raise ValueError("KV caches must be contiguous bf16 [blocks, block_size, Hkv, D]")
+    pos = _as(positions, torch.int64)
+    slots = _as(slot_mapping, torch.int64)
+    if pos.numel() != tokens or slots.numel() != tokens:
+        raise ValueError("positions and slot_mapping need one entry per token")
+    q = torch.empty((tokens, num_heads, head_dim), dtype=torch.bfloat16)
+    _lib().sy_rope_write_kv(
+        qkv.data_ptr(),
+        qkv.stride(0),
+        pos.data_ptr(),
+        cos_sin.data_ptr(),
+        slots.data_ptr(),
+        q.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        tokens,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+    )
+    return q
+
+
+def write_kv(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """``key``/``value`` ``[T, Hkv, D]`` into the paged caches at ``slot_mapping`` (-1 skips)."""
+    tokens = key.shape[0]
+    width = k_cache.shape[-2] * k_cache.shape[-1]
+    k2, v2 = _rows(key.reshape(tokens, -1)), _rows(value.reshape(tokens, -1))
+    if k2.shape[1] != width or v2.shape[1] != width:
+        raise ValueError("key/value rows do not match the cache's [Hkv, D]")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or k_cache.dtype != torch.bfloat16:
+        raise ValueError("KV caches must be contiguous bf16")
+    slots = _as(slot_mapping, torch.int64)
+    _lib().sy_write_kv(
+        k2.data_ptr(),
+        k2.stride(0),
+        v2.data_ptr(),
+        v2.stride(0),
+        slots.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        tokens,
+        width,
+    )
+
+
+def decode_supported(num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
+    """Whether ``paged_decode`` handles this head layout."""
+    groups_fit = num_heads % num_kv_heads == 0 and num_heads // num_kv_heads <= MAX_GROUP
+    return groups_fit and head_dim <= MAX_HEAD_DIM
+
+
+def paged_decode(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    max_seq_len: int,
+    scale: float,
+) -> torch.Tensor:
+    """One query token per sequence (``query [S, Hq, D]``) against its paged context of
+    ``seq_lens[s]`` (at most ``max_seq_len``) tokens through ``block_tables[s]``; returns
+    ``[S, Hq, D]`` bf16."""
+    seqs, num_heads, head_dim = query.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    if not decode_supported(num_heads, num_kv_heads, head_dim):
+        raise ValueError(f"{num_heads} heads over {num_kv_heads} KV heads of {head_dim}: beyond the kernel")
+    q = query if query.stride(2) == 1 and query.stride(1) == head_dim else query.contiguous()
+    tables = _as(block_tables, torch.int32)
+    lens = _as(seq_lens, torch.int32)
+    if tables.shape[0] != seqs or lens.numel() != seqs:
+        raise ValueError("block_tables and seq_lens need one row per sequence")
+    if max_seq_len > tables.shape[1] * block_size:  # the kernel trusts the tables: no reads past them
+        raise ValueError(f"{max_seq_len} tokens overrun block tables of {tables.shape[1]} blocks")
+    out = torch.empty((seqs, num_heads, head_dim), dtype=torch.bfloat16)
+    rc = _lib().sy_paged_decode(
+        q.data_ptr(),
+        q.stride(0),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        tables.data_ptr(),
+        tables.shape[1],
+        lens.data_ptr(),
+        out.data_ptr(),
+        seqs,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        block_size,
+        scale,
+    )
+    if rc != 0:
+        raise MemoryError("paged_decode: could not allocate its score buffer")
+    return out

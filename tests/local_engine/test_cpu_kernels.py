@@ -1,0 +1,159 @@
+"""The fused CPU kernels (local_engine/kernels/cpu) against the torch ops they replace.
+
+Reference formulas are Hugging Face's bf16 Llama: RMSNorm and rotary must round exactly where HF
+rounds; decode attention must match fp32 attention to bf16 precision.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from local_engine import LLM, EngineConfig, SamplingParams
+from local_engine.kernels import cpu as cpu_kernels
+from local_engine.layers.rotary import get_rope
+from tests.support.engine_models import make_hf_model
+
+pytestmark = pytest.mark.skipif(
+    cpu_kernels._library() is None, reason="no C compiler here: the engine runs the torch path"
+)
+BF16 = torch.bfloat16
+
+
+def _hf_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    variance = x.float().pow(2).mean(-1, keepdim=True)
+    return weight * (x.float() * torch.rsqrt(variance + eps)).to(BF16)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_rms_norm_matches_hf_rounding(rows: int) -> None:
+    torch.manual_seed(rows)
+    hidden = 576
+    x = (torch.randn(rows, hidden) * 3).to(BF16)
+    residual = (torch.randn(rows, hidden) * 5).to(BF16)
+    weight = (torch.rand(hidden) + 0.5).to(BF16)
+    out = cpu_kernels.rms_norm(x, weight, 1e-5)
+    assert isinstance(out, torch.Tensor)
+    assert torch.equal(out, _hf_rms_norm(x, weight, 1e-5))
+    normed, summed = cpu_kernels.rms_norm(x, weight, 1e-5, residual)
+    assert torch.equal(summed, x + residual)  # HF adds the residual in bf16
+    want = _hf_rms_norm(x + residual, weight, 1e-5)
+    # Only the fp32 sum of squares may differ in its last bit (summation order): at most one bf16
+    # step, in a handful of elements.
+    diff = (normed.float() - want.float()).abs()
+    assert (diff > 0).float().mean() < 0.01
+    assert torch.all(diff <= want.float().abs() * 2**-7 + 1e-6)
+
+
+def test_rope_and_cache_write_match_torch_rotary() -> None:
+    torch.manual_seed(1)
+    tokens, hq, hkv, d, block = 23, 9, 3, 64, 16
+    rope = get_rope(d, 4096, 100000.0)
+    qkv = (torch.randn(tokens, (hq + 2 * hkv) * d) * 2).to(BF16)
+    positions = torch.randint(0, 4000, (tokens,))
+    k_cache = torch.zeros(6, block, hkv, d, dtype=BF16)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.randperm(6 * block)[:tokens]
+    slots[3] = -1  # a padded token: rotated into q, never written
+    q = cpu_kernels.rope_write_kv(
+        qkv, positions, rope.table(BF16, torch.device("cpu")), slots, k_cache, v_cache, hq, hkv, d
+    )
+    heads = qkv.view(tokens, hq + 2 * hkv, d)
+    rope.begin_step()
+    rotated = rope.apply(positions, heads[:, : hq + hkv])
+    assert torch.equal(q, rotated[:, :hq])
+    flat_k, flat_v = k_cache.view(-1, hkv, d), v_cache.view(-1, hkv, d)
+    keep = slots >= 0
+    assert torch.equal(flat_k[slots[keep]], rotated[keep, hq:])
+    assert torch.equal(flat_v[slots[keep]], heads[keep, hq + hkv :])
+    written = torch.zeros(flat_k.shape[0], dtype=torch.bool)
+    written[slots[keep]] = True
+    assert not flat_k[~written].any() and not flat_v[~written].any()
+
+
+def test_write_kv_honours_slots() -> None:
+    k_cache = torch.zeros(4, 4, 2, 8, dtype=BF16)
+    v_cache = torch.zeros_like(k_cache)
+    key, value = torch.randn(3, 2, 8).to(BF16), torch.randn(3, 2, 8).to(BF16)
+    cpu_kernels.write_kv(key, value, k_cache, v_cache, torch.tensor([5, -1, 14]))
+    assert torch.equal(k_cache.view(-1, 2, 8)[5], key[0])
+    assert torch.equal(v_cache.view(-1, 2, 8)[14], value[2])
+    assert int((k_cache != 0).any(-1).any(-1).sum()) == 2
+
+
+def _reference_decode(q, k_cache, v_cache, tables, lens, scale):
+    out = []
+    block = k_cache.shape[1]
+    for s in range(q.shape[0]):
+        n = int(lens[s])
+        slots = [int(tables[s, p // block]) * block + p % block for p in range(n)]
+        k = k_cache.view(-1, *k_cache.shape[2:])[slots].float()  # [n, Hkv, D]
+        v = v_cache.view(-1, *v_cache.shape[2:])[slots].float()
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+        scores = torch.einsum("hd,nhd->hn", q[s].float(), k) * scale
+        out.append(torch.einsum("hn,nhd->hd", scores.softmax(-1), v))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("head_dim,hq,hkv", [(64, 9, 3), (40, 4, 4), (128, 8, 1)])
+def test_paged_decode_matches_fp32_attention(head_dim: int, hq: int, hkv: int) -> None:
+    torch.manual_seed(head_dim)
+    block, num_blocks = 16, 48
+    lens = torch.tensor([1, 17, 130, 64, 5], dtype=torch.int32)
+    width = 9
+    k_cache = torch.randn(num_blocks, block, hkv, head_dim).to(BF16)
+    v_cache = torch.randn(num_blocks, block, hkv, head_dim).to(BF16)
+    tables = torch.randperm(num_blocks)[: len(lens) * width].view(len(lens), width).to(torch.int32)
+    q = torch.randn(len(lens), hq, head_dim).to(BF16)
+    scale = 1 / math.sqrt(head_dim)
+    got = cpu_kernels.paged_decode(q, k_cache, v_cache, tables, lens, int(lens.max()), scale)
+    want = _reference_decode(q, k_cache, v_cache, tables, lens, scale)
+    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
+
+
+def test_paged_decode_refuses_tables_shorter_than_sequences() -> None:
+    cache = torch.zeros(4, 4, 1, 16, dtype=BF16)
+    with pytest.raises(ValueError, match="overrun"):
+        cpu_kernels.paged_decode(
+            torch.zeros(1, 1, 16, dtype=BF16),
+            cache,
+            cache,
+            torch.zeros(1, 2, dtype=torch.int32),
+            torch.tensor([9], dtype=torch.int32),
+            9,
+            0.25,
+        )
+
+
+def test_bf16_engine_variants_agree_on_the_kernel_path(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bf16 engine (decode attention, rotary and norms in the CPU kernels) gives the same greedy
+    tokens with chunked prefill (decode rows mixed with prefill chunks) and with preemption as in
+    plain batches."""
+    monkeypatch.setenv("SWITCHYARD_CPU_F32_MATMUL", "0")  # one matmul path for every batch size
+    directory: Path = tiny[0]
+    prompts = [[5 + (i * 7 + j * 3) % 250 for j in range(3 + 4 * i)] for i in range(6)]
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+
+    def run(**kw: object) -> list[list[int]]:
+        llm = LLM(EngineConfig(model=directory, dtype="bfloat16", num_threads=1, block_size=4, **kw))  # type: ignore[arg-type]
+        return [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+
+    plain = run()
+    assert run(max_num_batched_tokens=7) == plain
+    assert run(kv_cache_memory_bytes=12 * 1024) == plain  # bf16 blocks of 1 KiB: forces preemption
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    directory = tmp_path_factory.mktemp("tiny-bf16")
+    return directory, make_hf_model("llama", directory, seed=3)
+
+
+def test_rms_norm_reads_strided_rows() -> None:
+    x = torch.randn(6, 64).to(BF16)[:, :32]  # a strided view: rows of 32 with stride 64
+    weight = (torch.rand(32) + 0.5).to(BF16)
+    assert torch.equal(cpu_kernels.rms_norm(x, weight, 1e-6), _hf_rms_norm(x, weight, 1e-6))
