@@ -15,23 +15,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from local_engine.kernels import cpu as cpu_kernels
+
 # Up to this many rows a matmul streams its weight once (memory-bound): the bf16 copy, half the
 # bytes, wins. Past it the arithmetic dominates, and on CPUs without bf16 dot-product instructions
 # (AVX512-BF16 / AMX) oneDNN emulates bf16 about 3x slower than its fp32 kernel (measured on this
 # project's 2-core VMs: 16 rows, the whole SmolLM2 step, 186 ms bf16 vs 66 ms fp32).
 _BF16_MAX_ROWS = 3
+# From there to this many rows the C kernel (bf16 weights, fp32 accumulation in registers) beats
+# both oneDNN paths: the whole SmolLM2 step at 8 rows took 37 ms vs 57 ms fp32 and 80 ms bf16.
+_C_KERNEL_MAX_ROWS = 8
 
 
 @dataclass(slots=True)
 class PackedWeight:
-    """oneDNN-reordered copies of one CPU bf16 weight (and its bias).
+    """oneDNN-reordered copies of one CPU bf16 weight (and its bias), plus the plain weight for the
+    small-batch C kernel.
 
-    ``f32`` holds exactly the same values widened to fp32, so both paths compute the bf16 model's
-    matmul with fp32 accumulation and round the result to bf16 once; only the summation order
-    inside oneDNN differs.
+    ``f32`` holds exactly the same values widened to fp32, so every path computes the bf16 model's
+    matmul with fp32 accumulation and rounds the result to bf16 once; only the summation order
+    differs.
     """
 
     bf16: torch.Tensor
+    plain: torch.Tensor  # the parameter itself (no copy): bf16 [N, K] for cpu_kernels.linear
     f32: torch.Tensor | None = None
     bias_f32: torch.Tensor | None = None
 
@@ -60,10 +67,10 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> PackedWeigh
     ):
         return None
     try:
-        packed = PackedWeight(torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
+        packed = PackedWeight(torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None), weight.detach())
+        packed.bias_f32 = None if bias is None else bias.detach().float()
         if _fp32_for_large_batches():
             packed.f32 = torch.ops.mkldnn._reorder_linear_weight(weight.detach().float(), None)
-            packed.bias_f32 = None if bias is None else bias.detach().float()
     except (AttributeError, RuntimeError):
         return None
     return packed
@@ -73,7 +80,12 @@ def packed_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | No
     """``F.linear`` against a packed weight: the bf16 copy for a few rows, the fp32 copy (where kept)
     for more. About 1.5-2x faster than ``F.linear`` for bf16 on CPU even for the bf16 copy, because
     the weight is not re-laid-out for oneDNN on every call."""
-    if packed.f32 is not None and x.numel() > _BF16_MAX_ROWS * x.shape[-1]:
+    rows = x.numel() // x.shape[-1]
+    if packed.f32 is not None and rows > _BF16_MAX_ROWS:
+        if rows <= _C_KERNEL_MAX_ROWS:  # bf16 weights widened in registers: half the bytes of fp32
+            out = cpu_kernels.linear(x, packed.plain, packed.bias_f32)
+            if out is not None:
+                return out
         out = torch.ops.mkldnn._linear_pointwise(x.float(), packed.f32, packed.bias_f32, "none", [], "")
         return out.to(x.dtype)
     return torch.ops.mkldnn._linear_pointwise(x, packed.bf16, bias, "none", [], "")

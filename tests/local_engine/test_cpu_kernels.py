@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from local_engine import LLM, EngineConfig, SamplingParams
 from local_engine.kernels import cpu as cpu_kernels
@@ -46,6 +47,22 @@ def test_rms_norm_matches_hf_rounding(rows: int) -> None:
     diff = (normed.float() - want.float()).abs()
     assert (diff > 0).float().mean() < 0.01
     assert torch.all(diff <= want.float().abs() * 2**-7 + 1e-6)
+
+
+@pytest.mark.parametrize("rows,bias", [(1, False), (5, True), (8, False), (13, True)])
+def test_linear_matches_fp32_accumulation_rounded_once(rows: int, bias: bool) -> None:
+    torch.manual_seed(rows)
+    weight = torch.randn(100, 96).to(BF16)  # 100 outputs: not a multiple of the 3-row tile
+    x = torch.randn(rows, 96).to(BF16)
+    b = torch.randn(100) if bias else None
+    got = cpu_kernels.linear(x, weight, b)
+    if got is None:
+        pytest.skip("this build has no AVX-512 path")
+    want = F.linear(x.float(), weight.float(), b).to(BF16)
+    diff = (got.float() - want.float()).abs()
+    assert (diff > 0).float().mean() < 0.02  # summation order only: a rare last-bit difference
+    assert torch.all(diff <= want.float().abs() * 2**-7 + 1e-6)
+    assert cpu_kernels.linear(torch.randn(2, 40).to(BF16), torch.randn(8, 40).to(BF16)) is None  # K % 16
 
 
 def test_rope_and_cache_write_match_torch_rotary() -> None:

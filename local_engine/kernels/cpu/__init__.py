@@ -27,6 +27,7 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "sy_rope_write_kv": (None, [_P, _I, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
     "sy_write_kv": (None, [_P, _I, _P, _I, _P, _P, _P, _I, _I]),
     "sy_paged_decode": (ctypes.c_int, [_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _F]),
+    "sy_linear_bf16": (ctypes.c_int, [_P, _I, _I, _I, _P, _I, _P, _P, _I]),
 }
 MAX_GROUP = 16  # query heads per KV head the decode kernel holds in registers / stack
 MAX_HEAD_DIM = 256
@@ -228,3 +229,26 @@ def paged_decode(
     if rc != 0:
         raise MemoryError("paged_decode: could not allocate its score buffer")
     return out
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias_f32: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """``x @ weight.T + bias`` for a few bf16 rows against a contiguous bf16 ``weight [N, K]``,
+    accumulated in fp32 and rounded to bf16 once; None where the kernel does not apply (no
+    AVX-512 build, ``K`` not a multiple of 16), so the caller keeps oneDNN."""
+    rows, k = x.numel() // x.shape[-1], x.shape[-1]
+    if k % 16 or not weight.is_contiguous() or weight.dtype != torch.bfloat16 or _library() is None:
+        return None
+    padded = -(-rows // 8) * 8
+    x32 = torch.zeros((padded, k), dtype=torch.float32)
+    x32[:rows].copy_(x.reshape(rows, k))
+    n = weight.shape[0]
+    out = torch.empty((rows, n), dtype=torch.bfloat16)
+    bias_ptr = None if bias_f32 is None else bias_f32.data_ptr()
+    rc = _lib().sy_linear_bf16(
+        x32.data_ptr(), rows, padded, k, weight.data_ptr(), n, bias_ptr, out.data_ptr(), n
+    )
+    if rc != 0:
+        return None
+    return out.view(*x.shape[:-1], n)

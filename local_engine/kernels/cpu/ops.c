@@ -257,3 +257,50 @@ int sy_paged_decode(const bf16 *q, int64_t q_stride, const bf16 *k_cache, const 
     }
     return failed ? -1 : 0;
 }
+
+/* y[m, n] = bf16(sum_k x[m, k] * w[n, k] + bias[n]) for a few rows m (a decode batch).
+ * x: fp32 [m_pad, k] with m_pad a multiple of 8 (padding rows are zero); w: bf16 [n, k]; y: bf16
+ * rows of y_stride. oneDNN has no fast bf16 path on CPUs without bf16 dot-product instructions
+ * (it is ~3x slower than fp32), and its fp32 path reads the weights twice the bytes; this one
+ * reads bf16 weights once, widens them in registers (a shift) and accumulates in fp32.
+ * Tiles of 3 weight rows x 8 batch rows keep 24 accumulators in registers. Needs k % 16 == 0.
+ * Returns -1 where the build has no AVX-512 (the caller then keeps oneDNN). */
+int sy_linear_bf16(const float *x, int64_t m, int64_t m_pad, int64_t k, const bf16 *w, int64_t n,
+                   const float *bias, bf16 *y, int64_t y_stride) {
+#if defined(__AVX512F__)
+    if (k % 16 != 0 || m_pad % 8 != 0) return -1;
+    const int64_t blocks = (n + 2) / 3;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t n0 = b * 3;
+        const int64_t rows = n - n0 < 3 ? n - n0 : 3;
+        const bf16 *w0 = w + n0 * k;
+        const bf16 *w1 = rows > 1 ? w0 + k : w0;
+        const bf16 *w2 = rows > 2 ? w0 + 2 * k : w0;
+        for (int64_t m0 = 0; m0 < m; m0 += 8) {
+            __m512 a0[8], a1[8], a2[8];
+            for (int i = 0; i < 8; i++) a0[i] = a1[i] = a2[i] = _mm512_setzero_ps();
+            const float *xb = x + m0 * k;
+            for (int64_t kk = 0; kk < k; kk += 16) {
+                const __m512 v0 = load16(w0 + kk), v1 = load16(w1 + kk), v2 = load16(w2 + kk);
+                for (int i = 0; i < 8; i++) {
+                    const __m512 xv = _mm512_loadu_ps(xb + i * k + kk);
+                    a0[i] = _mm512_fmadd_ps(v0, xv, a0[i]);
+                    a1[i] = _mm512_fmadd_ps(v1, xv, a1[i]);
+                    a2[i] = _mm512_fmadd_ps(v2, xv, a2[i]);
+                }
+            }
+            for (int i = 0; i < 8 && m0 + i < m; i++) {
+                bf16 *yr = y + (m0 + i) * y_stride + n0;
+                yr[0] = f2bf(_mm512_reduce_add_ps(a0[i]) + (bias ? bias[n0] : 0.0f));
+                if (rows > 1) yr[1] = f2bf(_mm512_reduce_add_ps(a1[i]) + (bias ? bias[n0 + 1] : 0.0f));
+                if (rows > 2) yr[2] = f2bf(_mm512_reduce_add_ps(a2[i]) + (bias ? bias[n0 + 2] : 0.0f));
+            }
+        }
+    }
+    return 0;
+#else
+    (void)x; (void)m; (void)m_pad; (void)k; (void)w; (void)n; (void)bias; (void)y; (void)y_stride;
+    return -1;
+#endif
+}
