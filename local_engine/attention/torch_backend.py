@@ -273,7 +273,8 @@ class TorchAttentionBackend:
     def _decode(
         query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: _DecodePlan, scale: float
     ) -> torch.Tensor:
-        """One query token per sequence: a single batched, length-masked SDPA over gathered K/V."""
+        """One query token per sequence: the fused CPU kernel reading the paged cache where the plan
+        chose it, else a single batched, length-masked SDPA over gathered K/V."""
         if plan.tables is not None:
             assert plan.lens is not None
             tables, lens = plan.tables, plan.lens

@@ -174,3 +174,17 @@ def test_rms_norm_reads_strided_rows() -> None:
     x = torch.randn(6, 64).to(BF16)[:, :32]  # a strided view: rows of 32 with stride 64
     weight = (torch.rand(32) + 0.5).to(BF16)
     assert torch.equal(cpu_kernels.rms_norm(x, weight, 1e-6), _hf_rms_norm(x, weight, 1e-6))
+
+
+def test_kernels_refuse_tensors_they_would_misread() -> None:
+    """The C code reads raw bf16 memory: other dtypes and misfitting shapes are refused, not reinterpreted."""
+    x = torch.randn(2, 32).to(BF16)
+    with pytest.raises(ValueError, match="weight must be bfloat16"):
+        cpu_kernels.rms_norm(x, torch.ones(32), 1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        cpu_kernels.rms_norm(x, torch.ones(16, dtype=BF16), 1e-6)
+    with pytest.raises(ValueError, match="residual"):
+        cpu_kernels.rms_norm(x, torch.ones(32, dtype=BF16), 1e-6, torch.zeros(3, 32, dtype=BF16))
+    cache = torch.zeros(2, 4, 1, 16, dtype=BF16)
+    with pytest.raises(ValueError, match="key must be bfloat16"):
+        cpu_kernels.write_kv(torch.zeros(1, 1, 16), torch.zeros(1, 1, 16), cache, cache, torch.tensor([0]))

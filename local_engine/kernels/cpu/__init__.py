@@ -62,6 +62,13 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+def _require_bf16(**tensors: torch.Tensor) -> None:
+    """The C code reads these as bf16: anything else would be reinterpreted, not converted."""
+    for name, t in tensors.items():
+        if t.dtype != torch.bfloat16:
+            raise ValueError(f"{name} must be bfloat16, not {t.dtype}")
+
+
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``t`` as a contiguous tensor of ``dtype`` (itself when it already is one)."""
     return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()
@@ -77,9 +84,14 @@ def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """HF's bf16 RMSNorm; with ``residual``, first ``x + residual`` (returned as the new residual)."""
+    _require_bf16(x=x, weight=weight, **({} if residual is None else {"residual": residual}))
     shape, hidden = x.shape, x.shape[-1]
+    if weight.numel() != hidden:
+        raise ValueError(f"a weight of {weight.numel()} does not fit rows of {hidden}")
+    if residual is not None and residual.shape != shape:
+        raise ValueError(f"residual {tuple(residual.shape)} does not match x {tuple(shape)}")
     x2 = _rows(x)
-    w = _as(weight, torch.bfloat16)
+    w = weight.contiguous()
     out = torch.empty(x2.shape, dtype=torch.bfloat16)
     if residual is None:
         _lib().sy_rms_norm(
@@ -117,18 +129,18 @@ def rope_write_kv(
     """Rotate the q and k heads of the fused ``qkv`` rows ``[T, (Hq + 2 Hkv) * D]`` (neox style,
     ``cos_sin`` a bf16 ``[max_pos, D]`` table), write rotated K and V into the paged caches at
     ``slot_mapping`` (-1 skips) and return the rotated queries ``[T, Hq, D]``."""
+    _require_bf16(qkv=qkv, cos_sin=cos_sin, k_cache=k_cache, v_cache=v_cache)
     qkv = _rows(qkv)
     tokens = qkv.shape[0]
     if qkv.shape[1] != (num_heads + 2 * num_kv_heads) * head_dim or head_dim % 2:
         raise ValueError(
             f"qkv rows of {qkv.shape[1]} do not hold {num_heads}+2x{num_kv_heads} heads of {head_dim}"
         )
-    if cos_sin.dtype != torch.bfloat16 or not cos_sin.is_contiguous() or cos_sin.shape[1] != head_dim:
-        raise ValueError("cos_sin must be a contiguous bf16 [max_pos, head_dim] table")
+    if not cos_sin.is_contiguous() or cos_sin.shape[1] != head_dim:
+        raise ValueError("cos_sin must be a contiguous [max_pos, head_dim] table")
     for cache in (k_cache, v_cache):
-        layout = cache.shape[-2:] == (num_kv_heads, head_dim) and cache.is_contiguous()
-        if cache.dtype != torch.bfloat16 or not layout:
-            raise ValueError("KV caches must be contiguous bf16 [blocks, block_size, Hkv, D]")
+        if cache.shape[-2:] != (num_kv_heads, head_dim) or not cache.is_contiguous():
+            raise ValueError("KV caches must be contiguous [blocks, block_size, Hkv, D]")
     pos = _as(positions, torch.int64)
     slots = _as(slot_mapping, torch.int64)
     if pos.numel() != tokens or slots.numel() != tokens:
@@ -159,13 +171,14 @@ def write_kv(
     slot_mapping: torch.Tensor,
 ) -> None:
     """``key``/``value`` ``[T, Hkv, D]`` into the paged caches at ``slot_mapping`` (-1 skips)."""
+    _require_bf16(key=key, value=value, k_cache=k_cache, v_cache=v_cache)
     tokens = key.shape[0]
     width = k_cache.shape[-2] * k_cache.shape[-1]
     k2, v2 = _rows(key.reshape(tokens, -1)), _rows(value.reshape(tokens, -1))
     if k2.shape[1] != width or v2.shape[1] != width:
         raise ValueError("key/value rows do not match the cache's [Hkv, D]")
-    if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or k_cache.dtype != torch.bfloat16:
-        raise ValueError("KV caches must be contiguous bf16")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("KV caches must be contiguous")
     slots = _as(slot_mapping, torch.int64)
     _lib().sy_write_kv(
         k2.data_ptr(),
@@ -198,6 +211,9 @@ def paged_decode(
     """One query token per sequence (``query [S, Hq, D]``) against its paged context of
     ``seq_lens[s]`` (at most ``max_seq_len``) tokens through ``block_tables[s]``; returns
     ``[S, Hq, D]`` bf16."""
+    _require_bf16(query=query, k_cache=k_cache, v_cache=v_cache)
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or k_cache.shape != v_cache.shape:
+        raise ValueError("KV caches must be contiguous and of one shape")
     seqs, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     if not decode_supported(num_heads, num_kv_heads, head_dim):
