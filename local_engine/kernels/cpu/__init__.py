@@ -27,7 +27,8 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "sy_rope_write_kv": (None, [_P, _I, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
     "sy_write_kv": (None, [_P, _I, _P, _I, _P, _P, _P, _I, _I]),
     "sy_paged_decode": (ctypes.c_int, [_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _F]),
-    "sy_linear_bf16": (ctypes.c_int, [_P, _I, _I, _I, _P, _I, _P, _P, _I]),
+    "sy_pack_vnni": (None, [_P, _I, _I, _P]),
+    "sy_gemm_vnni": (ctypes.c_int, [_P, _I, _I, _I, _P, _I, _P, _P, _I, ctypes.c_int]),
 }
 MAX_GROUP = 16  # query heads per KV head the decode kernel holds in registers / stack
 MAX_HEAD_DIM = 256
@@ -247,23 +248,57 @@ def paged_decode(
     return out
 
 
-def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias_f32: torch.Tensor | None = None
-) -> torch.Tensor | None:
-    """``x @ weight.T + bias`` for a few bf16 rows against a contiguous bf16 ``weight [N, K]``,
-    accumulated in fp32 and rounded to bf16 once; None where the kernel does not apply (no
-    AVX-512 build, ``K`` not a multiple of 16), so the caller keeps oneDNN."""
-    rows, k = x.numel() // x.shape[-1], x.shape[-1]
-    if k % 16 or not weight.is_contiguous() or weight.dtype != torch.bfloat16 or _library() is None:
+PANEL = 64  # output features per packed panel (ops.c)
+
+
+def pack_vnni(weight: torch.Tensor) -> torch.Tensor | None:
+    """A bf16 ``weight [N, K]`` repacked for ``gemm``: panels of 64 output features, each pair of
+    inputs holding the 64 features' two weights side by side (zero rows pad N to a panel). None
+    where the kernel does not apply (no compiled library, odd ``K``, not a 2-D CPU bf16 tensor)."""
+    if (
+        weight.dim() != 2
+        or weight.dtype != torch.bfloat16
+        or weight.device.type != "cpu"
+        or weight.shape[1] % 2
+        or _library() is None
+    ):
         return None
-    padded = -(-rows // 8) * 8
-    x32 = torch.zeros((padded, k), dtype=torch.float32)
-    x32[:rows].copy_(x.reshape(rows, k))
-    n = weight.shape[0]
-    out = torch.empty((rows, n), dtype=torch.bfloat16)
-    bias_ptr = None if bias_f32 is None else bias_f32.data_ptr()
-    rc = _lib().sy_linear_bf16(
-        x32.data_ptr(), rows, padded, k, weight.data_ptr(), n, bias_ptr, out.data_ptr(), n
+    n, k = weight.shape
+    w = weight.detach().contiguous()
+    packed = torch.empty((-(-n // PANEL), PANEL * k), dtype=torch.bfloat16)
+    _lib().sy_pack_vnni(w.data_ptr(), n, k, packed.data_ptr())
+    return packed
+
+
+def gemm(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    n: int,
+    bias_f32: torch.Tensor | None = None,
+    threads: int = 0,
+) -> torch.Tensor | None:
+    """``x @ W.T + bias`` with ``packed = pack_vnni(W)`` (``W [n, K]``): fp32 accumulation, one
+    rounding to bf16. Meant for a few rows (memory-bound decode batches). ``threads`` 1 keeps it
+    on the calling thread, 0 uses torch's thread count. None where the build has no AVX-512."""
+    _require_bf16(x=x, packed=packed)
+    k = x.shape[-1]
+    if packed.shape != (-(-n // PANEL), PANEL * k):
+        raise ValueError(f"packed weight {tuple(packed.shape)} does not fit n={n}, k={k}")
+    if bias_f32 is not None and (bias_f32.dtype != torch.float32 or bias_f32.numel() != n):
+        raise ValueError(f"bias must be {n} fp32 values")
+    x2 = _rows(x)
+    out = torch.empty((x2.shape[0], n), dtype=torch.bfloat16)
+    rc = _lib().sy_gemm_vnni(
+        x2.data_ptr(),
+        x2.shape[0],
+        x2.stride(0),
+        k,
+        packed.data_ptr(),
+        n,
+        None if bias_f32 is None else bias_f32.contiguous().data_ptr(),
+        out.data_ptr(),
+        n,
+        threads or torch.get_num_threads(),
     )
     if rc != 0:
         return None

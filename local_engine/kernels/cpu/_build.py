@@ -52,11 +52,15 @@ def cache_dir() -> Path:
     return Path(root) / "cpu_kernels"
 
 
-def build() -> Path:
-    """The path of the compiled library, building it if this machine has no current build."""
+def build(extra_flags: tuple[str, ...] = ()) -> Path:
+    """The path of the compiled library, building it if this machine has no current build.
+
+    ``extra_flags`` build a variant (the tests use ``-mno-avx512bf16`` to exercise the code path of
+    CPUs without bf16 dot products on one that has them)."""
     compiler = _compiler()
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([compiler, *FLAGS]).encode() + _cpu_flags().encode())
+    flags = [*FLAGS, *extra_flags]
+    key = hashlib.sha256(source + " ".join([compiler, *flags]).encode() + _cpu_flags().encode())
     target = cache_dir() / f"sy_cpu_ops-{key.hexdigest()[:16]}.so"
     if target.is_file():
         return target
@@ -65,7 +69,7 @@ def build() -> Path:
     os.close(fd)
     try:
         proc = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120
+            [compiler, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120
         )
         if proc.returncode != 0:
             raise BuildError(f"{compiler} failed on {SOURCE.name}:\n{proc.stderr[-2000:]}")

@@ -36,6 +36,35 @@ static inline bf16 f2bf(float f) {
     return (bf16)(u >> 16);
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* 16 bf16 -> 16 fp32 (a bf16 is the top half of an fp32). */
+static inline __m512 load16(const bf16 *p) {
+    __m256i raw = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+/* f2bf on 16 lanes, as the bf16 bit patterns in the low halves of 32-bit lanes. */
+static inline __m512i f2bf_bits16(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+}
+
+/* 16 fp32 -> 16 bf16, exactly as f2bf. */
+static inline __m256i f2bf16x16(__m512 v) { return _mm512_cvtepi32_epi16(f2bf_bits16(v)); }
+
+/* v rounded to bf16 and widened back: the value a bf16 tensor would hold. */
+static inline __m512 round_bf16(__m512 v) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(f2bf_bits16(v), 16));
+}
+
+static inline void store16(bf16 *p, __m512 v) { _mm256_storeu_si256((__m256i *)p, f2bf16x16(v)); }
+#endif
+
 /* exp(x) for x <= 0 (softmax after the max is subtracted): 2^n * p(r), |r| <= ln2/2, a degree-6
  * polynomial; about 1 ulp, and written without calls or branches so it vectorises. */
 static inline float exp_nonpos(float x) {
@@ -60,32 +89,45 @@ static inline float exp_nonpos(float x) {
 void sy_rms_norm(const bf16 *x, int64_t x_stride, const bf16 *residual, int64_t r_stride,
                  const bf16 *weight, bf16 *out, bf16 *sum_out, int64_t rows, int64_t hidden,
                  float eps) {
-#pragma omp parallel for if (rows >= 8) schedule(static)
+    /* Memory-light: one thread handles up to 64 rows in a few microseconds, less than waking
+     * the pool costs. */
+#pragma omp parallel for if (rows >= 64) schedule(static)
     for (int64_t i = 0; i < rows; i++) {
         const bf16 *xi = x + i * x_stride;
         bf16 *oi = out + i * hidden;
+        const bf16 *ri = residual ? residual + i * r_stride : NULL;
+        bf16 *si = residual ? sum_out + i * hidden : NULL;
         float ss = 0.0f;
-        if (residual) {
-            const bf16 *ri = residual + i * r_stride;
-            bf16 *si = sum_out + i * hidden;
-            for (int64_t j = 0; j < hidden; j++) {
-                bf16 s = f2bf(bf2f(xi[j]) + bf2f(ri[j]));
-                si[j] = s;
-                float v = bf2f(s);
-                ss += v * v;
+        int64_t j = 0;
+#if defined(__AVX512F__)
+        __m512 ssv = _mm512_setzero_ps();
+        for (; j + 16 <= hidden; j += 16) {
+            __m512 v = load16(xi + j);
+            if (ri) {
+                v = round_bf16(_mm512_add_ps(v, load16(ri + j)));
+                store16(si + j, v);
             }
-            xi = si;
-        } else {
-#pragma omp simd reduction(+ : ss)
-            for (int64_t j = 0; j < hidden; j++) {
-                float v = bf2f(xi[j]);
-                ss += v * v;
+            ssv = _mm512_fmadd_ps(v, v, ssv);
+        }
+        ss = _mm512_reduce_add_ps(ssv);
+#endif
+        for (; j < hidden; j++) {
+            float v = bf2f(xi[j]);
+            if (ri) {
+                si[j] = f2bf(v + bf2f(ri[j]));
+                v = bf2f(si[j]);
             }
+            ss += v * v;
         }
-        float inv = 1.0f / sqrtf(ss / (float)hidden + eps);
-        for (int64_t j = 0; j < hidden; j++) {
-            oi[j] = f2bf(bf2f(f2bf(bf2f(xi[j]) * inv)) * bf2f(weight[j]));
-        }
+        if (ri) xi = si;
+        const float inv = 1.0f / sqrtf(ss / (float)hidden + eps);
+        j = 0;
+#if defined(__AVX512F__)
+        const __m512 invv = _mm512_set1_ps(inv);
+        for (; j + 16 <= hidden; j += 16)
+            store16(oi + j, _mm512_mul_ps(round_bf16(_mm512_mul_ps(load16(xi + j), invv)), load16(weight + j)));
+#endif
+        for (; j < hidden; j++) oi[j] = f2bf(bf2f(f2bf(bf2f(xi[j]) * inv)) * bf2f(weight[j]));
     }
 }
 
@@ -141,11 +183,67 @@ void sy_write_kv(const bf16 *key, int64_t k_stride, const bf16 *value, int64_t v
 }
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
-/* 16 bf16 -> 16 fp32 (a bf16 is the top half of an fp32). */
-static inline __m512 load16(const bf16 *p) {
-    __m256i raw = _mm256_loadu_si256((const __m256i *)p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+/* r[i] = sum of v[i]'s 16 lanes, for 16 vectors at once: a transpose-and-add tree (45 ops instead
+ * of 16 horizontal reductions of ~8 each). */
+static inline __m512 reduce16x16(const __m512 v[16]) {
+    __m512 t[8], s4[4], u[2];
+    for (int i = 0; i < 8; i++)
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        s4[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0x44),
+                              _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0xEE));
+    for (int i = 0; i < 2; i++)
+        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(s4[2 * i], s4[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(s4[2 * i], s4[2 * i + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+}
+
+/* decode_unit for head_dim = 16 * DC with the query and the output accumulator in registers;
+ * scores for 16 positions at a time. Same arithmetic as the generic loop below, except the
+ * order in which each dot product's 16 partial sums are added. */
+static inline __attribute__((always_inline)) void decode_unit_regs(
+    const int DC, const float *qf, int64_t g, const bf16 *k_cache, const bf16 *v_cache,
+    const int32_t *table, int64_t len, int64_t block_size, int64_t row, int64_t head_off, float scale,
+    float *scores, bf16 *out) {
+    const int64_t d = 16 * DC;
+    for (int64_t gi = 0; gi < g; gi++) {
+        __m512 qv[8];
+        for (int c = 0; c < DC; c++) qv[c] = _mm512_loadu_ps(qf + gi * d + 16 * c);
+        float *sc = scores + gi * len;
+        __m512 maxv = _mm512_set1_ps(-INFINITY);
+        for (int64_t p0 = 0; p0 < len; p0 += 16) {
+            const int64_t n = len - p0 < 16 ? len - p0 : 16;
+            __m512 a[16];
+            for (int64_t i = 0; i < 16; i++) {
+                a[i] = _mm512_setzero_ps();
+                if (i >= n) continue;
+                const int64_t p = p0 + i;
+                const bf16 *kr = k_cache + ((int64_t)table[p / block_size] * block_size + p % block_size) * row + head_off;
+                for (int c = 0; c < DC; c++) a[i] = _mm512_fmadd_ps(qv[c], load16(kr + 16 * c), a[i]);
+            }
+            const __mmask16 valid = (__mmask16)(n == 16 ? 0xffffu : (1u << n) - 1u);
+            const __m512 dots = _mm512_mul_ps(reduce16x16(a), _mm512_set1_ps(scale));
+            _mm512_mask_storeu_ps(sc + p0, valid, dots);
+            maxv = _mm512_mask_max_ps(maxv, valid, maxv, dots);
+        }
+        const float m = _mm512_reduce_max_ps(maxv);
+        float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t p = 0; p < len; p++) {
+            float e = exp_nonpos(sc[p] - m);
+            total += e;
+            sc[p] = bf2f(f2bf(e)); /* torch's flash kernel weights V by bf16 probabilities */
+        }
+        __m512 acc[8];
+        for (int c = 0; c < DC; c++) acc[c] = _mm512_setzero_ps();
+        for (int64_t p = 0; p < len; p++) {
+            const bf16 *vr = v_cache + ((int64_t)table[p / block_size] * block_size + p % block_size) * row + head_off;
+            const __m512 w = _mm512_set1_ps(sc[p]);
+            for (int c = 0; c < DC; c++) acc[c] = _mm512_fmadd_ps(w, load16(vr + 16 * c), acc[c]);
+        }
+        const __m512 inv = _mm512_set1_ps(1.0f / total);
+        for (int c = 0; c < DC; c++) store16(out + gi * d + 16 * c, _mm512_mul_ps(acc[c], inv));
+    }
 }
 #endif
 
@@ -154,6 +252,16 @@ static inline __m512 load16(const bf16 *p) {
 static void decode_unit(const float *qf, int64_t g, int64_t d, const bf16 *k_cache,
                         const bf16 *v_cache, const int32_t *table, int64_t len, int64_t block_size,
                         int64_t row, int64_t head_off, float scale, float *scores, bf16 *out) {
+#if defined(__AVX512F__)
+    if (d == 64) {
+        decode_unit_regs(4, qf, g, k_cache, v_cache, table, len, block_size, row, head_off, scale, scores, out);
+        return;
+    }
+    if (d == 128) {
+        decode_unit_regs(8, qf, g, k_cache, v_cache, table, len, block_size, row, head_off, scale, scores, out);
+        return;
+    }
+#endif
     float maxv[16], sum[16];
     float acc[16 * 256];
     for (int64_t gi = 0; gi < g; gi++) maxv[gi] = -INFINITY;
@@ -258,49 +366,116 @@ int sy_paged_decode(const bf16 *q, int64_t q_stride, const bf16 *k_cache, const 
     return failed ? -1 : 0;
 }
 
-/* y[m, n] = bf16(sum_k x[m, k] * w[n, k] + bias[n]) for a few rows m (a decode batch).
- * x: fp32 [m_pad, k] with m_pad a multiple of 8 (padding rows are zero); w: bf16 [n, k]; y: bf16
- * rows of y_stride. oneDNN has no fast bf16 path on CPUs without bf16 dot-product instructions
- * (it is ~3x slower than fp32), and its fp32 path reads the weights twice the bytes; this one
- * reads bf16 weights once, widens them in registers (a shift) and accumulates in fp32.
- * Tiles of 3 weight rows x 8 batch rows keep 24 accumulators in registers. Needs k % 16 == 0.
- * Returns -1 where the build has no AVX-512 (the caller then keeps oneDNN). */
-int sy_linear_bf16(const float *x, int64_t m, int64_t m_pad, int64_t k, const bf16 *w, int64_t n,
-                   const float *bias, bf16 *y, int64_t y_stride) {
-#if defined(__AVX512F__)
-    if (k % 16 != 0 || m_pad % 8 != 0) return -1;
-    const int64_t blocks = (n + 2) / 3;
+/* Matmuls for a few rows (decode batches): y[m, n] = x[m, :] . w[n, :] + bias[n], bf16 in and out,
+ * fp32 accumulation, one rounding to bf16 at the end.
+ *
+ * At decode batch sizes a matmul is a pass over its weight, so speed is memory bandwidth: the
+ * weight is repacked once (sy_pack_vnni) into panels of 64 output features in which each pair of
+ * inputs holds the 64 features' two weights side by side (the "VNNI" layout of AVX512-BF16's
+ * dot product). A panel is then one sequential stream, every 64-byte load feeds 16 outputs of
+ * every row at once, and no horizontal sums are needed. With AVX512-BF16 one vdpbf16ps per load
+ * does the work (products of bf16 values are exact in fp32); without it the pair is split into
+ * two fp32 vectors by shifts and fed to two FMAs, the same arithmetic. */
+#define PANEL 64
+
+void sy_pack_vnni(const bf16 *w, int64_t n, int64_t k, bf16 *out) {
+    const int64_t panels = (n + PANEL - 1) / PANEL, pairs = k / 2;
 #pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; b++) {
-        const int64_t n0 = b * 3;
-        const int64_t rows = n - n0 < 3 ? n - n0 : 3;
-        const bf16 *w0 = w + n0 * k;
-        const bf16 *w1 = rows > 1 ? w0 + k : w0;
-        const bf16 *w2 = rows > 2 ? w0 + 2 * k : w0;
-        for (int64_t m0 = 0; m0 < m; m0 += 8) {
-            __m512 a0[8], a1[8], a2[8];
-            for (int i = 0; i < 8; i++) a0[i] = a1[i] = a2[i] = _mm512_setzero_ps();
-            const float *xb = x + m0 * k;
-            for (int64_t kk = 0; kk < k; kk += 16) {
-                const __m512 v0 = load16(w0 + kk), v1 = load16(w1 + kk), v2 = load16(w2 + kk);
-                for (int i = 0; i < 8; i++) {
-                    const __m512 xv = _mm512_loadu_ps(xb + i * k + kk);
-                    a0[i] = _mm512_fmadd_ps(v0, xv, a0[i]);
-                    a1[i] = _mm512_fmadd_ps(v1, xv, a1[i]);
-                    a2[i] = _mm512_fmadd_ps(v2, xv, a2[i]);
-                }
+    for (int64_t p = 0; p < panels; p++) {
+        bf16 *dst = out + p * PANEL * k;
+        for (int64_t kp = 0; kp < pairs; kp++) {
+            for (int64_t j = 0; j < PANEL; j++) {
+                const int64_t f = p * PANEL + j;
+                dst[kp * 2 * PANEL + 2 * j] = f < n ? w[f * k + 2 * kp] : 0;
+                dst[kp * 2 * PANEL + 2 * j + 1] = f < n ? w[f * k + 2 * kp + 1] : 0;
             }
-            for (int i = 0; i < 8 && m0 + i < m; i++) {
-                bf16 *yr = y + (m0 + i) * y_stride + n0;
-                yr[0] = f2bf(_mm512_reduce_add_ps(a0[i]) + (bias ? bias[n0] : 0.0f));
-                if (rows > 1) yr[1] = f2bf(_mm512_reduce_add_ps(a1[i]) + (bias ? bias[n0 + 1] : 0.0f));
-                if (rows > 2) yr[2] = f2bf(_mm512_reduce_add_ps(a2[i]) + (bias ? bias[n0 + 2] : 0.0f));
+        }
+    }
+}
+
+#if defined(__AVX512F__)
+#define MAX_MR 6 /* rows per pass: 6 x 4 accumulators + 4 weight vectors + 1 broadcast <= 32 zmm */
+
+static inline __attribute__((always_inline)) void vnni_tile(const bf16 *x, int64_t x_stride, const int mr,
+                                                            const bf16 *panel, int64_t pairs,
+                                                            const float *bias, bf16 *y, int64_t y_stride,
+                                                            int64_t features) {
+    __m512 acc[MAX_MR][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t kp = 0; kp < pairs; kp++) {
+        const bf16 *wp = panel + kp * 2 * PANEL;
+        _mm_prefetch((const char *)(wp + 16 * 2 * PANEL), _MM_HINT_T0);
+        _mm_prefetch((const char *)(wp + 16 * 2 * PANEL + 64), _MM_HINT_T0);
+        const __m512i w0 = _mm512_loadu_si512(wp), w1 = _mm512_loadu_si512(wp + 32);
+        const __m512i w2 = _mm512_loadu_si512(wp + 64), w3 = _mm512_loadu_si512(wp + 96);
+#pragma GCC unroll 6
+        for (int i = 0; i < mr; i++) {
+            int32_t pair;
+            memcpy(&pair, x + i * x_stride + 2 * kp, sizeof pair);
+#if defined(__AVX512BF16__)
+            const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], (__m512bh)w0, xb);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], (__m512bh)w1, xb);
+            acc[i][2] = _mm512_dpbf16_ps(acc[i][2], (__m512bh)w2, xb);
+            acc[i][3] = _mm512_dpbf16_ps(acc[i][3], (__m512bh)w3, xb);
+#else
+            const __m512 xe = _mm512_set1_ps(bf2f((bf16)(pair & 0xffff)));
+            const __m512 xo = _mm512_set1_ps(bf2f((bf16)((uint32_t)pair >> 16)));
+            const __m512i hi = _mm512_set1_epi32((int32_t)0xffff0000u);
+#define SY_PAIR_FMA(j, wv)                                                                            \
+    acc[i][j] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), xe, acc[i][j]);         \
+    acc[i][j] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(wv, hi)), xo, acc[i][j]);
+            SY_PAIR_FMA(0, w0) SY_PAIR_FMA(1, w1) SY_PAIR_FMA(2, w2) SY_PAIR_FMA(3, w3)
+#undef SY_PAIR_FMA
+#endif
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < mr; i++) {
+        for (int j = 0; j < 4; j++) {
+            const int64_t left = features - 16 * j;
+            if (left <= 0) break;
+            const __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+            __m512 v = acc[i][j];
+            if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias + 16 * j));
+            _mm256_mask_storeu_epi16(y + i * y_stride + 16 * j, mask, f2bf16x16(v));
+        }
+    }
+}
+#endif
+
+/* x: m rows of k bf16 (row stride x_stride); packed: sy_pack_vnni of w [n, k]; y: m rows of n bf16
+ * (row stride y_stride). threads = 1 keeps the call on the calling thread: one core streams a
+ * small model's weights nearly as fast as two, without waking the OpenMP pool. */
+int sy_gemm_vnni(const bf16 *x, int64_t m, int64_t x_stride, int64_t k, const bf16 *packed, int64_t n,
+                 const float *bias, bf16 *y, int64_t y_stride, int threads) {
+#if defined(__AVX512F__)
+    if (k % 2 != 0) return -1;
+    const int64_t panels = (n + PANEL - 1) / PANEL, pairs = k / 2;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t p = 0; p < panels; p++) {
+        const bf16 *panel = packed + p * PANEL * k;
+        const int64_t f0 = p * PANEL, features = n - f0 < PANEL ? n - f0 : PANEL;
+        const float *b = bias ? bias + f0 : NULL;
+        for (int64_t m0 = 0; m0 < m; m0 += MAX_MR) {
+            const bf16 *xr = x + m0 * x_stride;
+            bf16 *yr = y + m0 * y_stride + f0;
+            switch (m - m0 < MAX_MR ? m - m0 : MAX_MR) {
+            case 1: vnni_tile(xr, x_stride, 1, panel, pairs, b, yr, y_stride, features); break;
+            case 2: vnni_tile(xr, x_stride, 2, panel, pairs, b, yr, y_stride, features); break;
+            case 3: vnni_tile(xr, x_stride, 3, panel, pairs, b, yr, y_stride, features); break;
+            case 4: vnni_tile(xr, x_stride, 4, panel, pairs, b, yr, y_stride, features); break;
+            case 5: vnni_tile(xr, x_stride, 5, panel, pairs, b, yr, y_stride, features); break;
+            default: vnni_tile(xr, x_stride, 6, panel, pairs, b, yr, y_stride, features); break;
             }
         }
     }
     return 0;
 #else
-    (void)x; (void)m; (void)m_pad; (void)k; (void)w; (void)n; (void)bias; (void)y; (void)y_stride;
+    (void)x; (void)m; (void)x_stride; (void)k; (void)packed; (void)n; (void)bias; (void)y; (void)y_stride;
+    (void)threads;
     return -1;
 #endif
 }
