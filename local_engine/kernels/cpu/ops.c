@@ -84,6 +84,29 @@ static inline float exp_nonpos(float x) {
     return p * scale;
 }
 
+#if defined(__AVX512F__)
+/* exp_nonpos on 16 lanes, operation for operation (no fused multiply-adds, like the scalar code,
+ * which ISO C mode compiles without contraction), so both give the same bits. */
+static inline __m512 exp_nonpos16(__m512 x) {
+#define C(v) _mm512_set1_ps(v)
+    x = _mm512_max_ps(x, C(-87.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_add_ps(_mm512_mul_ps(x, C(1.44269504088896341f)), C(0.5f)),
+                                          _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_add_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, C(0.693359375f))),
+                                   _mm512_mul_ps(n, C(2.12194440e-4f)));
+    __m512 p = C(1.9875691500e-4f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), C(1.3981999507e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), C(8.3334519073e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), C(4.1665795894e-2f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), C(1.6666665459e-1f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), C(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r), C(1.0f));
+    const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+#undef C
+}
+#endif
+
 /* out = bf16(bf16(normalise(s)) * w) where s = x, or s = bf16(x + residual) written to sum_out.
  * Rows of `hidden` elements; x, residual, out and sum_out rows are contiguous with row strides. */
 void sy_rms_norm(const bf16 *x, int64_t x_stride, const bf16 *residual, int64_t r_stride,
@@ -206,33 +229,43 @@ static inline __attribute__((always_inline)) void decode_unit_regs(
     const int32_t *table, int64_t len, int64_t block_size, int64_t row, int64_t head_off, float scale,
     float *scores, bf16 *out) {
     const int64_t d = 16 * DC;
-    for (int64_t gi = 0; gi < g; gi++) {
-        __m512 qv[8];
-        for (int c = 0; c < DC; c++) qv[c] = _mm512_loadu_ps(qf + gi * d + 16 * c);
-        float *sc = scores + gi * len;
-        __m512 maxv = _mm512_set1_ps(-INFINITY);
-        for (int64_t p0 = 0; p0 < len; p0 += 16) {
-            const int64_t n = len - p0 < 16 ? len - p0 : 16;
+    /* Scores, 16 positions at a time: each K row is widened to fp32 once for all g heads. */
+    __m512 maxv[16];
+    for (int64_t gi = 0; gi < g; gi++) maxv[gi] = _mm512_set1_ps(-INFINITY);
+    float kf[16 * 128];
+    for (int64_t p0 = 0; p0 < len; p0 += 16) {
+        const int64_t n = len - p0 < 16 ? len - p0 : 16;
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t p = p0 + i;
+            const bf16 *kr = k_cache + ((int64_t)table[p / block_size] * block_size + p % block_size) * row + head_off;
+            for (int c = 0; c < DC; c++) _mm512_storeu_ps(kf + i * d + 16 * c, load16(kr + 16 * c));
+        }
+        const __mmask16 valid = (__mmask16)(n == 16 ? 0xffffu : (1u << n) - 1u);
+        for (int64_t gi = 0; gi < g; gi++) {
+            __m512 qv[8];
+            for (int c = 0; c < DC; c++) qv[c] = _mm512_loadu_ps(qf + gi * d + 16 * c);
             __m512 a[16];
             for (int64_t i = 0; i < 16; i++) {
                 a[i] = _mm512_setzero_ps();
                 if (i >= n) continue;
-                const int64_t p = p0 + i;
-                const bf16 *kr = k_cache + ((int64_t)table[p / block_size] * block_size + p % block_size) * row + head_off;
-                for (int c = 0; c < DC; c++) a[i] = _mm512_fmadd_ps(qv[c], load16(kr + 16 * c), a[i]);
+                for (int c = 0; c < DC; c++) a[i] = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kf + i * d + 16 * c), a[i]);
             }
-            const __mmask16 valid = (__mmask16)(n == 16 ? 0xffffu : (1u << n) - 1u);
             const __m512 dots = _mm512_mul_ps(reduce16x16(a), _mm512_set1_ps(scale));
-            _mm512_mask_storeu_ps(sc + p0, valid, dots);
-            maxv = _mm512_mask_max_ps(maxv, valid, maxv, dots);
+            _mm512_mask_storeu_ps(scores + gi * len + p0, valid, dots);
+            maxv[gi] = _mm512_mask_max_ps(maxv[gi], valid, maxv[gi], dots);
         }
-        const float m = _mm512_reduce_max_ps(maxv);
-        float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-        for (int64_t p = 0; p < len; p++) {
-            float e = exp_nonpos(sc[p] - m);
-            total += e;
-            sc[p] = bf2f(f2bf(e)); /* torch's flash kernel weights V by bf16 probabilities */
+    }
+    for (int64_t gi = 0; gi < g; gi++) {
+        float *sc = scores + gi * len;
+        const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(maxv[gi]));
+        __m512 total = _mm512_setzero_ps();
+        for (int64_t p0 = 0; p0 < len; p0 += 16) {
+            const int64_t n = len - p0 < 16 ? len - p0 : 16;
+            const __mmask16 valid = (__mmask16)(n == 16 ? 0xffffu : (1u << n) - 1u);
+            const __m512 e = _mm512_maskz_mov_ps(valid, exp_nonpos16(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, sc + p0), m)));
+            total = _mm512_add_ps(total, e);
+            /* torch's flash kernel weights V by bf16 probabilities */
+            _mm512_mask_storeu_ps(sc + p0, valid, round_bf16(e));
         }
         __m512 acc[8];
         for (int c = 0; c < DC; c++) acc[c] = _mm512_setzero_ps();
@@ -241,7 +274,7 @@ static inline __attribute__((always_inline)) void decode_unit_regs(
             const __m512 w = _mm512_set1_ps(sc[p]);
             for (int c = 0; c < DC; c++) acc[c] = _mm512_fmadd_ps(w, load16(vr + 16 * c), acc[c]);
         }
-        const __m512 inv = _mm512_set1_ps(1.0f / total);
+        const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total));
         for (int c = 0; c < DC; c++) store16(out + gi * d + 16 * c, _mm512_mul_ps(acc[c], inv));
     }
 }
@@ -396,6 +429,7 @@ void sy_pack_vnni(const bf16 *w, int64_t n, int64_t k, bf16 *out) {
 #if defined(__AVX512F__)
 #define MAX_MR 6 /* rows per pass: 6 x 4 accumulators + 4 weight vectors + 1 broadcast <= 32 zmm */
 
+/* mr rows x one panel: y[i, f] = bias[f] + sum over the panel's input pairs. */
 static inline __attribute__((always_inline)) void vnni_tile(const bf16 *x, int64_t x_stride, const int mr,
                                                             const bf16 *panel, int64_t pairs,
                                                             const float *bias, bf16 *y, int64_t y_stride,
@@ -462,14 +496,16 @@ int sy_gemm_vnni(const bf16 *x, int64_t m, int64_t x_stride, int64_t k, const bf
         for (int64_t m0 = 0; m0 < m; m0 += MAX_MR) {
             const bf16 *xr = x + m0 * x_stride;
             bf16 *yr = y + m0 * y_stride + f0;
+#define SY_TILE(R) vnni_tile(xr, x_stride, R, panel, pairs, b, yr, y_stride, features)
             switch (m - m0 < MAX_MR ? m - m0 : MAX_MR) {
-            case 1: vnni_tile(xr, x_stride, 1, panel, pairs, b, yr, y_stride, features); break;
-            case 2: vnni_tile(xr, x_stride, 2, panel, pairs, b, yr, y_stride, features); break;
-            case 3: vnni_tile(xr, x_stride, 3, panel, pairs, b, yr, y_stride, features); break;
-            case 4: vnni_tile(xr, x_stride, 4, panel, pairs, b, yr, y_stride, features); break;
-            case 5: vnni_tile(xr, x_stride, 5, panel, pairs, b, yr, y_stride, features); break;
-            default: vnni_tile(xr, x_stride, 6, panel, pairs, b, yr, y_stride, features); break;
+            case 1: SY_TILE(1); break;
+            case 2: SY_TILE(2); break;
+            case 3: SY_TILE(3); break;
+            case 4: SY_TILE(4); break;
+            case 5: SY_TILE(5); break;
+            default: SY_TILE(6); break;
             }
+#undef SY_TILE
         }
     }
     return 0;
