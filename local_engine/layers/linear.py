@@ -27,15 +27,19 @@ _SMALL_MAX_ROWS = 16
 class PackedWeight:
     """Reordered copies of one CPU bf16 weight (and its bias) for fast matmuls.
 
-    ``vnni`` (when the C kernels are built) serves decode-sized batches. For larger ones: ``bf16``,
-    oneDNN's reordered copy, on CPUs with native bf16 dot products (AVX512-BF16 / AMX); elsewhere
-    oneDNN emulates bf16 about 3x slower than its fp32 kernel, so ``f32`` holds exactly the same
-    values widened to fp32 instead. Every path computes the bf16 model's matmul with fp32
-    accumulation and rounds the result to bf16 once; only the summation order differs.
+    ``vnni`` (when the C kernels are built) serves decode-sized batches; for a gated MLP's fused
+    gate/up projection it is packed in ``cpu_kernels.gated_order`` (``gated``) and serves only
+    the fused ``silu(gate) * up``. For larger batches: ``bf16``, oneDNN's reordered copy, on CPUs
+    with native bf16 dot products (AVX512-BF16 / AMX); elsewhere oneDNN emulates bf16 about 3x
+    slower than its fp32 kernel, so ``f32`` holds exactly the same values widened to fp32
+    instead. Every path computes the bf16 model's matmul with fp32 accumulation and rounds the
+    result to bf16 once; only the summation order differs.
     """
 
     n: int
     vnni: torch.Tensor | None = None
+    vnni_bias: torch.Tensor | None = None  # fp32, in vnni's feature order
+    gated: bool = False
     bf16: torch.Tensor | None = None
     f32: torch.Tensor | None = None
     bias_f32: torch.Tensor | None = None
@@ -55,7 +59,7 @@ def _fp32_for_large_batches() -> bool:
     return not native
 
 
-def _pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> PackedWeight | None:
+def _pack(weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False) -> PackedWeight | None:
     """Packed copies of a CPU bf16 weight, or None where that is unavailable or disabled."""
     if (
         weight.device.type != "cpu"
@@ -66,8 +70,13 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> PackedWeigh
         return None
     w = weight.detach()
     try:
-        packed = PackedWeight(w.shape[0], vnni=cpu_kernels.pack_vnni(w))
+        packed = PackedWeight(w.shape[0])
         packed.bias_f32 = None if bias is None else bias.detach().float().contiguous()
+        packed.vnni = cpu_kernels.pack_vnni(w, gated=gated)
+        packed.gated = gated and packed.vnni is not None
+        packed.vnni_bias = packed.bias_f32
+        if packed.gated and packed.bias_f32 is not None:
+            packed.vnni_bias = packed.bias_f32[cpu_kernels.gated_order(packed.n)].contiguous()
         if _fp32_for_large_batches():
             packed.f32 = torch.ops.mkldnn._reorder_linear_weight(w.float(), None)
         else:
@@ -77,12 +86,17 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> PackedWeigh
     return packed
 
 
+def _small_batch(x: torch.Tensor, packed: PackedWeight) -> bool:
+    return (
+        packed.vnni is not None and x.dtype == torch.bfloat16 and x.numel() // x.shape[-1] <= _SMALL_MAX_ROWS
+    )
+
+
 def packed_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear`` against a packed weight: the C kernel for a few rows, oneDNN for more. Both
     beat plain ``F.linear`` for bf16 on the CPU, which re-lays-out the weight on every call."""
-    rows = x.numel() // x.shape[-1]
-    if packed.vnni is not None and rows <= _SMALL_MAX_ROWS and x.dtype == torch.bfloat16:
-        out = cpu_kernels.gemm(x, packed.vnni, packed.n, packed.bias_f32)
+    if not packed.gated and _small_batch(x, packed):
+        out = cpu_kernels.gemm(x, packed.vnni, packed.n, packed.vnni_bias)
         if out is not None:
             return out
     if packed.f32 is not None:
@@ -90,6 +104,14 @@ def packed_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | No
         return out.to(x.dtype)
     assert packed.bf16 is not None  # _pack keeps one of the two
     return torch.ops.mkldnn._linear_pointwise(x, packed.bf16, bias, "none", [], "")
+
+
+def packed_silu_and_mul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor | None:
+    """``silu(gate) * up`` of a gated projection in one kernel call, or None where it does not
+    apply (not packed ``gated``, too many rows) and the caller takes the two-step path."""
+    if not packed.gated or not _small_batch(x, packed):
+        return None
+    return cpu_kernels.gemm(x, packed.vnni, packed.n, packed.vnni_bias, silu_mul=True)
 
 
 def pack_cpu_weights(model: nn.Module) -> int:
@@ -185,6 +207,17 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     ) -> None:
         self.output_sizes = list(output_sizes)
         super().__init__(input_size, sum(output_sizes), bias, tp_rank, tp_size)
+
+    def pack_weight(self) -> bool:
+        """As ``LinearBase.pack_weight``; a gate/up pair is packed for the fused activation."""
+        gated = len(self.output_sizes) == 2 and self.output_sizes[0] == self.output_sizes[1]
+        self._packed = _pack(self.weight, self.bias, gated=gated)
+        return self._packed is not None
+
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``silu(gate) * up`` of this gate/up projection in one fused call, or None where the
+        fused kernel does not apply (use ``SiluAndMul()(self(x))``)."""
+        return None if self._packed is None else packed_silu_and_mul(x, self._packed)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
         if not isinstance(shard_id, int):

@@ -82,7 +82,10 @@ class LlamaMLP(nn.Module):
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+        hidden = self.gate_up_proj.silu_and_mul(x)  # CPU decode batches: one fused kernel
+        if hidden is None:
+            hidden = self.act_fn(self.gate_up_proj(x))
+        return self.down_proj(hidden)
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -91,10 +91,35 @@ def test_gemm_without_bf16_dot_product_instructions_computes_the_same() -> None:
     assert torch.equal(packed, cpu_kernels.pack_vnni(weight))
     out = torch.empty((9, 130), dtype=BF16)
     if lib.sy_gemm_vnni(
-        x.data_ptr(), 9, 64, 64, packed.data_ptr(), 130, b.data_ptr(), out.data_ptr(), 130, 2
+        x.data_ptr(), 9, 64, 64, packed.data_ptr(), 130, b.data_ptr(), out.data_ptr(), 130, 2, 0
     ):
         pytest.skip("this build has no AVX-512 path")
     _assert_fp32_accumulation_rounded_once(out, F.linear(x.float(), weight.float(), b).to(BF16))
+
+
+@pytest.mark.parametrize("rows,bias", [(1, False), (11, True)])
+def test_gemm_fused_silu_matches_hf_gated_mlp(rows: int, bias: bool) -> None:
+    """HF's bf16 MLP rounds gate and up to bf16, silu(gate) to bf16, then their product."""
+    torch.manual_seed(rows)
+    inter, hidden = 192, 96
+    weight = (torch.randn(2 * inter, hidden) * 0.3).to(BF16)  # [gate; up] as MergedColumnParallelLinear
+    x = torch.randn(rows, hidden).to(BF16)
+    b = torch.randn(2 * inter) if bias else None
+    packed = cpu_kernels.pack_vnni(weight, gated=True)
+    assert packed is not None
+    order = cpu_kernels.gated_order(2 * inter)
+    assert sorted(order.tolist()) == list(range(2 * inter)) and order[32] == inter  # 32 gate, then up
+    got = cpu_kernels.gemm(x, packed, 2 * inter, None if b is None else b[order].contiguous(), silu_mul=True)
+    if got is None:
+        pytest.skip("this build has no AVX-512 path")
+    gate_up = F.linear(x.float(), weight.float(), b).to(BF16)
+    want = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+    assert got.shape == want.shape
+    diff = (got.float() - want.float()).abs()
+    assert (diff > 0).float().mean() < 0.05  # a last-bit difference in gate or up, now and then
+    assert torch.all(diff <= want.float().abs() * 2**-6 + 1e-6)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        cpu_kernels.gemm(x, cpu_kernels.pack_vnni(weight[:100]), 100, silu_mul=True)
 
 
 def test_gemm_refuses_what_it_would_misread() -> None:

@@ -28,7 +28,7 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "sy_write_kv": (None, [_P, _I, _P, _I, _P, _P, _P, _I, _I]),
     "sy_paged_decode": (ctypes.c_int, [_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _F]),
     "sy_pack_vnni": (None, [_P, _I, _I, _P]),
-    "sy_gemm_vnni": (ctypes.c_int, [_P, _I, _I, _I, _P, _I, _P, _P, _I, ctypes.c_int]),
+    "sy_gemm_vnni": (ctypes.c_int, [_P, _I, _I, _I, _P, _I, _P, _P, _I, ctypes.c_int, ctypes.c_int]),
 }
 MAX_GROUP = 16  # query heads per KV head the decode kernel holds in registers / stack
 MAX_HEAD_DIM = 256
@@ -251,20 +251,32 @@ def paged_decode(
 PANEL = 64  # output features per packed panel (ops.c)
 
 
-def pack_vnni(weight: torch.Tensor) -> torch.Tensor | None:
+def gated_order(n: int) -> torch.Tensor:
+    """The feature order ``pack_vnni(..., gated=True)`` packs a ``[gate; up]`` weight of ``n`` rows
+    in: each 64-feature panel holds 32 gate features, then the same 32 up features."""
+    half = n // 2
+    gate = torch.arange(half).view(-1, PANEL // 2)
+    return torch.cat([gate, gate + half], dim=1).reshape(-1)
+
+
+def pack_vnni(weight: torch.Tensor, gated: bool = False) -> torch.Tensor | None:
     """A bf16 ``weight [N, K]`` repacked for ``gemm``: panels of 64 output features, each pair of
-    inputs holding the 64 features' two weights side by side (zero rows pad N to a panel). None
-    where the kernel does not apply (no compiled library, odd ``K``, not a 2-D CPU bf16 tensor)."""
+    inputs holding the 64 features' two weights side by side (zero rows pad N to a panel). With
+    ``gated`` (a gated MLP's ``[gate; up]`` projection, ``N % 64 == 0``) in ``gated_order``, for
+    ``gemm(..., silu_mul=True)``. None where the kernel does not apply (no compiled library, odd
+    ``K``, not a 2-D CPU bf16 tensor)."""
     if (
         weight.dim() != 2
         or weight.dtype != torch.bfloat16
         or weight.device.type != "cpu"
         or weight.shape[1] % 2
+        or (gated and weight.shape[0] % PANEL)
         or _library() is None
     ):
         return None
     n, k = weight.shape
-    w = weight.detach().contiguous()
+    w = weight.detach()
+    w = (w[gated_order(n)] if gated else w).contiguous()
     packed = torch.empty((-(-n // PANEL), PANEL * k), dtype=torch.bfloat16)
     _lib().sy_pack_vnni(w.data_ptr(), n, k, packed.data_ptr())
     return packed
@@ -276,18 +288,25 @@ def gemm(
     n: int,
     bias_f32: torch.Tensor | None = None,
     threads: int = 0,
+    silu_mul: bool = False,
 ) -> torch.Tensor | None:
     """``x @ W.T + bias`` with ``packed = pack_vnni(W)`` (``W [n, K]``): fp32 accumulation, one
     rounding to bf16. Meant for a few rows (memory-bound decode batches). ``threads`` 1 keeps it
-    on the calling thread, 0 uses torch's thread count. None where the build has no AVX-512."""
+    on the calling thread, 0 uses torch's thread count. With ``silu_mul`` (``packed`` from
+    ``pack_vnni(W, gated=True)``, ``bias_f32`` in ``gated_order``) the result is
+    ``silu(gate) * up``, ``n / 2`` wide, rounded where Hugging Face's bf16 MLP rounds. None where
+    the build has no AVX-512."""
     _require_bf16(x=x, packed=packed)
     k = x.shape[-1]
     if packed.shape != (-(-n // PANEL), PANEL * k):
         raise ValueError(f"packed weight {tuple(packed.shape)} does not fit n={n}, k={k}")
     if bias_f32 is not None and (bias_f32.dtype != torch.float32 or bias_f32.numel() != n):
         raise ValueError(f"bias must be {n} fp32 values")
+    if silu_mul and n % PANEL:
+        raise ValueError(f"a gated projection needs a multiple of {PANEL} features, not {n}")
+    width = n // 2 if silu_mul else n
     x2 = _rows(x)
-    out = torch.empty((x2.shape[0], n), dtype=torch.bfloat16)
+    out = torch.empty((x2.shape[0], width), dtype=torch.bfloat16)
     rc = _lib().sy_gemm_vnni(
         x2.data_ptr(),
         x2.shape[0],
@@ -297,9 +316,10 @@ def gemm(
         n,
         None if bias_f32 is None else bias_f32.contiguous().data_ptr(),
         out.data_ptr(),
-        n,
+        width,
         threads or torch.get_num_threads(),
+        int(silu_mul),
     )
     if rc != 0:
         return None
-    return out.view(*x.shape[:-1], n)
+    return out.view(*x.shape[:-1], width)

@@ -107,6 +107,17 @@ static inline __m512 exp_nonpos16(__m512 x) {
 }
 #endif
 
+#if defined(__AVX512F__)
+/* x * sigmoid(x) in fp32 (what torch computes for a bf16 tensor before rounding), with exp only
+ * of -|x| <= 0: sigmoid = 1 / (1 + e) for x >= 0, e / (1 + e) below. */
+static inline __m512 silu16(__m512 x) {
+    const __m512 e = exp_nonpos16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
+    const __m512 r = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mul_ps(x, _mm512_mask_mul_ps(r, neg, e, r));
+}
+#endif
+
 /* out = bf16(bf16(normalise(s)) * w) where s = x, or s = bf16(x + residual) written to sum_out.
  * Rows of `hidden` elements; x, residual, out and sum_out rows are contiguous with row strides. */
 void sy_rms_norm(const bf16 *x, int64_t x_stride, const bf16 *residual, int64_t r_stride,
@@ -163,7 +174,8 @@ void sy_rope_write_kv(const bf16 *qkv, int64_t qkv_stride, const int64_t *positi
                       const bf16 *cos_sin, const int64_t *slots, bf16 *q_out, bf16 *k_cache,
                       bf16 *v_cache, int64_t tokens, int64_t hq, int64_t hkv, int64_t d) {
     const int64_t half = d / 2;
-#pragma omp parallel for if (tokens >= 16) schedule(static)
+    /* A few microseconds per token: only prefill-sized batches are worth waking the pool. */
+#pragma omp parallel for if (tokens >= 64) schedule(static)
     for (int64_t t = 0; t < tokens; t++) {
         const bf16 *row = qkv + t * qkv_stride;
         const bf16 *cs = cos_sin + positions[t] * d;
@@ -178,7 +190,18 @@ void sy_rope_write_kv(const bf16 *qkv, int64_t qkv_stride, const int64_t *positi
             } else {
                 continue;
             }
-            for (int64_t j = 0; j < half; j++) {
+            int64_t j = 0;
+#if defined(__AVX512F__)
+            for (; j + 16 <= half; j += 16) {
+                const __m512 c = load16(cs + j), s = load16(cs + half + j);
+                const __m512 x1 = load16(x + j), x2 = load16(x + half + j);
+                const __m512 lo = _mm512_sub_ps(round_bf16(_mm512_mul_ps(x1, c)), round_bf16(_mm512_mul_ps(x2, s)));
+                const __m512 hi = _mm512_add_ps(round_bf16(_mm512_mul_ps(x2, c)), round_bf16(_mm512_mul_ps(x1, s)));
+                store16(dst + j, lo);
+                store16(dst + half + j, hi);
+            }
+#endif
+            for (; j < half; j++) {
                 float c = bf2f(cs[j]), s = bf2f(cs[half + j]);
                 float x1 = bf2f(x[j]), x2 = bf2f(x[half + j]);
                 float lo = bf2f(f2bf(x1 * c)) + bf2f(f2bf(-x2 * s));
@@ -433,7 +456,7 @@ void sy_pack_vnni(const bf16 *w, int64_t n, int64_t k, bf16 *out) {
 static inline __attribute__((always_inline)) void vnni_tile(const bf16 *x, int64_t x_stride, const int mr,
                                                             const bf16 *panel, int64_t pairs,
                                                             const float *bias, bf16 *y, int64_t y_stride,
-                                                            int64_t features) {
+                                                            int64_t features, const int silu_mul) {
     __m512 acc[MAX_MR][4];
 #pragma GCC unroll 6
     for (int i = 0; i < mr; i++)
@@ -466,6 +489,21 @@ static inline __attribute__((always_inline)) void vnni_tile(const bf16 *x, int64
 #endif
         }
     }
+    if (silu_mul) { /* features 0-31 gate, 32-63 up: y = bf16(bf16(silu(bf16(gate))) * bf16(up)) */
+#pragma GCC unroll 6
+        for (int i = 0; i < mr; i++) {
+            for (int j = 0; j < 2; j++) {
+                __m512 gate = acc[i][j], up = acc[i][j + 2];
+                if (bias) {
+                    gate = _mm512_add_ps(gate, _mm512_loadu_ps(bias + 16 * j));
+                    up = _mm512_add_ps(up, _mm512_loadu_ps(bias + 32 + 16 * j));
+                }
+                const __m512 act = round_bf16(silu16(round_bf16(gate)));
+                store16(y + i * y_stride + 16 * j, _mm512_mul_ps(act, round_bf16(up)));
+            }
+        }
+        return;
+    }
 #pragma GCC unroll 6
     for (int i = 0; i < mr; i++) {
         for (int j = 0; j < 4; j++) {
@@ -482,11 +520,14 @@ static inline __attribute__((always_inline)) void vnni_tile(const bf16 *x, int64
 
 /* x: m rows of k bf16 (row stride x_stride); packed: sy_pack_vnni of w [n, k]; y: m rows of n bf16
  * (row stride y_stride). threads = 1 keeps the call on the calling thread: one core streams a
- * small model's weights nearly as fast as two, without waking the OpenMP pool. */
+ * small model's weights nearly as fast as two, without waking the OpenMP pool.
+ * silu_mul: w is a gated MLP's gate and up projections packed with each panel holding 32 gate
+ * features then the same 32 up features (n % 64 == 0); y gets silu(gate) * up, n / 2 wide, with
+ * Hugging Face's roundings, so the activation needs no pass of its own. */
 int sy_gemm_vnni(const bf16 *x, int64_t m, int64_t x_stride, int64_t k, const bf16 *packed, int64_t n,
-                 const float *bias, bf16 *y, int64_t y_stride, int threads) {
+                 const float *bias, bf16 *y, int64_t y_stride, int threads, int silu_mul) {
 #if defined(__AVX512F__)
-    if (k % 2 != 0) return -1;
+    if (k % 2 != 0 || (silu_mul && n % PANEL != 0)) return -1;
     const int64_t panels = (n + PANEL - 1) / PANEL, pairs = k / 2;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t p = 0; p < panels; p++) {
@@ -495,8 +536,8 @@ int sy_gemm_vnni(const bf16 *x, int64_t m, int64_t x_stride, int64_t k, const bf
         const float *b = bias ? bias + f0 : NULL;
         for (int64_t m0 = 0; m0 < m; m0 += MAX_MR) {
             const bf16 *xr = x + m0 * x_stride;
-            bf16 *yr = y + m0 * y_stride + f0;
-#define SY_TILE(R) vnni_tile(xr, x_stride, R, panel, pairs, b, yr, y_stride, features)
+            bf16 *yr = y + m0 * y_stride + (silu_mul ? f0 / 2 : f0);
+#define SY_TILE(R) vnni_tile(xr, x_stride, R, panel, pairs, b, yr, y_stride, features, silu_mul)
             switch (m - m0 < MAX_MR ? m - m0 : MAX_MR) {
             case 1: SY_TILE(1); break;
             case 2: SY_TILE(2); break;
@@ -511,7 +552,7 @@ int sy_gemm_vnni(const bf16 *x, int64_t m, int64_t x_stride, int64_t k, const bf
     return 0;
 #else
     (void)x; (void)m; (void)x_stride; (void)k; (void)packed; (void)n; (void)bias; (void)y; (void)y_stride;
-    (void)threads;
+    (void)threads; (void)silu_mul;
     return -1;
 #endif
 }
