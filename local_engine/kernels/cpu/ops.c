@@ -450,6 +450,7 @@ void sy_pack_vnni(const bf16 *w, int64_t n, int64_t k, bf16 *out) {
 }
 
 #if defined(__AVX512F__)
+#define PREFETCH_PAIRS 64
 #define MAX_MR 6 /* rows per pass: 6 x 4 accumulators + 4 weight vectors + 1 broadcast <= 32 zmm */
 
 /* mr rows x one panel: y[i, f] = bias[f] + sum over the panel's input pairs. */
@@ -463,8 +464,9 @@ static inline __attribute__((always_inline)) void vnni_tile(const bf16 *x, int64
         for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
     for (int64_t kp = 0; kp < pairs; kp++) {
         const bf16 *wp = panel + kp * 2 * PANEL;
-        _mm_prefetch((const char *)(wp + 16 * 2 * PANEL), _MM_HINT_T0);
-        _mm_prefetch((const char *)(wp + 16 * 2 * PANEL + 64), _MM_HINT_T0);
+        /* All four lines of the pair row PREFETCH_PAIRS ahead: a DRAM access takes longer
+         * than the hardware prefetcher's lead at decode speeds. */
+        for (int l = 0; l < 4; l++) _mm_prefetch((const char *)(wp + PREFETCH_PAIRS * 2 * PANEL + 32 * l), _MM_HINT_T0);
         const __m512i w0 = _mm512_loadu_si512(wp), w1 = _mm512_loadu_si512(wp + 32);
         const __m512i w2 = _mm512_loadu_si512(wp + 64), w3 = _mm512_loadu_si512(wp + 96);
 #pragma GCC unroll 6
