@@ -259,10 +259,10 @@ def run_child(
         {"OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_KVCACHE_SPACE": "1"}
     )
     # How idle OpenMP workers wait matters as much as the kernels at these sizes (a decode step is
-    # ~150 short parallel regions). By default every system runs as shipped: ours with the bounded
-    # spin its package sets (local_engine/__init__.py), transformers with libgomp's default, vLLM
-    # with its own settings. --omp-passive (sleep at once) or --omp-spincount N force one policy
-    # on all three.
+    # ~150 short parallel calls). By default every system runs as shipped: ours with the policy its
+    # package sets (local_engine/_openmp.py; its decode kernels use their own pool), transformers
+    # with libgomp's default, vLLM with its own settings. --omp-passive (sleep at once) or
+    # --omp-spincount N force one policy on all three.
     for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
         env.pop(name, None)
     if policy == "passive":
@@ -340,13 +340,13 @@ def main() -> None:
         "greedy, bf16"
     )
     print(f"threads={args.threads} cores={args.cores} cpu={platform.processor() or platform.machine()}")
-    from local_engine import DEFAULT_GOMP_SPINCOUNT
+    from local_engine import OMP_WAIT_POLICY
 
     policy = "passive" if args.omp_passive else None
     if args.omp_spincount is not None:
         policy = str(args.omp_spincount)
     wait = {
-        None: f"as shipped (ours GOMP_SPINCOUNT={DEFAULT_GOMP_SPINCOUNT}, peers their defaults)",
+        None: f"as shipped (ours OMP_WAIT_POLICY={OMP_WAIT_POLICY} + own kernel pool, peers' defaults)",
         "passive": "OMP_WAIT_POLICY=PASSIVE for all",
     }.get(policy, f"GOMP_SPINCOUNT={policy} for all")
     print(f"OpenMP idle workers: {wait}")

@@ -87,7 +87,7 @@ def test_gemm_without_bf16_dot_product_instructions_computes_the_same() -> None:
     torch.manual_seed(3)
     weight, x, b = torch.randn(130, 64).to(BF16), torch.randn(9, 64).to(BF16), torch.randn(130)
     packed = torch.empty((3, 64 * 64), dtype=BF16)
-    lib.sy_pack_vnni(weight.data_ptr(), 130, 64, packed.data_ptr())
+    lib.sy_pack_vnni(weight.data_ptr(), 130, 64, packed.data_ptr(), 2)
     assert torch.equal(packed, cpu_kernels.pack_vnni(weight))
     out = torch.empty((9, 130), dtype=BF16)
     if lib.sy_gemm_vnni(
@@ -120,6 +120,47 @@ def test_gemm_fused_silu_matches_hf_gated_mlp(rows: int, bias: bool) -> None:
     assert torch.all(diff <= want.float().abs() * 2**-6 + 1e-6)
     with pytest.raises(ValueError, match="multiple of 64"):
         cpu_kernels.gemm(x, cpu_kernels.pack_vnni(weight[:100]), 100, silu_mul=True)
+
+
+def test_pool_gives_the_same_bits_under_concurrent_callers_and_after_fork() -> None:
+    """The kernels' own thread pool (pool.c): every chunk is computed by exactly one thread with
+    the same arithmetic, so results are bitwise those of a single-threaded call, whoever runs
+    them; callers on several threads at once (one gets the pool, the others run alone) and a
+    forked child (which has no workers until it asks) must not change that."""
+    import os
+    import threading
+
+    torch.manual_seed(5)
+    weight = torch.randn(1000, 128).to(BF16)
+    packed = cpu_kernels.pack_vnni(weight)
+    assert packed is not None
+    inputs = [torch.randn(rows, 128).to(BF16) for rows in (1, 2, 7, 16, 3)]
+    want = [cpu_kernels.gemm(x, packed, 1000, threads=1) for x in inputs]
+    if want[0] is None:
+        pytest.skip("this build has no AVX-512 path")
+    failures: list[int] = []
+
+    def hammer(seed: int) -> None:
+        for i in range(300):
+            k = (seed + i) % len(inputs)
+            if not torch.equal(cpu_kernels.gemm(inputs[k], packed, 1000, threads=2), want[k]):
+                failures.append(k)
+
+    threads = [threading.Thread(target=hammer, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if the pool still works and agrees
+        ok = all(
+            torch.equal(cpu_kernels.gemm(x, packed, 1000, threads=2), w)
+            for x, w in zip(inputs, want, strict=True)
+        )
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def test_gemm_refuses_what_it_would_misread() -> None:

@@ -1,5 +1,6 @@
-"""Fused CPU kernels for bf16 models: RMSNorm (+ residual add), rotary + KV-cache write, and paged
-decode attention, from ``ops.c`` compiled on first use (see ``_build``) and called with ctypes.
+"""Fused CPU kernels for bf16 models: RMSNorm (+ residual add), rotary + KV-cache write, paged
+decode attention and decode-batch matmuls, from the C sources here compiled on first use (see
+``_build``) and called with ctypes.
 
 They exist because, on a CPU, the dozens of small torch ops around each layer's matmuls cost more
 than the matmuls at decode batch sizes. Each function takes and returns torch tensors and checks
@@ -22,13 +23,14 @@ logger = logging.getLogger(__name__)
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _F = ctypes.c_float
+_T = ctypes.c_int  # threads: the kernels share work out over their own pool (pool.h)
 _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
-    "sy_rms_norm": (None, [_P, _I, _P, _I, _P, _P, _P, _I, _I, _F]),
-    "sy_rope_write_kv": (None, [_P, _I, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
+    "sy_rms_norm": (None, [_P, _I, _P, _I, _P, _P, _P, _I, _I, _F, _T]),
+    "sy_rope_write_kv": (None, [_P, _I, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _T]),
     "sy_write_kv": (None, [_P, _I, _P, _I, _P, _P, _P, _I, _I]),
-    "sy_paged_decode": (ctypes.c_int, [_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _F]),
-    "sy_pack_vnni": (None, [_P, _I, _I, _P]),
-    "sy_gemm_vnni": (ctypes.c_int, [_P, _I, _I, _I, _P, _I, _P, _P, _I, ctypes.c_int, ctypes.c_int]),
+    "sy_paged_decode": (ctypes.c_int, [_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _F, _T]),
+    "sy_pack_vnni": (None, [_P, _I, _I, _P, _T]),
+    "sy_gemm_vnni": (ctypes.c_int, [_P, _I, _I, _I, _P, _I, _P, _P, _I, _T, ctypes.c_int]),
 }
 MAX_GROUP = 16  # query heads per KV head the decode kernel holds in registers / stack
 MAX_HEAD_DIM = 256
@@ -96,7 +98,17 @@ def rms_norm(
     out = torch.empty(x2.shape, dtype=torch.bfloat16)
     if residual is None:
         _lib().sy_rms_norm(
-            x2.data_ptr(), x2.stride(0), None, 0, w.data_ptr(), out.data_ptr(), None, x2.shape[0], hidden, eps
+            x2.data_ptr(),
+            x2.stride(0),
+            None,
+            0,
+            w.data_ptr(),
+            out.data_ptr(),
+            None,
+            x2.shape[0],
+            hidden,
+            eps,
+            torch.get_num_threads(),
         )
         return out.view(shape)
     r2 = _rows(residual)
@@ -112,6 +124,7 @@ def rms_norm(
         x2.shape[0],
         hidden,
         eps,
+        torch.get_num_threads(),
     )
     return out.view(shape), summed.view(shape)
 
@@ -160,6 +173,7 @@ def rope_write_kv(
         num_heads,
         num_kv_heads,
         head_dim,
+        torch.get_num_threads(),
     )
     return q
 
@@ -242,13 +256,14 @@ def paged_decode(
         head_dim,
         block_size,
         scale,
+        torch.get_num_threads(),
     )
     if rc != 0:
         raise MemoryError("paged_decode: could not allocate its score buffer")
     return out
 
 
-PANEL = 64  # output features per packed panel (ops.c)
+PANEL = 64  # output features per packed panel (gemm.c)
 
 
 def gated_order(n: int) -> torch.Tensor:
@@ -278,7 +293,7 @@ def pack_vnni(weight: torch.Tensor, gated: bool = False) -> torch.Tensor | None:
     w = weight.detach()
     w = (w[gated_order(n)] if gated else w).contiguous()
     packed = torch.empty((-(-n // PANEL), PANEL * k), dtype=torch.bfloat16)
-    _lib().sy_pack_vnni(w.data_ptr(), n, k, packed.data_ptr())
+    _lib().sy_pack_vnni(w.data_ptr(), n, k, packed.data_ptr(), torch.get_num_threads())
     return packed
 
 
@@ -292,8 +307,9 @@ def gemm(
 ) -> torch.Tensor | None:
     """``x @ W.T + bias`` with ``packed = pack_vnni(W)`` (``W [n, K]``): fp32 accumulation, one
     rounding to bf16. Meant for a few rows (memory-bound decode batches). ``threads`` 1 keeps it
-    on the calling thread, 0 uses torch's thread count. With ``silu_mul`` (``packed`` from
-    ``pack_vnni(W, gated=True)``, ``bias_f32`` in ``gated_order``) the result is
+    on the calling thread, 0 uses torch's thread count (over the kernels' own pool). With
+    ``silu_mul`` (``packed`` from ``pack_vnni(W, gated=True)``, ``bias_f32`` in ``gated_order``)
+    the result is
     ``silu(gate) * up``, ``n / 2`` wide, rounded where Hugging Face's bf16 MLP rounds. None where
     the build has no AVX-512."""
     _require_bf16(x=x, packed=packed)

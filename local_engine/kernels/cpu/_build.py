@@ -1,4 +1,4 @@
-"""Compiles ``ops.c`` once per machine and source version into a cached shared library.
+"""Compiles the kernels' C sources once per machine and source version into a cached shared library.
 
 The library lands in ``$SWITCHYARD_CACHE_DIR/cpu_kernels`` (default ``~/.cache/switchyard``), named
 by a hash of the source, the compiler command and the CPU's feature flags, so an edit, another
@@ -17,11 +17,15 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("ops.c")
+HERE = Path(__file__).parent
 # -march=native: the library is built on, and only ever loaded by, this machine (the cache key
-# includes its CPU flags). OpenMP resolves to the libgomp torch has already loaded (same soname),
-# so the kernels share torch's thread pool and thread count.
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
+# includes its CPU flags). No OpenMP runtime: the kernels bring their own pool (pool.h);
+# -fopenmp-simd only honours the `omp simd` vectorisation hints.
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-pthread", "-fPIC", "-shared", "-std=c11"]
+
+
+def _sources() -> list[Path]:
+    return sorted(HERE.glob("*.c"))
 
 
 class BuildError(RuntimeError):
@@ -58,9 +62,10 @@ def build(extra_flags: tuple[str, ...] = ()) -> Path:
     ``extra_flags`` build a variant (the tests use ``-mno-avx512bf16`` to exercise the code path of
     CPUs without bf16 dot products on one that has them)."""
     compiler = _compiler()
-    source = SOURCE.read_bytes()
+    sources = _sources()
+    text = b"".join(path.name.encode() + path.read_bytes() for path in sorted([*sources, *HERE.glob("*.h")]))
     flags = [*FLAGS, *extra_flags]
-    key = hashlib.sha256(source + " ".join([compiler, *flags]).encode() + _cpu_flags().encode())
+    key = hashlib.sha256(text + " ".join([compiler, *flags]).encode() + _cpu_flags().encode())
     target = cache_dir() / f"sy_cpu_ops-{key.hexdigest()[:16]}.so"
     if target.is_file():
         return target
@@ -69,10 +74,13 @@ def build(extra_flags: tuple[str, ...] = ()) -> Path:
     os.close(fd)
     try:
         proc = subprocess.run(
-            [compiler, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120
+            [compiler, *flags, *map(str, sources), "-o", tmp, "-lm"],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if proc.returncode != 0:
-            raise BuildError(f"{compiler} failed on {SOURCE.name}:\n{proc.stderr[-2000:]}")
+            raise BuildError(f"{compiler} failed on the CPU kernels:\n{proc.stderr[-2000:]}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
