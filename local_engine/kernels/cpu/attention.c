@@ -36,8 +36,18 @@ static inline __attribute__((always_inline)) void decode_unit_regs(
         const int64_t n = len - p0 < 16 ? len - p0 : 16;
         for (int64_t i = 0; i < n; i++) {
             const int64_t p = p0 + i;
-            const bf16 *kr = k_cache + ((int64_t)table[p / block_size] * block_size + p % block_size) * row + head_off;
+            const int64_t slot = (int64_t)table[p / block_size] * block_size + p % block_size;
+            const bf16 *kr = k_cache + slot * row + head_off;
             for (int c = 0; c < DC; c++) _mm512_storeu_ps(kf + i * d + 16 * c, load16(kr + 16 * c));
+            /* The cache is scattered in blocks, beyond the hardware prefetcher: fetch the K row
+             * 16 positions on, and this position's V row for the pass after the softmax. */
+            const bf16 *vr = v_cache + slot * row + head_off;
+            for (int64_t b = 0; b < 2 * d; b += 64) _mm_prefetch((const char *)vr + b, _MM_HINT_T1);
+            if (p + 16 < len) {
+                const int64_t q = p + 16;
+                const char *next = (const char *)(k_cache + ((int64_t)table[q / block_size] * block_size + q % block_size) * row + head_off);
+                for (int64_t b = 0; b < 2 * d; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+            }
         }
         const __mmask16 valid = (__mmask16)(n == 16 ? 0xffffu : (1u << n) - 1u);
         for (int64_t gi = 0; gi < g; gi++) {
