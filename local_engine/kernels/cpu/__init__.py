@@ -65,6 +65,9 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+_BF16 = torch.bfloat16
+
+
 def _require_bf16(**tensors: torch.Tensor) -> None:
     """The C code reads these as bf16: anything else would be reinterpreted, not converted."""
     for name, t in tensors.items():
@@ -83,50 +86,47 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _rows2(x: torch.Tensor) -> torch.Tensor:
+    """``_rows`` without its cost in the common case (already 2-D rows): the wrappers run some
+    two hundred times per decode step, so microseconds here are a few percent of a step."""
+    return x if x.dim() == 2 and x.stride(1) == 1 else _rows(x)
+
+
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """HF's bf16 RMSNorm; with ``residual``, first ``x + residual`` (returned as the new residual)."""
-    _require_bf16(x=x, weight=weight, **({} if residual is None else {"residual": residual}))
+    if x.dtype != _BF16 or weight.dtype != _BF16 or (residual is not None and residual.dtype != _BF16):
+        _require_bf16(x=x, weight=weight, **({} if residual is None else {"residual": residual}))
     shape, hidden = x.shape, x.shape[-1]
-    if weight.numel() != hidden:
-        raise ValueError(f"a weight of {weight.numel()} does not fit rows of {hidden}")
+    if weight.numel() != hidden or not weight.is_contiguous():
+        raise ValueError(f"a weight of {weight.numel()} does not fit rows of {hidden} (or is strided)")
     if residual is not None and residual.shape != shape:
         raise ValueError(f"residual {tuple(residual.shape)} does not match x {tuple(shape)}")
-    x2 = _rows(x)
-    w = weight.contiguous()
-    out = torch.empty(x2.shape, dtype=torch.bfloat16)
-    if residual is None:
-        _lib().sy_rms_norm(
-            x2.data_ptr(),
-            x2.stride(0),
-            None,
-            0,
-            w.data_ptr(),
-            out.data_ptr(),
-            None,
-            x2.shape[0],
-            hidden,
-            eps,
-            torch.get_num_threads(),
-        )
-        return out.view(shape)
-    r2 = _rows(residual)
-    summed = torch.empty(x2.shape, dtype=torch.bfloat16)
+    x2 = _rows2(x)
+    rows = x2.shape[0]
+    out = torch.empty((rows, hidden), dtype=_BF16)
+    r2 = summed = None
+    if residual is not None:
+        r2 = _rows2(residual)
+        summed = torch.empty((rows, hidden), dtype=_BF16)
     _lib().sy_rms_norm(
         x2.data_ptr(),
         x2.stride(0),
-        r2.data_ptr(),
-        r2.stride(0),
-        w.data_ptr(),
+        None if r2 is None else r2.data_ptr(),
+        0 if r2 is None else r2.stride(0),
+        weight.data_ptr(),
         out.data_ptr(),
-        summed.data_ptr(),
-        x2.shape[0],
+        None if summed is None else summed.data_ptr(),
+        rows,
         hidden,
         eps,
         torch.get_num_threads(),
     )
-    return out.view(shape), summed.view(shape)
+    if x.dim() != 2:
+        out = out.view(shape)
+        summed = None if summed is None else summed.view(shape)
+    return out if summed is None else (out, summed)
 
 
 def rope_write_kv(
@@ -143,8 +143,9 @@ def rope_write_kv(
     """Rotate the q and k heads of the fused ``qkv`` rows ``[T, (Hq + 2 Hkv) * D]`` (neox style,
     ``cos_sin`` a bf16 ``[max_pos, D]`` table), write rotated K and V into the paged caches at
     ``slot_mapping`` (-1 skips) and return the rotated queries ``[T, Hq, D]``."""
-    _require_bf16(qkv=qkv, cos_sin=cos_sin, k_cache=k_cache, v_cache=v_cache)
-    qkv = _rows(qkv)
+    if qkv.dtype != _BF16 or cos_sin.dtype != _BF16 or k_cache.dtype != _BF16 or v_cache.dtype != _BF16:
+        _require_bf16(qkv=qkv, cos_sin=cos_sin, k_cache=k_cache, v_cache=v_cache)
+    qkv = _rows2(qkv)
     tokens = qkv.shape[0]
     if qkv.shape[1] != (num_heads + 2 * num_kv_heads) * head_dim or head_dim % 2:
         raise ValueError(
@@ -226,7 +227,8 @@ def paged_decode(
     """One query token per sequence (``query [S, Hq, D]``) against its paged context of
     ``seq_lens[s]`` (at most ``max_seq_len``) tokens through ``block_tables[s]``; returns
     ``[S, Hq, D]`` bf16."""
-    _require_bf16(query=query, k_cache=k_cache, v_cache=v_cache)
+    if query.dtype != _BF16 or k_cache.dtype != _BF16 or v_cache.dtype != _BF16:
+        _require_bf16(query=query, k_cache=k_cache, v_cache=v_cache)
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or k_cache.shape != v_cache.shape:
         raise ValueError("KV caches must be contiguous and of one shape")
     seqs, num_heads, head_dim = query.shape
@@ -312,17 +314,20 @@ def gemm(
     the result is
     ``silu(gate) * up``, ``n / 2`` wide, rounded where Hugging Face's bf16 MLP rounds. None where
     the build has no AVX-512."""
-    _require_bf16(x=x, packed=packed)
+    if x.dtype != _BF16 or packed.dtype != _BF16:
+        _require_bf16(x=x, packed=packed)
     k = x.shape[-1]
     if packed.shape != (-(-n // PANEL), PANEL * k):
         raise ValueError(f"packed weight {tuple(packed.shape)} does not fit n={n}, k={k}")
-    if bias_f32 is not None and (bias_f32.dtype != torch.float32 or bias_f32.numel() != n):
-        raise ValueError(f"bias must be {n} fp32 values")
+    if bias_f32 is not None and (
+        bias_f32.dtype != torch.float32 or bias_f32.numel() != n or not bias_f32.is_contiguous()
+    ):
+        raise ValueError(f"bias must be {n} contiguous fp32 values")
     if silu_mul and n % PANEL:
         raise ValueError(f"a gated projection needs a multiple of {PANEL} features, not {n}")
     width = n // 2 if silu_mul else n
-    x2 = _rows(x)
-    out = torch.empty((x2.shape[0], width), dtype=torch.bfloat16)
+    x2 = _rows2(x)
+    out = torch.empty((x2.shape[0], width), dtype=_BF16)
     rc = _lib().sy_gemm_vnni(
         x2.data_ptr(),
         x2.shape[0],
@@ -330,7 +335,7 @@ def gemm(
         k,
         packed.data_ptr(),
         n,
-        None if bias_f32 is None else bias_f32.contiguous().data_ptr(),
+        None if bias_f32 is None else bias_f32.data_ptr(),
         out.data_ptr(),
         width,
         threads or torch.get_num_threads(),
@@ -338,4 +343,4 @@ def gemm(
     )
     if rc != 0:
         return None
-    return out.view(*x.shape[:-1], width)
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], width)
