@@ -9,6 +9,7 @@ would go.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -17,9 +18,11 @@ from torch import nn
 
 from local_engine.kernels import cpu as cpu_kernels
 
-# Up to this many rows (decode batches) a matmul is one pass over its weight, memory-bound: the C
-# kernel on a VNNI-packed bf16 copy (cpu_kernels.gemm) streams it at close to the machine's
-# bandwidth. Past it the arithmetic dominates and oneDNN's blocked kernels win (prefill).
+# On CPUs without bf16 dot products the C kernel (cpu_kernels.gemm, bf16 pairs widened for FMAs)
+# serves up to this many rows, where a matmul is still a pass over its weight (memory-bound);
+# past it oneDNN's fp32 kernel wins. With AVX512-BF16 the C kernel matched or beat oneDNN's bf16
+# one at every size measured (1 to 512 rows, the whole SmolLM2 model: 15 vs 18 ms at 16 rows, 351
+# vs 353 ms at 512), so it serves all of them and no oneDNN copy is kept.
 _SMALL_MAX_ROWS = 16
 
 
@@ -27,18 +30,21 @@ _SMALL_MAX_ROWS = 16
 class PackedWeight:
     """Reordered copies of one CPU bf16 weight (and its bias) for fast matmuls.
 
-    ``vnni`` (when the C kernels are built) serves decode-sized batches; for a gated MLP's fused
-    gate/up projection it is packed in ``cpu_kernels.gated_order`` (``gated``) and serves only
-    the fused ``silu(gate) * up``. For larger batches: ``bf16``, oneDNN's reordered copy, on CPUs
-    with native bf16 dot products (AVX512-BF16 / AMX); elsewhere oneDNN emulates bf16 about 3x
-    slower than its fp32 kernel, so ``f32`` holds exactly the same values widened to fp32
-    instead. Every path computes the bf16 model's matmul with fp32 accumulation and rounds the
-    result to bf16 once; only the summation order differs.
+    ``vnni`` (when the C kernels are built) serves batches of up to ``vnni_max_rows`` rows; for
+    a gated MLP's fused gate/up projection it is packed in ``cpu_kernels.gated_order``
+    (``gated``) and serves only the fused ``silu(gate) * up``. Larger batches go to oneDNN:
+    ``bf16``, its reordered copy, on CPUs with native bf16 dot products where the C kernel is
+    missing; ``f32`` on CPUs without them, where oneDNN emulates bf16 about 3x slower than its
+    fp32 kernel (exactly the same values widened to fp32). Every path computes the bf16 model's
+    matmul with fp32 accumulation and rounds the result to bf16 once; only the summation order
+    differs.
     """
 
     n: int
+    weight: torch.Tensor  # the parameter itself (no copy), for calls no packed copy serves
     vnni: torch.Tensor | None = None
     vnni_bias: torch.Tensor | None = None  # fp32, in vnni's feature order
+    vnni_max_rows: int = 0
     gated: bool = False
     bf16: torch.Tensor | None = None
     f32: torch.Tensor | None = None
@@ -70,7 +76,7 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = 
         return None
     w = weight.detach()
     try:
-        packed = PackedWeight(w.shape[0])
+        packed = PackedWeight(w.shape[0], w)
         packed.bias_f32 = None if bias is None else bias.detach().float().contiguous()
         packed.vnni = cpu_kernels.pack_vnni(w, gated=gated)
         packed.gated = gated and packed.vnni is not None
@@ -78,7 +84,10 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = 
         if packed.gated and packed.bias_f32 is not None:
             packed.vnni_bias = packed.bias_f32[cpu_kernels.gated_order(packed.n)].contiguous()
         if _fp32_for_large_batches():
+            packed.vnni_max_rows = _SMALL_MAX_ROWS
             packed.f32 = torch.ops.mkldnn._reorder_linear_weight(w.float(), None)
+        elif packed.vnni is not None:
+            packed.vnni_max_rows = sys.maxsize
         else:
             packed.bf16 = torch.ops.mkldnn._reorder_linear_weight(w, None)
     except (AttributeError, RuntimeError):
@@ -97,13 +106,15 @@ def packed_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | No
     beat plain ``F.linear`` for bf16 on the CPU, which re-lays-out the weight on every call."""
     if not packed.gated and _small_batch(x, packed):
         out = cpu_kernels.gemm(x, packed.vnni, packed.n, packed.vnni_bias)
-        if out is not None:
-            return out
+        assert out is not None  # vnni is only packed where gemm_available()
+        return out
     if packed.f32 is not None:
         out = torch.ops.mkldnn._linear_pointwise(x.float(), packed.f32, packed.bias_f32, "none", [], "")
         return out.to(x.dtype)
-    assert packed.bf16 is not None  # _pack keeps one of the two
-    return torch.ops.mkldnn._linear_pointwise(x, packed.bf16, bias, "none", [], "")
+    if packed.bf16 is not None:
+        return torch.ops.mkldnn._linear_pointwise(x, packed.bf16, bias, "none", [], "")
+    # Only a gated C-kernel copy (served by packed_silu_and_mul) and a call it cannot take.
+    return F.linear(x, packed.weight, bias)
 
 
 def packed_silu_and_mul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor | None:

@@ -173,12 +173,12 @@ def test_client_disconnect_aborts_the_request(engine_server: EngineServer) -> No
         "POST", engine_server.base_url + "/v1/chat/completions", json=body, timeout=60
     ) as response:
         assert response.status_code == 200
+        # Keep the line iterator alive: breaking out of a `for` over it would finalise it, and
+        # httpx then closes the response, i.e. disconnects before the check below.
+        lines = response.iter_lines()
         seen = 0
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                seen += 1
-            if seen >= 3:
-                break
+        while seen < 3:
+            seen += next(lines).startswith("data: ")
         stats = httpx.get(engine_server.base_url + "/engine/stats").json()
         assert stats["unfinished_requests"] == 1
     # The server notices the closed connection and aborts; wait for it (bounded, not a speed check).

@@ -268,6 +268,13 @@ def paged_decode(
 PANEL = 64  # output features per packed panel (gemm.c)
 
 
+@functools.cache
+def gemm_available() -> bool:
+    """Whether ``gemm`` can run here (a library built with AVX-512); probed with an empty call."""
+    lib = _library()
+    return lib is not None and lib.sy_gemm_vnni(None, 0, 2, 2, None, 0, None, None, 0, 1, 0) == 0
+
+
 def gated_order(n: int) -> torch.Tensor:
     """The feature order ``pack_vnni(..., gated=True)`` packs a ``[gate; up]`` weight of ``n`` rows
     in: each 64-feature panel holds 32 gate features, then the same 32 up features."""
@@ -280,15 +287,15 @@ def pack_vnni(weight: torch.Tensor, gated: bool = False) -> torch.Tensor | None:
     """A bf16 ``weight [N, K]`` repacked for ``gemm``: panels of 64 output features, each pair of
     inputs holding the 64 features' two weights side by side (zero rows pad N to a panel). With
     ``gated`` (a gated MLP's ``[gate; up]`` projection, ``N % 64 == 0``) in ``gated_order``, for
-    ``gemm(..., silu_mul=True)``. None where the kernel does not apply (no compiled library, odd
-    ``K``, not a 2-D CPU bf16 tensor)."""
+    ``gemm(..., silu_mul=True)``. None where the kernel does not apply (``gemm_available()`` is
+    false, odd ``K``, not a 2-D CPU bf16 tensor)."""
     if (
         weight.dim() != 2
         or weight.dtype != torch.bfloat16
         or weight.device.type != "cpu"
         or weight.shape[1] % 2
         or (gated and weight.shape[0] % PANEL)
-        or _library() is None
+        or not gemm_available()
     ):
         return None
     n, k = weight.shape
