@@ -260,9 +260,7 @@ def _resolve_env(value: Any, path: Path_, where: str, lines: dict[Path_, int]) -
         name = value[len(ENV_PREFIX) :]
         if name not in os.environ:
             _, line = _file_path(path, lines)
-            raise ConfigError(
-                f"{where}:{line}: {_format_path(path)}: environment variable {name} is not set"
-            )
+            raise ConfigError(f"{where}:{line}: {_format_path(path)}: environment variable {name} is not set")
         return os.environ[name]
     if isinstance(value, dict):
         return {k: _resolve_env(v, (*path, k), where, lines) for k, v in value.items()}
