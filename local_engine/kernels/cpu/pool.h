@@ -13,9 +13,10 @@
 
 typedef void (*sy_range_fn)(void *ctx, int64_t begin, int64_t end);
 
-/* fn(ctx, b, e) over [0, n) in chunks of `grain`, handed out dynamically to the caller and up to
- * threads - 1 workers; returns when every chunk is done. Runs everything on the calling thread
- * when threads <= 1, n <= grain, or another thread is already using the pool. */
+/* fn(ctx, b, e) over [0, n) in chunks of `grain`, handed out dynamically to the caller and the
+ * pool's workers (started on demand: threads - 1, the most any call has asked for); returns
+ * when every chunk is done. Runs everything on the calling thread when threads <= 1,
+ * n <= grain, or another thread is already using the pool. */
 void sy_parallel_for(int64_t n, int64_t grain, int threads, sy_range_fn fn, void *ctx);
 
 #endif
