@@ -81,34 +81,31 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as 2-D rows with a unit inner stride (a copy only if it has none)."""
+    """``x`` as 2-D rows with a unit inner stride (a copy only if it has none). Already-2-D rows
+    come back untouched, without a reshape: the wrappers run some two hundred times per decode
+    step, so microseconds here are a few percent of a step."""
+    if x.dim() == 2 and x.stride(1) == 1:
+        return x
     x = x.reshape(-1, x.shape[-1])
     return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def _rows2(x: torch.Tensor) -> torch.Tensor:
-    """``_rows`` without its cost in the common case (already 2-D rows): the wrappers run some
-    two hundred times per decode step, so microseconds here are a few percent of a step."""
-    return x if x.dim() == 2 and x.stride(1) == 1 else _rows(x)
 
 
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """HF's bf16 RMSNorm; with ``residual``, first ``x + residual`` (returned as the new residual)."""
-    if x.dtype != _BF16 or weight.dtype != _BF16 or (residual is not None and residual.dtype != _BF16):
-        _require_bf16(x=x, weight=weight, **({} if residual is None else {"residual": residual}))
+    _require_bf16(x=x, weight=weight, **({} if residual is None else {"residual": residual}))
     shape, hidden = x.shape, x.shape[-1]
     if weight.numel() != hidden or not weight.is_contiguous():
         raise ValueError(f"a weight of {weight.numel()} does not fit rows of {hidden} (or is strided)")
     if residual is not None and residual.shape != shape:
         raise ValueError(f"residual {tuple(residual.shape)} does not match x {tuple(shape)}")
-    x2 = _rows2(x)
+    x2 = _rows(x)
     rows = x2.shape[0]
     out = torch.empty((rows, hidden), dtype=_BF16)
     r2 = summed = None
     if residual is not None:
-        r2 = _rows2(residual)
+        r2 = _rows(residual)
         summed = torch.empty((rows, hidden), dtype=_BF16)
     _lib().sy_rms_norm(
         x2.data_ptr(),
@@ -143,9 +140,8 @@ def rope_write_kv(
     """Rotate the q and k heads of the fused ``qkv`` rows ``[T, (Hq + 2 Hkv) * D]`` (neox style,
     ``cos_sin`` a bf16 ``[max_pos, D]`` table), write rotated K and V into the paged caches at
     ``slot_mapping`` (-1 skips) and return the rotated queries ``[T, Hq, D]``."""
-    if qkv.dtype != _BF16 or cos_sin.dtype != _BF16 or k_cache.dtype != _BF16 or v_cache.dtype != _BF16:
-        _require_bf16(qkv=qkv, cos_sin=cos_sin, k_cache=k_cache, v_cache=v_cache)
-    qkv = _rows2(qkv)
+    _require_bf16(qkv=qkv, cos_sin=cos_sin, k_cache=k_cache, v_cache=v_cache)
+    qkv = _rows(qkv)
     tokens = qkv.shape[0]
     if qkv.shape[1] != (num_heads + 2 * num_kv_heads) * head_dim or head_dim % 2:
         raise ValueError(
@@ -227,8 +223,7 @@ def paged_decode(
     """One query token per sequence (``query [S, Hq, D]``) against its paged context of
     ``seq_lens[s]`` (at most ``max_seq_len``) tokens through ``block_tables[s]``; returns
     ``[S, Hq, D]`` bf16."""
-    if query.dtype != _BF16 or k_cache.dtype != _BF16 or v_cache.dtype != _BF16:
-        _require_bf16(query=query, k_cache=k_cache, v_cache=v_cache)
+    _require_bf16(query=query, k_cache=k_cache, v_cache=v_cache)
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or k_cache.shape != v_cache.shape:
         raise ValueError("KV caches must be contiguous and of one shape")
     seqs, num_heads, head_dim = query.shape
@@ -321,8 +316,7 @@ def gemm(
     the result is
     ``silu(gate) * up``, ``n / 2`` wide, rounded where Hugging Face's bf16 MLP rounds. None where
     the build has no AVX-512."""
-    if x.dtype != _BF16 or packed.dtype != _BF16:
-        _require_bf16(x=x, packed=packed)
+    _require_bf16(x=x, packed=packed)
     k = x.shape[-1]
     if packed.shape != (-(-n // PANEL), PANEL * k):
         raise ValueError(f"packed weight {tuple(packed.shape)} does not fit n={n}, k={k}")
@@ -333,7 +327,7 @@ def gemm(
     if silu_mul and n % PANEL:
         raise ValueError(f"a gated projection needs a multiple of {PANEL} features, not {n}")
     width = n // 2 if silu_mul else n
-    x2 = _rows2(x)
+    x2 = _rows(x)
     out = torch.empty((x2.shape[0], width), dtype=_BF16)
     rc = _lib().sy_gemm_vnni(
         x2.data_ptr(),

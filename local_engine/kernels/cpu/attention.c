@@ -4,9 +4,17 @@
 
 #include <stdatomic.h>
 
+/* Where position p of a sequence sits in the paged cache: its row index (block * block_size + offset). */
+static inline int64_t cache_slot(const int32_t *table, int64_t p, int64_t block_size) {
+    return (int64_t)table[p / block_size] * block_size + p % block_size;
+}
+
 #if defined(__AVX512F__)
 /* r[i] = sum of v[i]'s 16 lanes, for 16 vectors at once: a transpose-and-add tree (45 ops instead
  * of 16 horizontal reductions of ~8 each). */
+/* The first n of 16 lanes (n <= 16). */
+static inline __mmask16 first_lanes(int64_t n) { return (__mmask16)(n >= 16 ? 0xffffu : (1u << n) - 1u); }
+
 static inline __m512 reduce16x16(const __m512 v[16]) {
     __m512 t[8], s4[4], u[2];
     for (int i = 0; i < 8; i++)
@@ -36,7 +44,7 @@ static inline __attribute__((always_inline)) void decode_unit_regs(
         const int64_t n = len - p0 < 16 ? len - p0 : 16;
         for (int64_t i = 0; i < n; i++) {
             const int64_t p = p0 + i;
-            const int64_t slot = (int64_t)table[p / block_size] * block_size + p % block_size;
+            const int64_t slot = cache_slot(table, p, block_size);
             const bf16 *kr = k_cache + slot * row + head_off;
             for (int c = 0; c < DC; c++) _mm512_storeu_ps(kf + i * d + 16 * c, load16(kr + 16 * c));
             /* The cache is scattered in blocks, beyond the hardware prefetcher: fetch the K row
@@ -44,12 +52,11 @@ static inline __attribute__((always_inline)) void decode_unit_regs(
             const bf16 *vr = v_cache + slot * row + head_off;
             for (int64_t b = 0; b < 2 * d; b += 64) _mm_prefetch((const char *)vr + b, _MM_HINT_T1);
             if (p + 16 < len) {
-                const int64_t q = p + 16;
-                const char *next = (const char *)(k_cache + ((int64_t)table[q / block_size] * block_size + q % block_size) * row + head_off);
+                const char *next = (const char *)(k_cache + cache_slot(table, p + 16, block_size) * row + head_off);
                 for (int64_t b = 0; b < 2 * d; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
             }
         }
-        const __mmask16 valid = (__mmask16)(n == 16 ? 0xffffu : (1u << n) - 1u);
+        const __mmask16 valid = first_lanes(n);
         for (int64_t gi = 0; gi < g; gi++) {
             __m512 qv[8];
             for (int c = 0; c < DC; c++) qv[c] = _mm512_loadu_ps(qf + gi * d + 16 * c);
@@ -70,7 +77,7 @@ static inline __attribute__((always_inline)) void decode_unit_regs(
         __m512 total = _mm512_setzero_ps();
         for (int64_t p0 = 0; p0 < len; p0 += 16) {
             const int64_t n = len - p0 < 16 ? len - p0 : 16;
-            const __mmask16 valid = (__mmask16)(n == 16 ? 0xffffu : (1u << n) - 1u);
+            const __mmask16 valid = first_lanes(n);
             const __m512 e = _mm512_maskz_mov_ps(valid, exp_nonpos16(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, sc + p0), m)));
             total = _mm512_add_ps(total, e);
             /* torch's flash kernel weights V by bf16 probabilities */
@@ -79,7 +86,7 @@ static inline __attribute__((always_inline)) void decode_unit_regs(
         __m512 acc[8];
         for (int c = 0; c < DC; c++) acc[c] = _mm512_setzero_ps();
         for (int64_t p = 0; p < len; p++) {
-            const bf16 *vr = v_cache + ((int64_t)table[p / block_size] * block_size + p % block_size) * row + head_off;
+            const bf16 *vr = v_cache + cache_slot(table, p, block_size) * row + head_off;
             const __m512 w = _mm512_set1_ps(sc[p]);
             for (int c = 0; c < DC; c++) acc[c] = _mm512_fmadd_ps(w, load16(vr + 16 * c), acc[c]);
         }
@@ -109,7 +116,7 @@ static void decode_unit(const float *qf, int64_t g, int64_t d, const bf16 *k_cac
     for (int64_t gi = 0; gi < g; gi++) maxv[gi] = -INFINITY;
     /* scores = (q . k) * scale */
     for (int64_t p = 0; p < len; p++) {
-        const bf16 *kr = k_cache + ((int64_t)table[p / block_size] * block_size + p % block_size) * row + head_off;
+        const bf16 *kr = k_cache + cache_slot(table, p, block_size) * row + head_off;
 #if defined(__AVX512F__)
         if (d % 16 == 0) {
             __m512 kv[16];
@@ -146,7 +153,7 @@ static void decode_unit(const float *qf, int64_t g, int64_t d, const bf16 *k_cac
     }
     memset(acc, 0, (size_t)(g * d) * sizeof(float));
     for (int64_t p = 0; p < len; p++) {
-        const bf16 *vr = v_cache + ((int64_t)table[p / block_size] * block_size + p % block_size) * row + head_off;
+        const bf16 *vr = v_cache + cache_slot(table, p, block_size) * row + head_off;
 #if defined(__AVX512F__)
         if (d % 16 == 0) {
             __m512 vv[16];
