@@ -101,7 +101,9 @@ class GeneralSettings(_Strict):
     redis_url: str | None = Field(default_factory=lambda: _env("REDIS_URL"), repr=False)
     max_request_body_mb: float = Field(default=10.0, gt=0)
     data_dir: str = ".switchyard"
-    redis_failure_mode: Literal["open", "closed"] = "open"
+    # Redis down: "open" each instance enforces the full limits alone, "divide" limit / live
+    # instances (last count seen in Redis), "closed" 503 (see gateway.limits.redis_limiter).
+    redis_failure_mode: Literal["open", "closed", "divide"] = "open"
     # Every Redis call gives up after this long (then the circuit opens; see gateway.redis_pool).
     redis_timeout_s: float = Field(default=0.1, gt=0, le=10)
     spend_flush_interval_s: float = Field(default=1.0, gt=0)

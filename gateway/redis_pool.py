@@ -38,7 +38,10 @@ from gateway.redis_wire import WireConnection
 log = logging.getLogger("switchyard.redis")
 
 T = TypeVar("T")
-FailureMode = Literal["open", "closed"]
+# What callers do while Redis is down: serve without shared state ("open"), answer 503
+# ("closed"), or, for rate limits, enforce limit / live instances in-process ("divide"; every
+# other component treats it as "open").
+FailureMode = Literal["open", "closed", "divide"]
 
 REDIS_ERRORS = Counter(
     "switchyard_redis_errors_total",

@@ -1,7 +1,7 @@
 """The in-process limiter: the same sliding-window semantics as ``admit.lua``, for one instance.
 
-Used when no Redis is configured, and as the fail-open fallback while Redis is down (then
-each instance enforces the limits on its own).
+Used when no Redis is configured, and as the fallback while Redis is down (then each instance
+enforces the limits, or its share of them, on its own).
 """
 
 from __future__ import annotations
@@ -53,6 +53,27 @@ class MemoryLimiter(WindowLimiter):
         if len(self._state) > 100_000:
             self._evict(now)
         return results
+
+    def record(self, scopes: list[LimitScope], estimated: int) -> None:
+        """Count a request admitted elsewhere (by Redis) in each scope's window, without checking.
+
+        Old buckets are pruned here too: a scope that is only ever recorded must stay bounded.
+        """
+        now = self._now_ms()
+        sec = now // 1000
+        window = self.settings.window_seconds
+        for s in scopes:
+            st = self._scope_state(s)
+            st.requests[sec] = st.requests.get(sec, 0) + 1
+            if estimated:
+                st.tokens[sec] = st.tokens.get(sec, 0) + estimated
+            if len(st.requests) > window or len(st.tokens) > window:
+                oldest = sec - window + 1
+                for d in (st.requests, st.tokens):
+                    for b in [b for b in d if b < oldest]:
+                        del d[b]
+        if len(self._state) > 100_000:
+            self._evict(now)
 
     def _reserve_one(self, s: LimitScope, est: int, lease: str, now: int, hold: bool = True) -> ScopeResult:
         window = self.settings.window_seconds

@@ -15,6 +15,13 @@ too many. On a single Redis (the default) none of that is needed.
 
 Settling (real token usage, freeing the parallel-request lease) is one fire-and-forget
 ``EVALSHA settle.lua``: nothing waits for it.
+
+Redis outage (the pool's ``failure_mode``): ``closed`` answers 503; ``open`` (the default) admits
+against an in-process limiter with the full limits, so N instances admit up to N times a limit;
+``divide`` admits against limit / N, N being the live instance count last seen in Redis (see
+``gateway.limits.instances``). In ``divide`` mode every admission granted through Redis is also
+counted in the in-process window, so when Redis goes away each instance already knows what it
+admitted in the current window and does not start again from zero.
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from gateway.limits.errors import redis_unavailable
+from gateway.limits.instances import InstanceCount
 from gateway.limits.memory_limiter import MemoryLimiter
 from gateway.limits.window import NullAdmission, Reservation, ScopeResult, WindowAdmission, WindowLimiter
 from gateway.pipeline import LimitScope
@@ -66,10 +74,19 @@ class RedisLimiter(WindowLimiter):
     _renewer: asyncio.Task[None] | None = None
     _keys: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     _loaded: bool = False
+    _instances: InstanceCount | None = None  # divide mode only
+    _divided: int = 0  # the instance count the current outage divides by (0: not in an outage)
 
     def __post_init__(self) -> None:
         assert self.pool is not None, "RedisLimiter needs a pool"
         self._fallback = MemoryLimiter(self.settings)
+        if self.pool.failure_mode == "divide":
+            self._instances = InstanceCount(
+                self.pool, f"{self.settings.key_prefix}:instances", self.settings.instance_heartbeat_seconds
+            )
+            # Built inside the app's lifespan: heartbeat from the start, not from the first request.
+            with contextlib.suppress(RuntimeError):
+                self._instances.start()
 
     def _scope_keys(self, scope: LimitScope) -> tuple[str, str]:
         k = (scope.scope, scope.id)
@@ -83,14 +100,28 @@ class RedisLimiter(WindowLimiter):
     async def admit_scopes(
         self, scopes: list[LimitScope], estimated_tokens: int, *, instant: bool = False
     ) -> WindowAdmission:
+        assert self.pool is not None and self._fallback is not None
+        instances = self._instances
+        if instances is not None and not instances.started:
+            instances.start()
         try:
-            return await WindowLimiter.admit_scopes(self, scopes, estimated_tokens, instant=instant)
+            admission = await WindowLimiter.admit_scopes(self, scopes, estimated_tokens, instant=instant)
         except RedisUnavailable:
-            assert self.pool is not None and self._fallback is not None
             if self.pool.failure_mode == "closed":
                 raise redis_unavailable() from None
-            # Fail-open: this instance enforces the limits alone until Redis is back.
-            return await self._fallback.admit_scopes(scopes, estimated_tokens, instant=instant)
+            if instances is None:
+                # Fail-open: this instance enforces the full limits alone until Redis is back.
+                return await self._fallback.admit_scopes(scopes, estimated_tokens, instant=instant)
+            if self._divided != instances.count:
+                self._divided = instances.count
+                log.warning("redis down: limits divided by %d instances until it is back", self._divided)
+            shares = [_share(scope, instances.count) for scope in scopes]
+            return await self._fallback.admit_scopes(shares, estimated_tokens, instant=instant)
+        if instances is not None:
+            self._divided = 0
+            # Mirror what Redis admitted, so an outage starts from this instance's own usage.
+            self._fallback.record(scopes, 0 if instant else estimated_tokens)
+        return admission
 
     async def _reserve(
         self, scopes: list[LimitScope], estimated: int, lease: str, *, hold: bool = True
@@ -209,6 +240,24 @@ class RedisLimiter(WindowLimiter):
                 await self._renewer
         if self._fallback is not None:
             await self._fallback.close()
+        if self._instances is not None:
+            await self._instances.close()
+
+
+def _share(scope: LimitScope, instances: int) -> LimitScope:
+    """``scope`` with each limit divided among ``instances`` (rounded down, at least 1)."""
+    if instances <= 1:
+        return scope
+
+    def part(limit: int | None) -> int | None:
+        return None if limit is None else max(1, limit // instances)
+
+    return replace(
+        scope,
+        rpm=part(scope.rpm),
+        tpm=part(scope.tpm),
+        max_parallel_requests=part(scope.max_parallel_requests),
+    )
 
 
 __all__ = ["NullAdmission", "RedisLimiter", "scope_keys"]

@@ -44,3 +44,6 @@ class LimitSettings(BaseModel):
     # Behind Redis Cluster (or a cluster proxy): one script call per scope, since a script may
     # only touch one slot (see gateway.limits.redis_limiter). Off: one call for all scopes.
     redis_cluster: bool = False
+    # redis_failure_mode divide: each instance heartbeats into Redis this often; an instance
+    # silent for 3 intervals no longer counts (see gateway.limits.instances).
+    instance_heartbeat_seconds: float = Field(default=2.0, gt=0, le=60)
