@@ -20,6 +20,10 @@ import ipaddress
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4000
@@ -68,6 +72,18 @@ Switchyard gateway listening on {base}  (config: {source or "embedded defaults"}
 """
 
 
+def _protect_secrets(config: GatewayConfig) -> None:
+    """Register every configured secret for scrubbing (errors, health, logs) and redact logs."""
+    from providers import redaction
+
+    gs = config.general_settings
+    values = [gs.master_key, gs.database_url, gs.redis_url]
+    for entry in config.model_list:
+        values += redaction.credential_values(entry.params.model_dump(exclude_none=True))
+    redaction.protect(values)
+    redaction.install_log_redaction()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load the config, check the bind address is safe, and run uvicorn."""
     from gateway.config import ConfigError, load_config
@@ -87,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
 
+    _protect_secrets(config)
     app = create_app(config)
     names = [e.model_name for e in config.model_list]
     names = list(dict.fromkeys(names))

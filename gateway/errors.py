@@ -1,8 +1,9 @@
 """OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}`` with the right status.
 
 Every failure the gateway returns goes through here: our own ``GatewayError``, upstream
-``ProviderError``s (status and message kept), FastAPI/Starlette validation and routing errors
-(400 and 404 instead of 422 and HTML), and unexpected exceptions (500, logged, no traceback).
+``ProviderError``s (status and message kept, configured secrets scrubbed), FastAPI/Starlette
+validation and routing errors (400 and 404 instead of 422 and HTML), and unexpected exceptions
+(500, logged, no traceback).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from providers.base import ProviderError
+from providers.redaction import scrub
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -80,7 +82,14 @@ def as_gateway_error(exc: BaseException, log_unexpected: bool = True) -> Gateway
         headers = {}
         if exc.retry_after is not None:
             headers["retry-after"] = str(max(0, round(exc.retry_after)))
-        return GatewayError(exc.status_code, exc.message, exc.type, exc.code, exc.param, headers)
+        # Upstream text leaves the gateway here (plain errors, stream error events, the spend row's
+        # error code): scrub every configured secret, not only those of the call that failed.
+        code = None if exc.code is None else scrub(exc.code)
+        param = None if exc.param is None else scrub(exc.param)
+        # An upstream's status is kept when it is an error status; anything else it might send
+        # (a 3xx, a 999) is not an answer to pass on: 502.
+        status = exc.status_code if 400 <= exc.status_code <= 599 else 502
+        return GatewayError(status, scrub(exc.message), scrub(exc.type), code, param, headers)
     if log_unexpected:
         log.error("unexpected error", exc_info=exc)
     return GatewayError(500, "internal server error", "internal_server_error", "internal_error")

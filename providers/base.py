@@ -70,6 +70,13 @@ class ProviderResponse:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# How much of an upstream's error text is passed on. Scrubbing looks at a much larger window
+# first, so cutting the scrubbed text cannot leave the start of a secret at its end.
+_MAX_MESSAGE_CHARS = 2000
+_MAX_TEXT_BODY_CHARS = 500
+_MAX_FIELD_CHARS = 200
+_SCRUB_WINDOW = 1 << 16
+
 _CONTEXT_WINDOW_MARKERS = (
     "context_length_exceeded",
     "maximum context length",
@@ -140,9 +147,17 @@ class ProviderError(Exception):
 
     @classmethod
     def from_upstream(
-        cls, status: int, body: bytes, headers: Mapping[str, str] | None = None
+        cls,
+        status: int,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        clean: Callable[[str], str] | None = None,
     ) -> ProviderError:
-        """Build the error from an upstream error response, keeping its status and message."""
+        """Build the error from an upstream error response, keeping its status and message.
+
+        ``clean`` scrubs each text field (an upstream may echo the credentials it was sent); it
+        runs before the fields are cut to length, so a cut never leaves part of a secret behind.
+        """
         message, type_, code, param = f"upstream returned HTTP {status}", "api_error", None, None
         try:
             parsed = orjson.loads(body) if body else None
@@ -159,7 +174,11 @@ class ProviderError(Exception):
         elif isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
             message = parsed["message"]
         elif body and parsed is None:
-            message = body[:500].decode("utf-8", "replace")
+            message = body[:_SCRUB_WINDOW].decode("utf-8", "replace")
+        message = _bounded(message, clean, _MAX_MESSAGE_CHARS if parsed is not None else _MAX_TEXT_BODY_CHARS)
+        type_ = _bounded(type_, clean, _MAX_FIELD_CHARS)
+        code = None if code is None else _bounded(code, clean, _MAX_FIELD_CHARS)
+        param = None if param is None else _bounded(param, clean, _MAX_FIELD_CHARS)
         retry_after = _retry_after(headers)
         klass: type[ProviderError] = cls
         probe = ProviderError(status, message, type_, code, param)
@@ -168,6 +187,13 @@ class ProviderError(Exception):
         elif probe.content_policy_violation:
             klass = ContentPolicyError
         return klass(status, message, type_, code, param, retry_after)
+
+
+def _bounded(text: str, clean: Callable[[str], str] | None, limit: int) -> str:
+    """``text`` scrubbed, then cut to ``limit`` characters (an upstream's text is not unbounded)."""
+    if clean is not None:
+        text = clean(text[:_SCRUB_WINDOW])
+    return text[:limit]
 
 
 class ProviderTimeoutError(ProviderError):

@@ -4,7 +4,8 @@ Each deployment gets one tiny request, all concurrently, under a short timeout: 
 {api_base}/models`` for OpenAI-compatible upstreams (free, no tokens), a 1-token completion for
 the others (e.g. the local engine). The answer has LiteLLM's shape (``healthy_endpoints``,
 ``unhealthy_endpoints``, counts) and never carries a key: endpoints are described by model
-name, provider model, api_base and deployment id, and error text is scrubbed of the key.
+name, provider model, api_base (without any password in it) and deployment id, and error
+text is scrubbed of every configured secret.
 When the gateway requires keys, only the master key (an admin) may call it.
 """
 
@@ -22,6 +23,7 @@ from gateway.auth import token_from_headers
 from gateway.errors import GatewayError, as_gateway_error
 from providers.base import OPENAI_COMPATIBLE_PROVIDERS, ProviderError
 from providers.http import shared_client
+from providers.redaction import call_scrubber, scrub
 
 if TYPE_CHECKING:
     from gateway.routing.deployment import Deployment
@@ -36,15 +38,19 @@ def _describe(dep: Deployment) -> dict[str, Any]:
     return {
         "model_name": dep.model_name,
         "model": dep.provider_model,
-        "api_base": dep.api_base,
+        "api_base": dep.api_base and _clean(dep.api_base, dep),
         "id": dep.id,
     }
 
 
+def _clean(text: str, dep: Deployment) -> str:
+    # The deployment's own credentials (what the probed upstream was sent, in every form it
+    # may echo, an api_base's password included), then every other configured secret.
+    return scrub(call_scrubber(dep.api_key, dep.params)(text))
+
+
 def _scrub(message: str, dep: Deployment) -> str:
-    if dep.api_key and dep.api_key in message:
-        message = message.replace(dep.api_key, "***")
-    return message[:_MAX_ERROR_CHARS]
+    return _clean(message, dep)[:_MAX_ERROR_CHARS]  # scrubbed before the cut to length
 
 
 async def _probe_openai(dep: Deployment, limit_s: float) -> None:
@@ -54,7 +60,9 @@ async def _probe_openai(dep: Deployment, limit_s: float) -> None:
         headers["authorization"] = f"Bearer {dep.api_key}"
     resp = await shared_client().get(url, headers=headers, timeout=limit_s)
     if resp.status_code >= 400:
-        raise ProviderError.from_upstream(resp.status_code, resp.content, resp.headers)
+        raise ProviderError.from_upstream(
+            resp.status_code, resp.content, resp.headers, lambda text: _clean(text, dep)
+        )
 
 
 async def _probe_completion(router: Router, dep: Deployment, limit_s: float) -> None:

@@ -8,7 +8,8 @@ requested); responses and stream events are forwarded as the upstream sent them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -23,9 +24,20 @@ from providers.base import (
     parse_usage,
 )
 from providers.http import shared_client
+from providers.redaction import call_scrubber
 
 DEFAULT_API_BASE = "https://api.openai.com/v1"
 _JSON = "application/json"
+# Stream events that carry an error instead of a chunk: OpenAI's ``{"error": ...}``, vLLM's
+# ``{"object": "error", ...}``, and a named SSE ``error`` event.
+_ERROR_EVENT_STARTS = (
+    b'data: {"error"',
+    b'data:{"error"',
+    b'data: {"object":"error"',
+    b'data: {"object": "error"',
+    b"event: error",
+    b"event:error",
+)
 
 
 class OpenAICompatProvider:
@@ -84,19 +96,18 @@ class OpenAICompatProvider:
                 headers=self._headers(call),
                 timeout=call.timeout,
             )
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeoutError(f"upstream timed out after {call.timeout:g}s") from exc
-        except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.UnsupportedProtocol) as exc:
-            raise ProviderUnreachableError(f"upstream unreachable: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, f"upstream timed out after {call.timeout:g}s") from exc
         body = resp.content
-        if resp.status_code >= 400:
-            raise ProviderError.from_upstream(resp.status_code, body, resp.headers)
+        if resp.status_code >= 300:
+            raise _upstream_error(call, resp.status_code, body, resp.headers)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise ProviderError(502, "upstream returned a body that is not JSON", "api_error") from None
-        usage = parse_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
-        return ProviderResponse(resp.status_code, body, usage)
+            raise _malformed("upstream returned a body that is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise _malformed("upstream returned JSON that is not an object")
+        return ProviderResponse(resp.status_code, body, parse_usage(parsed.get("usage")))
 
     async def chat_stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
         client = self._http()
@@ -110,22 +121,31 @@ class OpenAICompatProvider:
         )
         try:
             resp = await client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeoutError(f"upstream timed out after {read_timeout:g}s") from exc
-        except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.UnsupportedProtocol) as exc:
-            raise ProviderUnreachableError(f"upstream unreachable: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, f"upstream timed out after {read_timeout:g}s") from exc
         # Closing the response (on any exit, including the consumer closing us mid-stream)
         # drops the connection, which cancels the upstream request.
         try:
-            if resp.status_code >= 400:
-                raise ProviderError.from_upstream(resp.status_code, await resp.aread(), resp.headers)
+            if resp.status_code >= 300:
+                try:
+                    body = await resp.aread()
+                except httpx.HTTPError as exc:
+                    raise _transport_error(exc, f"upstream timed out after {read_timeout:g}s") from exc
+                raise _upstream_error(call, resp.status_code, body, resp.headers)
             buf = b""
             done = False
+            # Each event must follow the last within read_timeout. httpx's read timeout alone
+            # would not see an upstream that keeps the socket busy (keep-alive comments, a byte
+            # at a time) without ever sending an event.
+            last_event = time.monotonic()
             try:
                 async for data in resp.aiter_bytes():
+                    stalled = time.monotonic() - last_event > read_timeout
                     if done:
                         # Read to the end of the body (after [DONE]) so the connection goes back
-                        # to the pool instead of being closed.
+                        # to the pool instead of being closed; but not forever.
+                        if stalled:
+                            break
                         continue
                     buf = buf + data if buf else data
                     if b"\r" in buf:
@@ -138,19 +158,64 @@ class OpenAICompatProvider:
                         buf = buf[end + 2 :]
                         if event.startswith(b"data: [DONE]") or event.startswith(b"data:[DONE]"):
                             done = True
+                            last_event = time.monotonic()
                             break
                         if event.startswith(b":"):
                             continue  # SSE comment / keep-alive
-                        if event.startswith(b'data: {"error"') or event.startswith(b'data:{"error"'):
-                            raise ProviderError.from_upstream(500, event[event.find(b"{") :].strip())
+                        if event.startswith(_ERROR_EVENT_STARTS):
+                            raise _upstream_error(call, 500, event[event.find(b"{") :].strip())
+                        if event.startswith(b"data") and not event.rstrip().endswith(b"}"):
+                            # Cut short or garbled: the client's SDK could not parse it either.
+                            raise _malformed("upstream sent a malformed stream event")
+                        last_event = time.monotonic()
+                        stalled = False
                         yield event
-            except httpx.TimeoutException as exc:
-                raise ProviderTimeoutError(f"upstream stream stalled for {read_timeout:g}s") from exc
-            except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                raise ProviderUnreachableError(f"upstream stream broke: {type(exc).__name__}") from exc
+                    if stalled and not done:
+                        raise ProviderTimeoutError(f"upstream sent no stream event for {read_timeout:g}s")
+            except httpx.HTTPError as exc:
+                raise _transport_error(
+                    exc, f"upstream stream stalled for {read_timeout:g}s", "upstream stream broke"
+                ) from exc
+            if not done:
+                # A stream ends with [DONE]; a body that ends without it was cut short (the
+                # upstream crashed or a proxy closed the connection), even if cleanly.
+                raise ProviderError(
+                    502, "upstream closed the stream before [DONE]", "api_error", "stream_truncated"
+                )
         finally:
             await resp.aclose()
 
     async def aclose(self) -> None:
         """Nothing to release: the shared client is closed by the gateway at shutdown."""
         return None
+
+
+def _upstream_error(
+    call: ProviderCall, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> ProviderError:
+    """The upstream's error, scrubbed of this call's secrets (an upstream may echo what it got)."""
+    if status < 400:
+        # Redirects are not followed: an api_base that redirects is misconfigured.
+        return ProviderError(
+            502, f"upstream answered HTTP {status} (check api_base)", "api_error", "upstream_redirect"
+        )
+    return ProviderError.from_upstream(
+        status, body, headers, call_scrubber(call.api_key, call.params, call.extra_headers)
+    )
+
+
+def _malformed(message: str) -> ProviderError:
+    return ProviderError(502, message, "api_error", "upstream_malformed_response")
+
+
+def _transport_error(
+    exc: httpx.HTTPError, timeout_message: str, broke: str = "upstream unreachable"
+) -> ProviderError:
+    """An httpx failure as the ``ProviderError`` the router understands (never an unexpected 500)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderTimeoutError(timeout_message)
+    if isinstance(exc, httpx.DecodingError):
+        return _malformed("upstream sent a body that could not be decoded (Content-Encoding)")
+    if isinstance(exc, httpx.TransportError):
+        return ProviderUnreachableError(f"{broke}: {type(exc).__name__}")
+    return ProviderError(502, f"upstream call failed: {type(exc).__name__}", "api_error", "upstream_error")

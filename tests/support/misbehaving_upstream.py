@@ -4,13 +4,18 @@ A real HTTP/1.1 server on loopback (raw asyncio in a background thread, so it ca
 connection mid-stream, which a framework server would not let us do). Each chat request takes
 the next scripted ``Behaviour`` (or the default one): answer normally, answer slowly, return
 an error status (500, 429 with Retry-After, context-length or content-policy errors), hang
-without answering, or stream a few chunks and then reset the connection. Every request is
-recorded so tests can count upstream hits.
+without answering, or stream a few chunks and then reset the connection. Faults for hostile-path
+tests: drop the connection without a response, answer with raw bytes (malformed JSON, a body
+that is not what its Content-Encoding says), end a stream cleanly but without ``[DONE]``, stall
+a stream (silently, or with keep-alive comments), garble a stream event, and echo the
+credentials the request carried back in an error (plain, or as a stream error event). Every
+request is recorded so tests can count upstream hits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -23,14 +28,17 @@ from typing import Any
 class Behaviour:
     """What to do with one chat request."""
 
-    kind: str = "ok"  # ok | error | hang | reset
+    kind: str = "ok"  # ok | error | hang | reset | drop | raw | echo | truncate | stall | garble
     delay: float = 0.0  # before the first byte (ok / error / reset)
     chunk_delay: float = 0.0  # between stream chunks
     status: int = 200
     error: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     content: str | None = None  # default: the upstream's name
-    chunks_before_reset: int = 1
+    chunks_before_reset: int = 1  # reset, and stream chunks sent before echo / truncate / stall / garble
+    raw_body: bytes = b""  # raw
+    keepalive: float | None = None  # stall: send an SSE comment this often instead of silence
+    text_body: bool = False  # echo: a text/plain body instead of an OpenAI-shaped error
 
 
 def ok(content: str | None = None, *, delay: float = 0.0, chunk_delay: float = 0.0) -> Behaviour:
@@ -89,6 +97,43 @@ def reset_mid_stream(chunks_before_reset: int = 1) -> Behaviour:
     return Behaviour("reset", chunks_before_reset=chunks_before_reset)
 
 
+def drop() -> Behaviour:
+    """Read the request, then close the connection without any response."""
+    return Behaviour("drop")
+
+
+def raw(status: int, body: bytes, headers: dict[str, str] | None = None) -> Behaviour:
+    """Answer with exactly ``body`` (malformed JSON, a bogus Content-Encoding...)."""
+    return Behaviour("raw", status=status, raw_body=body, headers=headers or {})
+
+
+def echo_credentials(
+    status: int = 401, *, mid_stream: int | None = None, text_body: bool = False
+) -> Behaviour:
+    """An error that echoes the request's credential headers back (Authorization, x-api-key).
+
+    Also in the error's ``code`` and ``param``. For a stream request with ``mid_stream=N``, the
+    error comes as an SSE ``data: {"error": ...}`` event after N chunks of a 200 stream.
+    """
+    chunks = mid_stream if mid_stream is not None else -1
+    return Behaviour("echo", status=status, chunks_before_reset=chunks, text_body=text_body)
+
+
+def truncated_stream(chunks: int = 2) -> Behaviour:
+    """Send ``chunks`` stream chunks, then end the body cleanly, without ``[DONE]``."""
+    return Behaviour("truncate", chunks_before_reset=chunks)
+
+
+def stalled_stream(chunks: int = 2, keepalive: float | None = None) -> Behaviour:
+    """Send ``chunks`` stream chunks, then nothing (or only keep-alive comments) until the client leaves."""
+    return Behaviour("stall", chunks_before_reset=chunks, keepalive=keepalive)
+
+
+def garbled_stream(chunks: int = 1) -> Behaviour:
+    """Send ``chunks`` stream chunks, then an event whose JSON is cut short, then carry on."""
+    return Behaviour("garble", chunks_before_reset=chunks)
+
+
 @dataclass(slots=True)
 class RecordedRequest:
     method: str
@@ -113,6 +158,7 @@ class MisbehavingUpstream:
         self._started = threading.Event()
         self.port = 0
         self._writers: set[asyncio.StreamWriter] = set()
+        self.models_behaviour: Behaviour | None = None  # GET /models (what /health probes); None: 200
 
     # ---- scripting ---------------------------------------------------------------------
 
@@ -219,6 +265,9 @@ class MisbehavingUpstream:
                 with self._lock:
                     self.requests.append(RecordedRequest(method, path, headers, body, time.time()))
                 if path.rstrip("/").endswith("/models") and method == "GET":
+                    if self.models_behaviour is not None and self.models_behaviour.kind == "echo":
+                        await self._echo(writer, self.models_behaviour, headers)
+                        continue
                     await self._send_json(
                         writer, 200, {"object": "list", "data": [{"id": "m", "object": "model"}]}
                     )
@@ -226,7 +275,7 @@ class MisbehavingUpstream:
                 if not path.endswith("/chat/completions"):
                     await self._send_json(writer, 404, {"error": {"message": "not found", "type": "x"}})
                     continue
-                keep = await self._chat(reader, writer, body or {})
+                keep = await self._chat(reader, writer, body or {}, headers)
                 if not keep:
                     return
         except (ConnectionError, asyncio.CancelledError):
@@ -245,18 +294,48 @@ class MisbehavingUpstream:
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
         await writer.drain()
 
+    async def _echo(self, writer: asyncio.StreamWriter, b: Behaviour, headers: dict[str, str]) -> None:
+        """Answer with an error that repeats the credentials the request carried."""
+        auth = headers.get("authorization", "")
+        token = auth.partition(" ")[2]
+        message = f"Invalid credentials. Authorization: {auth}; x-api-key: {headers.get('x-api-key', '')}"
+        if b.text_body:
+            payload = f"{message}\nheaders: {headers}".encode()
+            head = [f"HTTP/1.1 {b.status} X", "content-type: text/plain", f"content-length: {len(payload)}"]
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+            await writer.drain()
+            return
+        error = {"message": message, "type": f"auth_error {token}", "param": auth, "code": token}
+        await self._send_json(writer, b.status, {"error": error})
+
     async def _chat(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: dict[str, Any]
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        body: dict[str, Any],
+        headers: dict[str, str],
     ) -> bool:
         b = self._next()
         if b.kind == "hang":
             # Hold the connection without answering until the client gives up.
             await reader.read()
             return False
+        if b.kind == "drop":
+            writer.transport.abort()
+            return False
         if b.delay:
             await asyncio.sleep(b.delay)
         if b.kind == "error":
             await self._send_json(writer, b.status, {"error": b.error}, b.headers)
+            return True
+        if b.kind == "raw":
+            head = [f"HTTP/1.1 {b.status} X", f"content-length: {len(b.raw_body)}"]
+            head += [f"{k}: {v}" for k, v in b.headers.items()]
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + b.raw_body)
+            await writer.drain()
+            return True
+        if b.kind == "echo" and (b.chunks_before_reset < 0 or not body.get("stream")):
+            await self._echo(writer, b, headers)
             return True
         content = b.content if b.content is not None else self.name
         model = body.get("model", "m")
@@ -302,6 +381,39 @@ class MisbehavingUpstream:
 
         pieces = [chunk({"role": "assistant", "content": ""})]
         pieces += [chunk({"content": part}) for part in _split(content)]
+        if b.kind in ("echo", "truncate", "stall", "garble"):
+            for p in pieces[: b.chunks_before_reset]:
+                writer.write(p)
+                await writer.drain()
+            if b.kind == "echo":
+                auth = headers.get("authorization", "")
+                token = auth.partition(" ")[2]
+                error = {
+                    "message": f"upstream saw Authorization: {auth}",
+                    "type": "server_error",
+                    "code": token,
+                }
+                event = b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+                writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+            elif b.kind == "garble":
+                event = b'data: {"id": "chatcmpl-fake", "object": "chat.compl\n\n'
+                writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+                writer.writelines(pieces[b.chunks_before_reset :])
+            elif b.kind == "stall":
+                # Hold the stream open until the client gives up, saying nothing (or only comments).
+                comment = b": keep-alive\n\n"
+                while not reader.at_eof():
+                    if b.keepalive is None:
+                        await reader.read()
+                        break
+                    writer.write(f"{len(comment):x}\r\n".encode() + comment + b"\r\n")
+                    await writer.drain()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(reader.read(), b.keepalive)
+                return False
+            writer.write(b"0\r\n\r\n")  # the body ends cleanly, without [DONE]
+            await writer.drain()
+            return True
         if b.kind == "reset":
             for p in pieces[: max(1, b.chunks_before_reset)]:
                 writer.write(p)
