@@ -5,8 +5,9 @@ Keys: /key/generate, /key/update, /key/delete, /key/info, /key/list, /key/regene
 /team/member_add, /team/member_delete. Users: /user/new, /user/info, /user/update, /user/delete,
 /user/list. Spend: /spend/logs, /global/spend/report.
 
-Every write runs in one transaction with its audit-log row, and invalidates this process's key
-cache for the keys it touched.
+Every handler first checks the caller's role against its row of ``access.ACCESS`` (before reading
+the body), then the objects it touches against the caller's scope. Every write runs in one
+transaction with its audit-log row, and invalidates this process's key cache for the keys it touched.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from gateway.admin import schemas
-from gateway.admin.access import Caller, forbidden, identify, require_admin, require_team_manager
+from gateway.admin.access import (
+    Caller,
+    Scope,
+    check_key_owner,
+    check_new_member,
+    check_team,
+    forbidden,
+    grant,
+    identify,
+)
 from gateway.errors import GatewayError, bad_request
 from gateway.keys import store
 from gateway.keys.durations import next_reset, parse_duration
@@ -100,6 +110,12 @@ async def _caller(request: Request, conn: asyncpg.Connection) -> Caller:
         )
         request.state.admin_caller = caller
     return caller
+
+
+async def _allow(request: Request, route: str) -> Scope:
+    """Identify the caller and check its role against ``route``'s row, before any body is read."""
+    async with _plane(request).db.pool.acquire() as conn:
+        return grant(await _caller(request, conn), route)
 
 
 @asynccontextmanager
@@ -201,21 +217,22 @@ _COMMON_LIMITS = ("rpm_limit", "tpm_limit", "max_parallel_requests")
 def _key_columns(body: schemas.KeyFields, fields: set[str]) -> dict[str, Any]:
     """Request fields that were sent -> virtual_keys columns."""
     values: dict[str, Any] = {}
-    for name in ("key_alias", "team_id", "user_id", *_COMMON_LIMITS, "blocked"):
+    for name in (
+        "key_alias",
+        "team_id",
+        "user_id",
+        *_COMMON_LIMITS,
+        "blocked",
+        "models",
+        "metadata",
+        "model_rpm_limit",
+        "model_tpm_limit",
+    ):
         if name in fields:
             values[name] = getattr(body, name)
-    for name in ("models",):
-        if name in fields:
-            values[name] = getattr(body, name) or []
-    for name in ("metadata", "model_rpm_limit", "model_tpm_limit"):
-        if name in fields:
-            values[name] = getattr(body, name) or {}
     for name in ("max_budget", "spend"):
         if name in fields:
-            value = getattr(body, name)
-            if name == "spend" and value is None:
-                continue
-            values[name] = _money(value)
+            values[name] = _money(getattr(body, name))
     if "budget_duration" in fields:
         values["budget_duration"] = body.budget_duration
         values["budget_reset_at"] = next_reset(body.budget_duration, _now())
@@ -225,7 +242,11 @@ def _key_columns(body: schemas.KeyFields, fields: set[str]) -> dict[str, Any]:
 
 
 async def _check_key_refs(conn: asyncpg.Connection, values: dict[str, Any]) -> TeamRecord | None:
-    """Unknown teams are refused; unknown users are created (as LiteLLM does)."""
+    """Unknown teams are refused; unknown users are created (as LiteLLM does).
+
+    Only a proxy admin reaches this with an unknown user: ``check_key_owner`` runs first and refuses
+    team admins any user that is not already a member of their team.
+    """
     team = None
     if values.get("team_id") is not None:
         team = await store.get_team(conn, values["team_id"])
@@ -257,17 +278,27 @@ async def _load_key(conn: asyncpg.Connection, ref: str, *, for_update: bool = Fa
     return record
 
 
+async def _check_key_move(
+    conn: asyncpg.Connection, caller: Caller, scope: Scope, before: KeyRecord, values: dict[str, Any]
+) -> None:
+    """A key moved to another team or user must end with owners the caller may give it."""
+    if "team_id" in values or "user_id" in values:
+        team_id = values.get("team_id", before.team_id)
+        await check_key_owner(conn, caller, scope, team_id, values.get("user_id", before.user_id))
+
+
 # ---- keys -------------------------------------------------------------------------------------------
 
 
 @router.post("/key/generate")
 async def key_generate(request: Request) -> Response:
+    scope = await _allow(request, "/key/generate")
     body = await _parse(request, schemas.GenerateKeyRequest)
     async with _write(request) as (conn, caller):
-        if body.team_id is None and caller.admin_of_team is not None and not caller.admin:
-            body.team_id = caller.admin_of_team
+        if body.team_id is None and scope is Scope.TEAM:
+            body.team_id = caller.team_id  # a team admin's keys land in its team
             body.model_fields_set.add("team_id")
-        require_team_manager(caller, body.team_id)
+        await check_key_owner(conn, caller, scope, body.team_id, body.user_id)
         key = body.key or generate_key()
         values = _key_columns(body, set(body.model_fields_set))
         await _check_key_refs(conn, values)
@@ -280,13 +311,13 @@ async def key_generate(request: Request) -> Response:
 
 @router.post("/key/update")
 async def key_update(request: Request) -> Response:
+    scope = await _allow(request, "/key/update")
     body = await _parse(request, schemas.UpdateKeyRequest)
     async with _write(request) as (conn, caller):
         before = await _load_key(conn, body.key, for_update=True)
-        require_team_manager(caller, before.team_id)
+        await check_key_owner(conn, caller, scope, before.team_id, before.user_id)
         values = _key_columns(body, set(body.model_fields_set) - {"key"})
-        if "team_id" in values:
-            require_team_manager(caller, values["team_id"])
+        await _check_key_move(conn, caller, scope, before, values)
         await _check_key_refs(
             conn, {"team_id": before.team_id, "models": values.get("models", before.models), **values}
         )
@@ -299,6 +330,7 @@ async def key_update(request: Request) -> Response:
 
 @router.post("/key/delete")
 async def key_delete(request: Request) -> Response:
+    scope = await _allow(request, "/key/delete")
     body = await _parse(request, schemas.DeleteKeysRequest)
     async with _write(request) as (conn, caller):
         hashes = [_ref_hash(k) for k in body.keys or []]
@@ -314,7 +346,7 @@ async def key_delete(request: Request) -> Response:
             record = await store.get_key(conn, h, for_update=True)
             if record is None:
                 raise GatewayError(404, "no such key", code="key_not_found", param="keys")
-            require_team_manager(caller, record.team_id)
+            await check_key_owner(conn, caller, scope, record.team_id, record.user_id)
             records.append(record)
         deleted = await store.delete_keys(conn, hashes)
         for record in deleted:
@@ -325,6 +357,7 @@ async def key_delete(request: Request) -> Response:
 
 @router.get("/key/info")
 async def key_info(request: Request, key: str | None = None) -> Response:
+    scope = await _allow(request, "/key/info")
     async with _read(request) as (conn, caller):
         if key is None:
             if caller.key is None:
@@ -334,7 +367,9 @@ async def key_info(request: Request, key: str | None = None) -> Response:
             record = await _load_key(conn, key)
         own = caller.key is not None and caller.key.token_hash == record.token_hash
         if not own:
-            require_team_manager(caller, record.team_id)
+            if scope is Scope.SELF:
+                raise forbidden("you may only read your own key", param="key")
+            check_team(caller, scope, record.team_id, "key")
     return _json({"key": key or record.token_hash, "info": record.to_api()})
 
 
@@ -352,13 +387,11 @@ async def key_list(
         raise bad_request(f"page: must be between 1 and {_MAX_PAGE}", param="page")
     if not 1 <= size <= 1000:
         raise bad_request("size: must be between 1 and 1000", param="size")
+    scope = await _allow(request, "/key/list")
     async with _read(request) as (conn, caller):
-        if not caller.admin:
-            if caller.admin_of_team is None:
-                raise forbidden("only admins and team admins may list keys")
-            if team_id not in (None, caller.admin_of_team):
-                raise forbidden("you may only list your own team's keys")
-            team_id = caller.admin_of_team
+        if scope is Scope.TEAM:
+            check_team(caller, scope, team_id or caller.team_id)
+            team_id = caller.team_id
         records, total = await store.list_keys(
             conn, team_id=team_id, user_id=user_id, key_alias=key_alias, page=page, size=size
         )
@@ -388,12 +421,14 @@ async def _regenerate(request: Request, ref: str | None) -> Response:
             raise bad_request(f"{param}: {err['msg']}", param=param) from None
     assert body is not None
     async with _write(request) as (conn, caller):
+        scope = grant(caller, "/key/regenerate")  # checked before the body too, by the handlers
         before = await _load_key(conn, body.key, for_update=True)
-        require_team_manager(caller, before.team_id)
+        await check_key_owner(conn, caller, scope, before.team_id, before.user_id)
         key = body.new_key or generate_key()
         record = await store.replace_key_hash(conn, before.token_hash, hash_key(key), display_name(key))
         assert record is not None
         values = _key_columns(body, set(body.model_fields_set) - {"key", "new_key"})
+        await _check_key_move(conn, caller, scope, before, values)
         if values:
             await _check_key_refs(
                 conn, {"team_id": record.team_id, "models": values.get("models", record.models), **values}
@@ -409,19 +444,22 @@ async def _regenerate(request: Request, ref: str | None) -> Response:
 
 @router.post("/key/regenerate")
 async def key_regenerate(request: Request) -> Response:
+    await _allow(request, "/key/regenerate")
     return await _regenerate(request, None)
 
 
 @router.post("/key/{key}/regenerate")
 async def key_regenerate_path(request: Request, key: str) -> Response:
+    await _allow(request, "/key/regenerate")
     return await _regenerate(request, key)
 
 
 async def _set_blocked(request: Request, blocked: bool) -> Response:
+    scope = await _allow(request, "/key/block" if blocked else "/key/unblock")
     body = await _parse(request, schemas.KeyRef)
     async with _write(request) as (conn, caller):
         before = await _load_key(conn, body.key, for_update=True)
-        require_team_manager(caller, before.team_id)
+        await check_key_owner(conn, caller, scope, before.team_id, before.user_id)
         record = await store.update_key(conn, before.token_hash, {"blocked": blocked})
         assert record is not None
         await _audit(
@@ -454,16 +492,9 @@ def _team_columns(body: schemas.TeamFields, fields: set[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "team_alias" in fields:
         values["alias"] = body.team_alias
-    for name in (*_COMMON_LIMITS, "blocked"):
+    for name in (*_COMMON_LIMITS, "blocked", "models", "metadata", "model_rpm_limit", "model_tpm_limit"):
         if name in fields:
             values[name] = getattr(body, name)
-    if "blocked" in values and values["blocked"] is None:
-        values["blocked"] = False
-    if "models" in fields:
-        values["models"] = body.models or []
-    for name in ("metadata", "model_rpm_limit", "model_tpm_limit"):
-        if name in fields:
-            values[name] = getattr(body, name) or {}
     if "max_budget" in fields:
         values["max_budget"] = _money(body.max_budget)
     if "budget_duration" in fields:
@@ -472,16 +503,19 @@ def _team_columns(body: schemas.TeamFields, fields: set[str]) -> dict[str, Any]:
     return values
 
 
-async def _member_user_id(conn: asyncpg.Connection, member: schemas.Member) -> str:
-    """The member's user id, creating the user when it does not exist yet."""
+async def _member_user_id(conn: asyncpg.Connection, member: schemas.Member, *, create: bool) -> str | None:
+    """The member's user id; an unknown user is created when ``create`` (proxy admins, as LiteLLM
+    does), else None (team admins never create users)."""
     if member.user_id is None:
         assert member.user_email is not None
         found = await store.user_id_for_email(conn, member.user_email)
-        if found is not None:
+        if found is not None or not create:
             return found
         user_id = str(uuid.uuid4())
         await store.insert_user(conn, {"id": user_id, "email": member.user_email})
         return user_id
+    if not create:
+        return member.user_id if await store.get_user(conn, member.user_id) is not None else None
     await conn.execute(
         "INSERT INTO users (id, email) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
         member.user_id,
@@ -505,14 +539,16 @@ async def _load_team(conn: asyncpg.Connection, team_id: str, param: str = "team_
 
 @router.post("/team/new")
 async def team_new(request: Request) -> Response:
+    await _allow(request, "/team/new")
     body = await _parse(request, schemas.NewTeamRequest)
     async with _write(request) as (conn, caller):
-        require_admin(caller)
         values = _team_columns(body, set(body.model_fields_set))
         values["id"] = body.team_id or str(uuid.uuid4())
         team = await store.insert_team(conn, values)
         for member in body.members_with_roles:
-            await store.upsert_member(conn, team.id, await _member_user_id(conn, member), member.role)
+            user_id = await _member_user_id(conn, member, create=True)
+            assert user_id is not None
+            await store.upsert_member(conn, team.id, user_id, member.role)
         view = await _team_view(conn, team)
         await _audit(conn, caller, "team.new", "team", team.id, None, view)
     return _json(view)
@@ -520,9 +556,9 @@ async def team_new(request: Request) -> Response:
 
 @router.post("/team/update")
 async def team_update(request: Request) -> Response:
+    await _allow(request, "/team/update")
     body = await _parse(request, schemas.UpdateTeamRequest)
     async with _write(request) as (conn, caller):
-        require_admin(caller)
         before = await _load_team(conn, body.team_id)
         team = await store.update_team(conn, body.team_id, _team_columns(body, set(body.model_fields_set)))
         assert team is not None
@@ -534,9 +570,9 @@ async def team_update(request: Request) -> Response:
 
 @router.post("/team/delete")
 async def team_delete(request: Request) -> Response:
+    await _allow(request, "/team/delete")
     body = await _parse(request, schemas.DeleteTeamsRequest)
     async with _write(request) as (conn, caller):
-        require_admin(caller)
         for team_id in body.team_ids:
             await _load_team(conn, team_id, "team_ids")
         deleted = await store.delete_teams(conn, body.team_ids)
@@ -546,12 +582,37 @@ async def team_delete(request: Request) -> Response:
     return _json({"deleted_teams": [t.id for t in deleted]})
 
 
+async def _set_team_blocked(request: Request, blocked: bool) -> Response:
+    await _allow(request, "/team/block" if blocked else "/team/unblock")
+    body = await _parse(request, schemas.TeamRef)
+    async with _write(request) as (conn, caller):
+        before = await _load_team(conn, body.team_id)
+        team = await store.update_team(conn, body.team_id, {"blocked": blocked})
+        assert team is not None
+        view = await _team_view(conn, team)
+        action = "team.block" if blocked else "team.unblock"
+        await _audit(conn, caller, action, "team", team.id, before.to_api(), view)
+    _invalidate_all(request)  # every cached key of the team
+    return _json(view)
+
+
+@router.post("/team/block")
+async def team_block(request: Request) -> Response:
+    return await _set_team_blocked(request, True)
+
+
+@router.post("/team/unblock")
+async def team_unblock(request: Request) -> Response:
+    return await _set_team_blocked(request, False)
+
+
 @router.get("/team/info")
 async def team_info(request: Request, team_id: str | None = None) -> Response:
+    scope = await _allow(request, "/team/info")
     async with _read(request) as (conn, caller):
         if team_id is None:
             raise bad_request("team_id: required", param="team_id")
-        require_team_manager(caller, team_id)
+        check_team(caller, scope, team_id)
         team = await _load_team(conn, team_id)
         view = await _team_view(conn, team)
         keys, _ = await store.list_keys(conn, team_id=team_id, size=1000)
@@ -560,8 +621,8 @@ async def team_info(request: Request, team_id: str | None = None) -> Response:
 
 @router.get("/team/list")
 async def team_list(request: Request, user_id: str | None = None) -> Response:
-    async with _read(request) as (conn, caller):
-        require_admin(caller)
+    await _allow(request, "/team/list")
+    async with _read(request) as (conn, _):
         teams = await store.list_teams(conn, user_id=user_id)
         views = [await _team_view(conn, t) for t in teams]
     return _json(views)
@@ -569,13 +630,18 @@ async def team_list(request: Request, user_id: str | None = None) -> Response:
 
 @router.post("/team/member_add")
 async def team_member_add(request: Request) -> Response:
+    scope = await _allow(request, "/team/member_add")
     body = await _parse(request, schemas.TeamMemberAddRequest)
     members = body.member if isinstance(body.member, list) else [body.member]
     async with _write(request) as (conn, caller):
-        require_admin(caller)
+        check_team(caller, scope, body.team_id)
         before = await _team_view(conn, await _load_team(conn, body.team_id))
         for member in members:
-            await store.upsert_member(conn, body.team_id, await _member_user_id(conn, member), member.role)
+            user_id = await _member_user_id(conn, member, create=scope is Scope.ALL)
+            await check_new_member(conn, scope, body.team_id, user_id)
+            assert user_id is not None  # only proxy admins pass without one, and they create it
+            # A team admin holds "admin" in this team, so any member role is within what it holds.
+            await store.upsert_member(conn, body.team_id, user_id, member.role)
         view = await _team_view(conn, await _load_team(conn, body.team_id))
         await _audit(conn, caller, "team.member_add", "team", body.team_id, before, view)
     _invalidate_all(request)
@@ -584,9 +650,10 @@ async def team_member_add(request: Request) -> Response:
 
 @router.post("/team/member_delete")
 async def team_member_delete(request: Request) -> Response:
+    scope = await _allow(request, "/team/member_delete")
     body = await _parse(request, schemas.TeamMemberDeleteRequest)
     async with _write(request) as (conn, caller):
-        require_admin(caller)
+        check_team(caller, scope, body.team_id)
         before = await _team_view(conn, await _load_team(conn, body.team_id))
         user_id = body.user_id
         if user_id is None and body.user_email is not None:
@@ -607,15 +674,11 @@ async def team_member_delete(request: Request) -> Response:
 def _user_columns(body: schemas.UserFields, fields: set[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for src, dst in (("user_email", "email"), ("user_alias", "alias"), ("user_role", "role")):
-        if src in fields and (dst != "role" or body.user_role is not None):
+        if src in fields:
             values[dst] = getattr(body, src)
-    for name in _COMMON_LIMITS:
+    for name in (*_COMMON_LIMITS, "models", "metadata", "blocked"):
         if name in fields:
             values[name] = getattr(body, name)
-    if "models" in fields:
-        values["models"] = body.models or []
-    if "metadata" in fields:
-        values["metadata"] = body.metadata or {}
     if "max_budget" in fields:
         values["max_budget"] = _money(body.max_budget)
     if "budget_duration" in fields:
@@ -626,9 +689,9 @@ def _user_columns(body: schemas.UserFields, fields: set[str]) -> dict[str, Any]:
 
 @router.post("/user/new")
 async def user_new(request: Request) -> Response:
+    await _allow(request, "/user/new")
     body = await _parse(request, schemas.NewUserRequest)
     async with _write(request) as (conn, caller):
-        require_admin(caller)
         values = _user_columns(body, set(body.model_fields_set))
         values["id"] = body.user_id or str(uuid.uuid4())
         user = await store.insert_user(conn, values)
@@ -659,13 +722,14 @@ async def user_new(request: Request) -> Response:
 
 @router.get("/user/info")
 async def user_info(request: Request, user_id: str | None = None) -> Response:
+    scope = await _allow(request, "/user/info")
     async with _read(request) as (conn, caller):
         if user_id is None:
-            if caller.key is None or caller.key.user_id is None:
+            if caller.user_id is None:
                 raise bad_request("user_id: required", param="user_id")
-            user_id = caller.key.user_id
-        if not caller.admin and (caller.key is None or caller.key.user_id != user_id):
-            raise forbidden("you may only read your own user")
+            user_id = caller.user_id
+        if scope is not Scope.ALL and user_id != caller.user_id:
+            raise forbidden("you may only read your own user", param="user_id")
         user = await store.get_user(conn, user_id)
         if user is None:
             raise GatewayError(404, f"no user {user_id!r}", code="user_not_found", param="user_id")
@@ -678,9 +742,9 @@ async def user_info(request: Request, user_id: str | None = None) -> Response:
 
 @router.post("/user/update")
 async def user_update(request: Request) -> Response:
+    await _allow(request, "/user/update")
     body = await _parse(request, schemas.UpdateUserRequest)
     async with _write(request) as (conn, caller):
-        require_admin(caller)
         user_id = body.user_id
         if user_id is None and body.user_email is not None:
             user_id = await store.user_id_for_email(conn, body.user_email)
@@ -691,7 +755,7 @@ async def user_update(request: Request) -> Response:
         if body.user_id is None:
             fields.discard("user_email")
         values = _user_columns(body, fields)
-        if "spend" in fields and body.spend is not None:
+        if "spend" in fields:
             values["spend"] = _money(body.spend)
         user = await store.update_user(conn, before.id, values)
         assert user is not None
@@ -702,9 +766,9 @@ async def user_update(request: Request) -> Response:
 
 @router.post("/user/delete")
 async def user_delete(request: Request) -> Response:
+    await _allow(request, "/user/delete")
     body = await _parse(request, schemas.DeleteUsersRequest)
     async with _write(request) as (conn, caller):
-        require_admin(caller)
         deleted = await store.delete_users(conn, body.user_ids)
         for user in deleted:
             await _audit(conn, caller, "user.delete", "user", user.id, user.to_api(), None)
@@ -720,8 +784,8 @@ async def user_list(
         raise bad_request(f"page: must be between 1 and {_MAX_PAGE}", param="page")
     if not 1 <= page_size <= 1000:
         raise bad_request("page_size: must be between 1 and 1000", param="page_size")
-    async with _read(request) as (conn, caller):
-        require_admin(caller)
+    await _allow(request, "/user/list")
+    async with _read(request) as (conn, _):
         users, total = await store.list_users(conn, page=page, size=page_size, role=role)
     return _json(
         {
@@ -761,11 +825,11 @@ async def spend_logs(
         raise bad_request("limit: must be between 1 and 10000", param="limit")
     start, end = _date(start_date, "start_date"), _date(end_date, "end_date")
     key_hash = _ref_hash(api_key) if api_key else None
+    scope = await _allow(request, "/spend/logs")
     async with _read(request) as (conn, caller):
-        if not caller.admin:
-            if caller.admin_of_team is None:
-                raise forbidden("only admins and team admins may read spend logs")
-            team_id = caller.admin_of_team
+        if scope is Scope.TEAM:
+            check_team(caller, scope, team_id or caller.team_id)
+            team_id = caller.team_id
         rows = await conn.fetch(
             "SELECT id, request_id, key_hash, team_id, user_id, model, deployment_id, provider_model, "
             "prompt_tokens, completion_tokens, total_tokens, spend, status, cache_hit, stream, error_code, "
@@ -826,8 +890,8 @@ async def global_spend_report(
         raise bad_request(f"group_by: one of {', '.join(_GROUPS)}", param="group_by")
     column, plural, label = _GROUPS[group_by]
     start, end = _date(start_date, "start_date"), _date(end_date, "end_date")
-    async with _read(request) as (conn, caller):
-        require_admin(caller)
+    await _allow(request, "/global/spend/report")
+    async with _read(request) as (conn, _):
         rows = await conn.fetch(
             f"SELECT day, {column} AS grp, model, sum(spend) AS spend, "
             "sum(prompt_tokens + completion_tokens) AS tokens, sum(requests) AS requests "

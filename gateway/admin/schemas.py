@@ -2,6 +2,10 @@
 
 Fields LiteLLM accepts that we do not use (``aliases``, ``config``, ``permissions``, ``tags``...) are
 accepted and ignored so existing scripts keep working.
+
+``null`` means "no value" only where the column may be empty (limits, budgets, aliases, ``team_id``,
+``user_id``, ``duration``...): it clears it. For the fields stored in NOT NULL columns (``NOT_NULL``)
+it is a 400 naming the field; omitting a field is how to leave it unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ ModelName = Annotated[str, Field(min_length=1, max_length=256)]
 # Free-form references (keys, hashes, e-mail addresses, durations): bounded so nothing unbounded reaches SQL.
 Ref = Annotated[str, Field(min_length=1, max_length=512)]
 Duration = Annotated[str, Field(max_length=32)]
+UserRole = Literal["proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer"]
+
+# Fields stored in NOT NULL columns: null is refused rather than guessed at (for ``models`` a guess of
+# "empty" would mean "every model").
+NOT_NULL = ("blocked", "models", "metadata", "model_rpm_limit", "model_tpm_limit", "spend", "user_role")
 
 
 def _text_problem(value: Any) -> str | None:
@@ -71,10 +80,17 @@ class _Body(BaseModel):
             raise ValueError(problem)
         return value
 
+    @field_validator(*NOT_NULL, mode="before", check_fields=False)
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null (omit the field to leave it unchanged)")
+        return value
+
     @field_validator("metadata", "model_rpm_limit", "model_tpm_limit", check_fields=False)
     @classmethod
-    def _small_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
+    def _small_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
             raise ValueError(f"too large (at most {MAX_METADATA_BYTES} bytes of JSON)")
         return value
 
@@ -91,18 +107,18 @@ class KeyFields(_Body):
     key_alias: Name | None = None
     team_id: Name | None = None
     user_id: Name | None = None
-    models: list[ModelName] | None = None
+    models: list[ModelName] = Field(default_factory=list)
     max_budget: Money | None = None
     budget_duration: Duration | None = None
     duration: Duration | None = None
     rpm_limit: Limit | None = None
     tpm_limit: Limit | None = None
     max_parallel_requests: Limit | None = None
-    model_rpm_limit: dict[ModelName, Limit] | None = None
-    model_tpm_limit: dict[ModelName, Limit] | None = None
-    metadata: dict[str, Any] | None = None
-    blocked: bool | None = None
-    spend: Money | None = None
+    model_rpm_limit: dict[ModelName, Limit] = Field(default_factory=dict)
+    model_tpm_limit: dict[ModelName, Limit] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    blocked: bool = False
+    spend: Money = 0.0
 
 
 class GenerateKeyRequest(KeyFields):
@@ -147,16 +163,16 @@ class Member(_Body):
 
 class TeamFields(_Body):
     team_alias: Name | None = None
-    models: list[ModelName] | None = None
+    models: list[ModelName] = Field(default_factory=list)
     max_budget: Money | None = None
     budget_duration: Duration | None = None
     rpm_limit: Limit | None = None
     tpm_limit: Limit | None = None
     max_parallel_requests: Limit | None = None
-    model_rpm_limit: dict[ModelName, Limit] | None = None
-    model_tpm_limit: dict[ModelName, Limit] | None = None
-    metadata: dict[str, Any] | None = None
-    blocked: bool | None = None
+    model_rpm_limit: dict[ModelName, Limit] = Field(default_factory=dict)
+    model_tpm_limit: dict[ModelName, Limit] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    blocked: bool = False
 
 
 class NewTeamRequest(TeamFields):
@@ -165,6 +181,10 @@ class NewTeamRequest(TeamFields):
 
 
 class UpdateTeamRequest(TeamFields):
+    team_id: Name
+
+
+class TeamRef(_Body):
     team_id: Name
 
 
@@ -192,16 +212,15 @@ class TeamMemberDeleteRequest(_Body):
 class UserFields(_Body):
     user_email: Annotated[str, Field(max_length=256, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
     user_alias: Name | None = None
-    user_role: (
-        Literal["proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer"] | None
-    ) = None
-    models: list[ModelName] | None = None
+    user_role: UserRole = "internal_user"
+    models: list[ModelName] = Field(default_factory=list)
     max_budget: Money | None = None
     budget_duration: Duration | None = None
     rpm_limit: Limit | None = None
     tpm_limit: Limit | None = None
     max_parallel_requests: Limit | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    blocked: bool = False
 
 
 class NewUserRequest(UserFields):
@@ -213,7 +232,7 @@ class NewUserRequest(UserFields):
 
 class UpdateUserRequest(UserFields):
     user_id: Name | None = None
-    spend: Money | None = None
+    spend: Money = 0.0
 
     @model_validator(mode="after")
     def _someone(self) -> UpdateUserRequest:

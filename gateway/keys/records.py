@@ -83,13 +83,14 @@ class UserRecord:
     rpm_limit: int | None
     tpm_limit: int | None
     max_parallel_requests: int | None
+    blocked: bool
     metadata: dict[str, Any]
     created_at: datetime
     updated_at: datetime
 
     COLUMNS = (
         "id, email, alias, role, models, max_budget, spend, budget_duration, budget_reset_at, rpm_limit, "
-        "tpm_limit, max_parallel_requests, metadata, created_at, updated_at"
+        "tpm_limit, max_parallel_requests, blocked, metadata, created_at, updated_at"
     )
 
     @classmethod
@@ -112,6 +113,7 @@ class UserRecord:
             "rpm_limit": self.rpm_limit,
             "tpm_limit": self.tpm_limit,
             "max_parallel_requests": self.max_parallel_requests,
+            "blocked": self.blocked,
             "metadata": self.metadata,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
@@ -190,3 +192,13 @@ class KeyRecord:
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStanding:
+    """What decides a key's rights besides the key row: its user's role and membership, and blocks."""
+
+    user_role: str | None  # None: the key has no user (or the user was deleted)
+    member_role: str | None  # the user's role in the key's team, None when not a member
+    user_blocked: bool
+    team_blocked: bool

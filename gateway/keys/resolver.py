@@ -32,7 +32,7 @@ SELECT k.token_hash, k.key_alias, k.team_id, k.user_id, k.models, k.max_budget, 
        t.rpm_limit AS t_rpm_limit, t.tpm_limit AS t_tpm_limit, t.max_parallel_requests AS t_max_parallel,
        t.model_rpm_limit AS t_model_rpm_limit, t.model_tpm_limit AS t_model_tpm_limit, t.blocked AS t_blocked,
        u.id AS u_id, u.max_budget AS u_max_budget, u.spend AS u_spend, u.rpm_limit AS u_rpm_limit,
-       u.tpm_limit AS u_tpm_limit, u.max_parallel_requests AS u_max_parallel,
+       u.tpm_limit AS u_tpm_limit, u.max_parallel_requests AS u_max_parallel, u.blocked AS u_blocked,
        m.role AS member_role
 FROM virtual_keys k
 LEFT JOIN teams t ON t.id = k.team_id
@@ -236,7 +236,8 @@ class PostgresKeyResolver:
         return _Entry(
             principal=principal,
             fresh_until=now + self._ttl,
-            blocked=bool(row["blocked"]) or bool(row["t_blocked"]),
+            # A blocked key, team or user: the key is refused (the admin API refuses it the same way).
+            blocked=bool(row["blocked"]) or bool(row["t_blocked"]) or bool(row["u_blocked"]),
             expires_at=None if expires is None else expires.timestamp(),
             budgets=tuple(budgets),
         )

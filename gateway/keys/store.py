@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.keys.records import KeyRecord, MembershipRecord, TeamRecord, UserRecord
+from gateway.keys.records import KeyRecord, KeyStanding, MembershipRecord, TeamRecord, UserRecord
 
 _KEY_COLUMNS = frozenset(KeyRecord.COLUMNS.replace(" ", "").split(","))
 _TEAM_COLUMNS = frozenset(TeamRecord.COLUMNS.replace(" ", "").split(","))
@@ -68,6 +68,24 @@ async def get_key(conn: asyncpg.Connection, token_hash: str, *, for_update: bool
         f"SELECT {KeyRecord.COLUMNS} FROM virtual_keys WHERE token_hash = $1{lock}", token_hash
     )
     return KeyRecord.from_row(row) if row else None
+
+
+async def key_standing(conn: asyncpg.Connection, record: KeyRecord) -> KeyStanding:
+    """The key's user role, the user's role in the key's team, and whether user or team is blocked."""
+    row = await conn.fetchrow(
+        "SELECT u.role AS user_role, coalesce(u.blocked, false) AS user_blocked, "
+        "(SELECT m.role FROM team_memberships m WHERE m.team_id = $2 AND m.user_id = u.id) AS member_role, "
+        "coalesce((SELECT t.blocked FROM teams t WHERE t.id = $2), false) AS team_blocked "
+        "FROM (SELECT 1) AS one LEFT JOIN users u ON u.id = $1",
+        record.user_id,
+        record.team_id,
+    )
+    return KeyStanding(
+        user_role=row["user_role"],
+        member_role=row["member_role"],
+        user_blocked=row["user_blocked"],
+        team_blocked=row["team_blocked"],
+    )
 
 
 async def key_hash_for_alias(conn: asyncpg.Connection, alias: str) -> str | None:
@@ -177,6 +195,12 @@ async def user_memberships(conn: asyncpg.Connection, user_id: str) -> list[Membe
         "SELECT team_id, user_id, role FROM team_memberships WHERE user_id = $1 ORDER BY team_id", user_id
     )
     return [MembershipRecord(**dict(r)) for r in rows]
+
+
+async def member_role(conn: asyncpg.Connection, team_id: str, user_id: str) -> str | None:
+    return await conn.fetchval(
+        "SELECT role FROM team_memberships WHERE team_id = $1 AND user_id = $2", team_id, user_id
+    )
 
 
 async def upsert_member(conn: asyncpg.Connection, team_id: str, user_id: str, role: str) -> None:
