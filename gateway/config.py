@@ -108,6 +108,13 @@ class GeneralSettings(_Strict):
     redis_timeout_s: float = Field(default=0.1, gt=0, le=10)
     spend_flush_interval_s: float = Field(default=1.0, gt=0)
     spend_batch_size: int = Field(default=500, ge=1)
+    # Database outages and crashes (see gateway/db/outage.py and gateway/spend/journal.py).
+    database_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    key_cache_ttl_s: float = Field(default=5.0, gt=0)
+    key_cache_stale_ttl_s: float = Field(default=300.0, ge=0)
+    spend_buffer_max_records: int = Field(default=100_000, ge=1)
+    spend_journal: bool = True
+    spend_journal_interval_ms: float = Field(default=5.0, gt=0, le=1000)
 
 
 FallbackList = list[dict[str, list[str]]]

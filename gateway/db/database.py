@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from gateway.db.embedded import EmbeddedPostgres
+from gateway.db.guarded_pool import GuardedPool
 from gateway.db.migrations import MigrationError, apply_migrations
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,9 @@ async def configure_connection(conn: asyncpg.Connection) -> None:
 
 @dataclass
 class Database:
-    """An asyncpg pool plus, when no URL was given, the embedded server behind it."""
+    """The outage-aware pool plus, when no URL was given, the embedded server behind it."""
 
-    pool: asyncpg.Pool
+    pool: GuardedPool
     url: str
     embedded: EmbeddedPostgres | None = None
 
@@ -43,17 +44,24 @@ async def open_database(
     *,
     migrate: bool = True,
     migrations_dir: Path | None = None,
-    min_size: int = 1,
+    min_size: int = 0,
     max_size: int = 10,
+    connect_timeout: float = 5.0,
 ) -> Database:
-    """Connect (starting the embedded server when ``url`` is empty) and apply pending migrations."""
+    """Connect (starting the embedded server when ``url`` is empty) and apply pending migrations.
+
+    ``min_size`` is 0 because asyncpg keeps a floor of connections by reconnecting in the background, and
+    during an outage logs a full traceback for each failed try; connections stay open between uses anyway.
+    ``connect_timeout`` bounds each new connection, so a database that stops answering (rather than
+    refusing) is noticed as an outage within that time instead of asyncpg's default minute.
+    """
     embedded = None
     if not url:
         embedded = EmbeddedPostgres(Path(data_dir))
         url = await asyncio.to_thread(embedded.start)
     try:
         if migrate:
-            conn = await asyncpg.connect(url)
+            conn = await asyncpg.connect(url, timeout=connect_timeout)
             try:
                 applied = await apply_migrations(conn, migrations_dir)
             except MigrationError as exc:
@@ -63,9 +71,11 @@ async def open_database(
                 await conn.close()
             if applied:
                 log.info("applied %d migration(s): %s", len(applied), ", ".join(applied))
-        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=configure_connection)
+        raw = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, init=configure_connection, timeout=connect_timeout
+        )
     except BaseException:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         raise
-    return Database(pool=pool, url=url, embedded=embedded)
+    return Database(pool=GuardedPool(raw), url=url, embedded=embedded)

@@ -170,7 +170,8 @@ class EmbeddedPostgres:
         if not (self.pgdata / "PG_VERSION").exists():
             log.info("initialising embedded postgres in %s", self.pgdata)
             self._init_pgdata()
-        self.port = _free_port()
+        # A restart of this same server (stop, then start) keeps its port, so URLs handed out stay valid.
+        self.port = self.port or _free_port()
         options = f"-h 127.0.0.1 -p {self.port} -k '' -c synchronous_commit=off"
         self._run(
             "pg_ctl", "-w", "-t", "60", "-o", options, "-l", str(self.pgdata / "log"), "start", timeout=90

@@ -6,6 +6,10 @@ a client retrying a wrong key does not reach the database again.
 
 Invalidation: writes through the admin API in this process call ``invalidate``; other gateway
 instances see the change when their entry's TTL (default 5 s) runs out.
+
+Database outage: a key whose entry has expired is still served as it was last loaded, for up to
+``stale_ttl`` (default 300 s) after that load, so traffic with known keys goes on; a key not seen within
+that time (or never) gets a 503 ``database_unavailable``, never a 500.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 
 import asyncpg
 
+from gateway.db.guarded_pool import GuardedPool
+from gateway.db.outage import DatabaseUnavailable
 from gateway.keys.denials import budget_exceeded, key_blocked, key_expired, model_not_allowed
 from gateway.pipeline import LimitScope, Principal
 
@@ -64,6 +70,7 @@ class _Entry:
     blocked: bool = False
     expires_at: float | None = None
     budgets: tuple[tuple[str, BudgetState], ...] = ()
+    stale_until: float = 0.0  # served until then while the database is unreachable (never if negative)
 
 
 def _as_float(value: Decimal | None) -> float | None:
@@ -99,16 +106,24 @@ class PostgresKeyResolver:
     """Resolves ``sk-...`` bearer keys to principals, enforcing blocked/expired/budget rules."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, ttl: float = 5.0, negative_ttl: float = 2.0, max_entries: int = 10_000
+        self,
+        pool: GuardedPool,
+        *,
+        ttl: float = 5.0,
+        negative_ttl: float = 2.0,
+        max_entries: int = 10_000,
+        stale_ttl: float = 300.0,
     ) -> None:
         self._pool = pool
         self._ttl = ttl
+        self._stale_ttl = stale_ttl
         self._negative_ttl = negative_ttl
         self._max_entries = max_entries
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._budgets: dict[str, BudgetState] = {}
         self._inflight: dict[str, asyncio.Future[_Entry]] = {}
         self.db_lookups = 0  # how many times the database was asked (tests and the benchmark read it)
+        self.stale_hits = 0  # requests served from an expired entry during a database outage
 
     # -- the request path -------------------------------------------------------------------------
     async def resolve(self, token: str) -> Principal | None:
@@ -116,7 +131,7 @@ class PostgresKeyResolver:
         entry = self._cache.get(token_hash)
         now = time.monotonic()
         if entry is None or entry.fresh_until < now:
-            entry = await self._load(token_hash, now)
+            entry = await self._refresh(token_hash, entry, now)
         principal = entry.principal
         if principal is None:
             return None
@@ -167,6 +182,18 @@ class PostgresKeyResolver:
         while len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
         return entry
+
+    async def _refresh(self, token_hash: str, cached: _Entry | None, now: float) -> _Entry:
+        try:
+            return await self._load(token_hash, now)
+        except DatabaseUnavailable:
+            if cached is not None and cached.principal is not None and now <= cached.stale_until:
+                self.stale_hits += 1
+                return cached
+            raise DatabaseUnavailable(
+                "The key store (database) is unreachable and this API key was not seen recently, so it "
+                "cannot be checked now. Retry in a few seconds."
+            ) from None
 
     async def _load(self, token_hash: str, now: float) -> _Entry:
         # Concurrent misses for the same key share one query (a burst of requests with a new key,
@@ -236,6 +263,7 @@ class PostgresKeyResolver:
         return _Entry(
             principal=principal,
             fresh_until=now + self._ttl,
+            stale_until=now + self._stale_ttl,
             # A blocked key, team or user: the key is refused (the admin API refuses it the same way).
             blocked=bool(row["blocked"]) or bool(row["t_blocked"]) or bool(row["u_blocked"]),
             expires_at=None if expires is None else expires.timestamp(),

@@ -201,9 +201,10 @@ class ChatCompletions:
                 outcome.error_code = err.code or err.type
             raise
         finally:
-            # 8. Settle limits and record spend, whatever happened above.
-            await _settle(admission, outcome)
+            # 8. Record spend and settle limits, whatever happened above (spend first: it is journaled
+            # without awaiting, so a crash during the settle's Redis round trip does not lose it).
             _record(services, ctx, outcome)
+            await _settle(admission, outcome)
 
 
 # --------------------------------------------------------------------------- stages

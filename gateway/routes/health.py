@@ -1,7 +1,14 @@
 """Health probes and the Prometheus page.
 
-``/health/liveliness``: the process answers. ``/health/readiness``: the lifespan finished and the
-request path is wired (``Services`` built), so traffic may be sent. Neither needs a key.
+``/health/liveliness``: the process answers (always 200 while it does). ``/health/readiness``: the
+lifespan finished and the request path is wired (``Services`` built), so traffic may be sent; it also
+reports the control plane's database. Neither needs a key.
+
+Database unreachable: readiness answers 200 with ``{"status": "degraded", "database": "unreachable"}``.
+Not a 503, on purpose: the gateway still serves every key seen recently (from cache) and the master key,
+and buffers spend; every replica shares the same database, so a failing readiness would take all of them
+out of the load balancer at once and turn a partial outage into a total one. Monitoring alerts on
+``status``; orchestrators keep routing.
 """
 
 from __future__ import annotations
@@ -11,6 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import metrics
+
+# How long readiness waits for ``SELECT 1`` (a probe must answer quickly even when the database hangs).
+_DB_PROBE_TIMEOUT_S = 1.0
 
 
 def _json(obj: object, status: int = 200) -> Response:
@@ -25,13 +35,19 @@ async def readiness(request: Request) -> Response:
     services = getattr(request.app.state, "services", None)
     if services is None:
         return _json({"status": "starting"}, 503)
-    return _json(
-        {
-            "status": "healthy",
-            "models": len(services.router.model_names()),
-            "auth": "key required" if services.auth.requires_key else "anonymous (local mode)",
-        }
-    )
+    body: dict[str, object] = {
+        "status": "healthy",
+        "models": len(services.router.model_names()),
+        "auth": "key required" if services.auth.requires_key else "anonymous (local mode)",
+    }
+    plane = services.extras.get("control_plane")
+    if plane is not None:
+        reachable = await plane.db.pool.reachable(probe_timeout_s=_DB_PROBE_TIMEOUT_S)
+        body["database"] = "reachable" if reachable else "unreachable"
+        if not reachable:
+            body["status"] = "degraded"
+            body["spend_buffered"] = plane.sink.pending
+    return _json(body)
 
 
 async def prometheus(request: Request) -> Response:

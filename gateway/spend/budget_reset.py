@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import asyncpg
-
+from gateway.db.guarded_pool import GuardedPool
+from gateway.db.outage import DatabaseUnavailable
 from gateway.keys.durations import parse_duration
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ _TABLES = (("virtual_keys", "token_hash", "key"), ("teams", "id", "team"), ("use
 
 
 async def reset_due_budgets(
-    pool: asyncpg.Pool,
+    pool: GuardedPool,
     *,
     now: datetime | None = None,
     limit: int = 1000,
@@ -74,7 +74,7 @@ class BudgetResetter:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: GuardedPool,
         *,
         interval: float = 30.0,
         on_reset: Callable[[str, str], None] | None = None,
@@ -94,6 +94,8 @@ class BudgetResetter:
                 n = await reset_due_budgets(self._pool, on_reset=self._on_reset)
                 if n:
                     log.info("reset %d budget(s)", n)
+            except DatabaseUnavailable:
+                pass  # the database circuit logs the outage; the next pass catches up
             except Exception as exc:
                 log.warning("budget reset pass failed: %s", exc)
             await asyncio.sleep(self._interval)

@@ -9,6 +9,12 @@ Each batch is one transaction:
 Each periodic tick writes what was queued when it started (``flush``), so under load the writer makes one
 batch per interval rather than a stream of tiny ones. A failed batch is rolled back and put back at the front
 of the queue; ``close`` flushes everything.
+
+Outages and crashes. While Postgres is unreachable the queue keeps growing, up to ``max_queue`` records
+(beyond that the oldest are dropped, counted and logged); the flusher retries each tick and the database
+circuit logs the outage, so nothing is logged per failed tick. With a ``SpendJournal`` every queued record
+is also appended to a local write-ahead file, released once committed; ``replay`` writes the journals of
+killed processes at start (the row ids make that idempotent).
 """
 
 from __future__ import annotations
@@ -19,14 +25,15 @@ import itertools
 import logging
 import secrets
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
-
+from gateway.db.guarded_pool import GuardedPool
+from gateway.db.outage import DatabaseUnavailable, LogThrottle
 from gateway.pipeline import UsageEvent
+from gateway.spend.journal import SpendJournal
 from gateway.spend.prices import PriceTable
 
 log = logging.getLogger(__name__)
@@ -70,15 +77,17 @@ class PostgresSpendSink:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: GuardedPool,
         prices: PriceTable | None = None,
         *,
         flush_interval: float = 1.0,
         batch_size: int = 500,
-        max_queue: int = 1_000_000,
+        max_queue: int = 100_000,
         on_charged: Callable[[str, str, float], None] | None = None,
+        journal: SpendJournal | None = None,
     ) -> None:
         self._pool = pool
+        self._journal = journal
         self._prices = prices or PriceTable()
         self._interval = flush_interval
         self._batch_size = batch_size
@@ -95,17 +104,32 @@ class PostgresSpendSink:
         self.rows_written = 0
         self.dropped = 0
         self.failed_flushes = 0
+        self._drop_log = LogThrottle(10.0)
 
     # -- the request path -------------------------------------------------------------------------
     def record(self, event: UsageEvent) -> None:
         """Queue an event (O(1), never awaits)."""
         queue = self._queue
-        queue.append((self._prefix + str(next(self._seq)), event))
+        row_id = self._prefix + str(next(self._seq))
+        queue.append((row_id, event))
+        if self._journal is not None:
+            self._journal.append(row_id, event)
         if len(queue) >= self._batch_size:
             self._wake.set()
             if len(queue) > self._max_queue:  # the database has been away for a long time
-                queue.popleft()
-                self.dropped += 1
+                self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        self._queue.popleft()
+        self.dropped += 1
+        if self._journal is not None:
+            self._journal.release(1)
+        if self._drop_log.due():
+            log.error(
+                "spend buffer full (%d records): dropping the oldest; %d dropped so far",
+                self._max_queue,
+                self.dropped,
+            )
 
     @property
     def pending(self) -> int:
@@ -113,9 +137,11 @@ class PostgresSpendSink:
 
     # -- background -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the periodic flusher (needs a running event loop)."""
+        """Start the periodic flusher and the journal writer (needs a running event loop)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="spend-flusher")
+        if self._journal is not None:
+            self._journal.start()
 
     async def _run(self) -> None:
         while not self._closed:
@@ -124,6 +150,8 @@ class PostgresSpendSink:
             self._wake.clear()
             try:
                 await self.flush()
+            except DatabaseUnavailable:  # kept in the queue; the circuit has logged the outage
+                await asyncio.sleep(min(5.0, self._interval))
             except Exception as exc:  # kept in the queue; retried next tick
                 log.warning("spend flush failed (%d events kept for retry): %s", self.pending, exc)
                 await asyncio.sleep(min(5.0, self._interval))
@@ -148,6 +176,8 @@ class PostgresSpendSink:
                     self.failed_flushes += 1
                     self._queue.extendleft(reversed(batch))  # back at the front, order kept
                     raise
+                if self._journal is not None:
+                    self._journal.release(n)
                 remaining -= n
         return written
 
@@ -170,12 +200,31 @@ class PostgresSpendSink:
         for attempt in range(5):
             try:
                 await self.flush_all()
-                return
+                break
             except Exception as exc:
                 log.warning("final spend flush attempt %d failed: %s", attempt + 1, exc)
                 await asyncio.sleep(0.2 * (attempt + 1))
+        if self._journal is not None:
+            await self._journal.close()  # keeps the files if anything is still uncommitted
         if self._queue:
-            log.error("spend: %d events could not be written at shutdown", len(self._queue))
+            where = "kept in the journal for the next start" if self._journal is not None else "lost"
+            log.error("spend: %d events could not be written at shutdown (%s)", len(self._queue), where)
+
+    async def replay(self, records: Iterable[tuple[str, UsageEvent]]) -> int:
+        """Write records journaled by an earlier process, in batches; ids already stored are skipped.
+
+        Returns the log rows inserted; raises (after writing some batches, maybe) like ``flush``.
+        """
+        written = 0
+        batch: list[tuple[str, UsageEvent]] = []
+        for record in records:
+            batch.append(record)
+            if len(batch) >= self._batch_size:
+                written += await self._write(batch)
+                batch = []
+        if batch:
+            written += await self._write(batch)
+        return written
 
     # -- the batch transaction --------------------------------------------------------------------
     def _cost(self, event: UsageEvent) -> Decimal:
