@@ -164,12 +164,17 @@ class OpenAICompatProvider:
                             continue  # SSE comment / keep-alive
                         if event.startswith(_ERROR_EVENT_STARTS):
                             raise _upstream_error(call, 500, event[event.find(b"{") :].strip())
-                        if event.startswith(b"data") and not event.rstrip().endswith(b"}"):
+                        if (
+                            event.startswith(b"data")
+                            and not event.endswith(b"}\n\n")  # the usual event: no copy made
+                            and not event.rstrip().endswith(b"}")
+                        ):
                             # Cut short or garbled: the client's SDK could not parse it either.
                             raise _malformed("upstream sent a malformed stream event")
-                        last_event = time.monotonic()
                         stalled = False
                         yield event
+                        # From here: the time our consumer took is not the upstream's stall.
+                        last_event = time.monotonic()
                     if stalled and not done:
                         raise ProviderTimeoutError(f"upstream sent no stream event for {read_timeout:g}s")
             except httpx.HTTPError as exc:
