@@ -115,6 +115,7 @@ class GeneralSettings(_Strict):
     spend_buffer_max_records: int = Field(default=100_000, ge=1)
     spend_journal: bool = True
     spend_journal_interval_ms: float = Field(default=5.0, gt=0, le=1000)
+    spend_journal_fsync_interval_ms: float = Field(default=50.0, gt=0, le=10_000)
 
 
 FallbackList = list[dict[str, list[str]]]

@@ -50,7 +50,11 @@ class ControlPlane:
 
         journal_dir = config.data_dir / "spend-journal"
         journal = (
-            _open_journal(journal_dir, settings.spend_journal_interval_ms / 1000)
+            _open_journal(
+                journal_dir,
+                settings.spend_journal_interval_ms / 1000,
+                settings.spend_journal_fsync_interval_ms / 1000,
+            )
             if settings.spend_journal
             else None
         )
@@ -104,9 +108,9 @@ async def _replay_orphans(directory: Path, sink: PostgresSpendSink) -> None:
         )
 
 
-def _open_journal(directory: Path, interval: float) -> SpendJournal | None:
+def _open_journal(directory: Path, interval: float, fsync_interval: float) -> SpendJournal | None:
     try:
-        return SpendJournal(directory, interval=interval)
+        return SpendJournal(directory, interval=interval, fsync_interval=fsync_interval)
     except OSError as exc:
         log.error("spend journal disabled (%s): a crash may lose the spend queued in memory", exc)
         return None

@@ -1,16 +1,17 @@
 """A write-ahead journal for spend records: what the sink holds in memory is also on disk, so a killed
 process loses (almost) nothing.
 
-The request path only appends an encoded line to a list (``append``: a few microseconds, no I/O). A
-background writer takes what accumulated, writes it to the active segment file and fsyncs it, in a
-worker thread, then sleeps ``interval`` before the next group; so there is at most one fsync per
-interval however many requests arrive, and none when idle.
+The request path only appends an encoded line to a list (``append``: about a microsecond, no I/O). A
+writer task takes what accumulated, appends it to the active segment file in one ``write`` and sleeps
+``interval`` (5 ms) before the next group; so there is at most one write per interval however many
+requests arrive, and none when idle. A syncer task fsyncs what was written every ``fsync_interval``
+(50 ms) in a worker thread, so the event loop never waits on the disk.
 
-Loss bound. A record is safe from SIGKILL once ``write`` returned (it is in the kernel's page cache)
-and from a power loss once the fsync returned. A record appended while the writer sleeps is written
-within ``interval``; one appended while the writer is busy waits for that write and fsync, then
-``interval``. So a SIGKILL loses at most the records appended during the last ``interval`` + one
-write-and-fsync before the kill (5 ms + typically a few ms).
+Loss bound. A record is safe from SIGKILL (or any crash of the process) once its ``write`` returned:
+it is in the kernel's page cache. It is written at most ``interval`` after it was appended (plus any
+event-loop lag, which delays requests as much). So a SIGKILL loses at most the spend of requests that
+finished within the last ``interval`` (5 ms) before the kill. A power loss or kernel crash loses at
+most what was written since the last fsync returned: ``fsync_interval`` (50 ms) + one fsync.
 
 Files, under ``directory``: ``<name>.lock`` (held with ``flock`` for the life of the process, so a
 starting process knows which journals have lost their owner) and segments ``<name>.<n>.jnl``, one
@@ -143,12 +144,20 @@ def _fsync_dir(directory: Path) -> None:
 
 # -- the live journal of this process -----------------------------------------------------------------
 class SpendJournal:
-    """This process's journal (see the module docstring). ``append`` and ``release`` run on the loop."""
+    """This process's journal (see the module docstring). Everything but the fsyncs runs on the loop."""
 
-    def __init__(self, directory: Path, *, interval: float = 0.005, segment_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        interval: float = 0.005,
+        fsync_interval: float = 0.05,
+        segment_bytes: int = 4 << 20,
+    ) -> None:
         self.directory = directory
         self.name = secrets.token_hex(6)
         self._interval = interval
+        self._fsync_interval = fsync_interval
         self._segment_bytes = segment_bytes
         directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(
@@ -157,17 +166,21 @@ class SpendJournal:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._pending: list[bytes] = []
         self._appended = 0  # records given to ``append``
-        self._written = 0  # records taken by the writer (on disk once its write returned)
+        self._written = 0  # records written (or skipped as already committed)
         self._done = 0  # records the sink committed or dropped: always the first ``_done`` appended
-        # Segment files, touched only by the writer (in its thread, one operation at a time).
         self._numbers = iter(range(1 << 62))
-        self._fd: int | None = None
+        self._fd: int | None = None  # the active segment
         self._active: Path | None = None
         self._active_bytes = 0
         self._closed: deque[tuple[Path, int]] = deque()  # (segment, index after its last record)
+        # What the syncer must fsync next: descriptors of retired segments (it closes them) and
+        # whether the active segment or the directory changed since its last pass.
+        self._retired: list[int] = []
+        self._dirty = False
+        self._new_names = False
         self._wake = asyncio.Event()
         self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.fsyncs = 0
 
     # -- the request path ---------------------------------------------------------------------------
@@ -185,60 +198,58 @@ class SpendJournal:
     def unwritten(self) -> int:
         return self._appended - self._written
 
-    # -- the writer ---------------------------------------------------------------------------------
+    # -- background ---------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="spend-journal")
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._write_loop(), name="spend-journal-writer"),
+                loop.create_task(self._sync_loop(), name="spend-journal-fsync"),
+            ]
 
-    async def _run(self) -> None:
+    async def _write_loop(self) -> None:
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
             try:
-                await self._sync()
+                self._write_pending()
             except OSError as exc:
                 # The records stay in memory and still reach Postgres; only crash safety is degraded.
                 log.error("spend journal write failed (%s); records not journaled until it recovers", exc)
                 await asyncio.sleep(1.0)
-            await asyncio.sleep(self._interval)  # group commit: what arrives meanwhile shares one fsync
+            await asyncio.sleep(self._interval)  # group: what arrives meanwhile goes in one write
 
-    async def _sync(self) -> None:
+    def _write_pending(self) -> None:
+        """Write the pending records to the active segment, then retire or delete what is committed.
+
+        A small append to the page cache (microseconds), done inline: a thread hand-off per group
+        would cost more than the write. The fsyncs, which can take milliseconds, run in ``_sync_loop``.
+        """
         batch, self._pending = self._pending, []
         start, done = self._written, self._done
         # Records already committed to Postgres need no journaling (a fast flush can overtake the writer).
         data = b"".join(batch[max(0, done - start) :])
         end = start + len(batch)
-        if not data and not self._housekeeping_due(done, end):
-            self._written = end
-            return
-        try:
-            await asyncio.to_thread(self._write_segment, data, end, done)
-        except BaseException:
-            self._pending[:0] = batch  # kept in order for the next attempt
-            raise
-        self._written = end
-
-    def _housekeeping_due(self, done: int, end: int) -> bool:
-        return bool(self._closed and self._closed[0][1] <= done) or (self._fd is not None and done >= end)
-
-    def _write_segment(self, data: bytes, end: int, done: int) -> None:
-        """In the writer's thread: append ``data``, fsync, then close or delete what is committed."""
         if data:
             if self._fd is None:
                 self._active = _segment_path(self.directory, self.name, next(self._numbers))
                 self._fd = os.open(self._active, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                 self._active_bytes = 0
-                _fsync_dir(self.directory)
-            _write_all(self._fd, data)
-            os.fsync(self._fd)
-            self.fsyncs += 1
+                self._new_names = True
+            try:
+                _write_all(self._fd, data)
+            except BaseException:
+                self._pending[:0] = batch  # kept in order for the next attempt
+                raise
             self._active_bytes += len(data)
+            self._dirty = True
+        self._written = end
         if (
             self._fd is not None
             and self._active is not None
             and (done >= end or self._active_bytes >= self._segment_bytes)
         ):
-            os.close(self._fd)
+            self._retired.append(self._fd)  # the syncer fsyncs and closes it
             self._closed.append((self._active, end))
             self._fd, self._active = None, None
         while self._closed and self._closed[0][1] <= done:
@@ -246,22 +257,56 @@ class SpendJournal:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    async def _sync_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self._fsync_interval)
+            try:
+                await self._sync()
+            except OSError as exc:
+                log.error("spend journal fsync failed: %s", exc)
+
+    async def _sync(self) -> None:
+        """fsync what was written since the last pass, in a thread (the loop never waits on the disk)."""
+        if not (self._dirty or self._retired or self._new_names):
+            return
+        retired, self._retired = self._retired, []
+        active = os.dup(self._fd) if self._fd is not None and self._dirty else None
+        new_names, self._dirty, self._new_names = self._new_names, False, False
+        await asyncio.to_thread(self._fsync_files, retired, active, new_names)
+
+    def _fsync_files(self, retired: list[int], active: int | None, new_names: bool) -> None:
+        if new_names:
+            _fsync_dir(self.directory)  # a new segment's name must survive a power loss too
+        for fd in [*retired, *([active] if active is not None else [])]:
+            try:
+                os.fsync(fd)
+                self.fsyncs += 1
+            finally:
+                os.close(fd)
+
     async def close(self) -> None:
-        """Stop the writer. All committed: remove the files; otherwise leave them for the next start."""
+        """Stop. All committed: remove the files; otherwise write, fsync and leave them for the next start."""
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
         clean = self._done >= self._appended
         if not clean:
-            await self._sync()  # the records still unwritten go to disk for the next start's replay
-        if self._fd is not None:
-            os.close(self._fd)
-            if self._active is not None:
-                self._closed.append((self._active, self._written))
+            try:
+                self._write_pending()  # the records still unwritten, for the next start's replay
+            except OSError as exc:
+                log.error("spend journal: final write failed (%s)", exc)
+        if self._fd is not None and self._active is not None:
+            self._retired.append(self._fd)
+            self._closed.append((self._active, self._written))
             self._fd, self._active = None, None
         if clean:
+            for fd in self._retired:
+                os.close(fd)
+            self._retired = []
             for path, _ in self._closed:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
@@ -269,6 +314,10 @@ class SpendJournal:
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / f"{self.name}{LOCK_SUFFIX}").unlink()
         else:
+            try:
+                await self._sync()
+            except OSError as exc:
+                log.error("spend journal: final fsync failed (%s)", exc)
             log.warning(
                 "spend journal %s keeps %d uncommitted record(s); the next start writes them",
                 self.name,

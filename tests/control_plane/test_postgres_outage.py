@@ -158,3 +158,30 @@ def test_known_keys_keep_working_and_spend_is_kept_through_a_postgres_outage(
     rows, total, charged = asyncio.run(_spend_of(url, key_hash))
     assert rows == responses
     assert total == charged == UNIT_COST * responses
+
+
+def test_spend_buffered_during_an_outage_survives_a_sigterm_and_is_written_at_the_next_start(
+    fake_upstream: FakeOpenAI, private_postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    url = private_postgres.url
+    config = gateway_config(fake_upstream.base_url)
+    config["general_settings"].update(key_cache_ttl_s=KEY_TTL_S, data_dir=str(tmp_path / "data"))
+    with gateway_process(config, env={"DATABASE_URL": url}) as gw:
+        created = _admin(gw, "/key/generate", {})
+        assert created.status_code == 200, created.text
+        key, key_hash = created.json()["key"], created.json()["token"]
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0)
+        for i in range(3):
+            _chat(client, i)
+        private_postgres.stop()
+        time.sleep(KEY_TTL_S * 2)
+        for i in range(10):
+            _chat(client, 10 + i)
+    # Stopped (SIGTERM) while Postgres was down: the final flush failed, the journal kept the records.
+    assert list((tmp_path / "data" / "spend-journal").glob("*.jnl"))
+    private_postgres.start()
+    with gateway_process(config, env={"DATABASE_URL": url}):
+        pass  # the start replays the journal
+    rows, total, charged = asyncio.run(_spend_of(url, key_hash))
+    assert rows == 13
+    assert total == charged == UNIT_COST * 13
