@@ -1,7 +1,7 @@
 """SIGKILL under load: the spend journal bounds what a killed gateway loses; it is truncated once committed.
 
-The stated bound (gateway/spend/journal.py, README): a SIGKILL loses at most the records of requests that
-finished within the last group-commit interval (5 ms) plus one journal write before the kill. The test
+The stated bound (gateway/spend/journal.py, README): a SIGKILL loses at most the spend of requests that
+finished within the last journal interval (5 ms) before the kill. The test
 checks it with a wide margin (``MARGIN_S``, 100 times the interval) so a slow machine does not fail it:
 every response received more than ``MARGIN_S`` before the kill has its spend row, no row is written twice,
 and the key is charged exactly the sum of its rows. The Postgres flusher is set to a long interval, so
