@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from gateway.config import GatewayConfig
 from gateway.errors import install_error_handlers
+from gateway.openapi import install_openapi
 from gateway.routes.chat import ChatCompletions
 from gateway.routes.health import liveliness, prometheus, readiness
 from gateway.routes.models import list_models
@@ -42,7 +43,8 @@ def create_app(config: GatewayConfig | None = None, *, builder: ServicesBuilder 
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        # Served without a key, as LiteLLM does (see gateway.openapi for why that is safe).
+        openapi_url="/openapi.json",
     )
     app.state.config = config
     app.state.services = None
@@ -63,6 +65,7 @@ def create_app(config: GatewayConfig | None = None, *, builder: ServicesBuilder 
     ]
     app.router.routes[:0] = hot
     include_extra_routes(app)
+    install_openapi(app)
     return app
 
 

@@ -1,0 +1,172 @@
+"""The gateway's OpenAPI document, served at ``/openapi.json``.
+
+FastAPI documents only its own ``APIRoute``s, and infers request bodies from handler signatures.
+Neither covers this gateway: the hot routes (chat, models, health, metrics) are plain Starlette
+routes, and the admin handlers read their bodies themselves (authenticate first, then parse a
+bounded body) so FastAPI sees no body. This module completes FastAPI's document: the hot routes
+by hand, each admin body from its pydantic model (``ADMIN_BODIES``), the OpenAI error shape as
+every error response, and which routes need a key.
+
+Served without a key, as LiteLLM does: it describes request shapes that are public anyway (this
+repository, LiteLLM's docs) and names no model, key, team or user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from gateway.admin import schemas
+
+# Every admin POST route and the model its body is validated against. A POST route missing here
+# gets no body schema, which tests/gateway/test_schemathesis.py refuses.
+ADMIN_BODIES: dict[str, type[BaseModel]] = {
+    "/key/generate": schemas.GenerateKeyRequest,
+    "/key/update": schemas.UpdateKeyRequest,
+    "/key/delete": schemas.DeleteKeysRequest,
+    "/key/regenerate": schemas.RegenerateKeyRequest,
+    "/key/{key}/regenerate": schemas.RegenerateKeyRequest,
+    "/key/block": schemas.KeyRef,
+    "/key/unblock": schemas.KeyRef,
+    "/team/new": schemas.NewTeamRequest,
+    "/team/update": schemas.UpdateTeamRequest,
+    "/team/delete": schemas.DeleteTeamsRequest,
+    "/team/block": schemas.TeamRef,
+    "/team/unblock": schemas.TeamRef,
+    "/team/member_add": schemas.TeamMemberAddRequest,
+    "/team/member_delete": schemas.TeamMemberDeleteRequest,
+    "/user/new": schemas.NewUserRequest,
+    "/user/update": schemas.UpdateUserRequest,
+    "/user/delete": schemas.DeleteUsersRequest,
+}
+# The path variant takes the key from the path; its body (the other fields) is optional.
+_OPTIONAL_BODY = {"/key/{key}/regenerate"}
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+# The chat body, described minimally: what the gateway itself reads. Everything else OpenAI
+# accepts is passed through to the provider, so other properties are allowed.
+_CHAT_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string"},
+        "messages": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+                    "content": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "stream": {"type": "boolean"},
+        "max_tokens": {"type": "integer"},
+        "max_completion_tokens": {"type": "integer"},
+        "temperature": {"type": "number"},
+        "user": {"type": "string"},
+    },
+}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _operation(
+    summary: str, *, keyed: bool, body: dict[str, Any] | None = None, ok: str = "application/json"
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            "200": {"description": "OK", "content": {ok: {"schema": {}}}},
+            "default": {"description": "An OpenAI-shaped error", "content": _json_content(_ERROR)},
+        },
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": _json_content(body)}
+    op["security"] = [{"bearer": []}] if keyed else []
+    return op
+
+
+def _hot_paths() -> dict[str, dict[str, Any]]:
+    chat = {"post": _operation("Create a chat completion (OpenAI's API)", keyed=True, body=_CHAT_BODY)}
+    models = {"get": _operation("List the models this key may use", keyed=True)}
+    return {
+        "/v1/chat/completions": chat,
+        "/chat/completions": chat,
+        "/v1/models": models,
+        "/models": models,
+        "/health": {"get": _operation("Probe every deployment (master key)", keyed=True)},
+        "/health/liveliness": {"get": _operation("The process answers", keyed=False)},
+        "/health/readiness": {"get": _operation("Ready for traffic", keyed=False)},
+        "/metrics": {"get": _operation("Prometheus metrics", keyed=False, ok="text/plain")},
+    }
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    """The whole document for ``app`` (FastAPI's, completed as the module docstring says)."""
+    doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    components = doc.setdefault("components", {})
+    defs = components.setdefault("schemas", {})
+    # FastAPI's 422 schemas describe an answer this gateway never gives (it answers 400).
+    for name in ("HTTPValidationError", "ValidationError"):
+        defs.pop(name, None)
+    defs["Error"] = _ERROR_SCHEMA
+    components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    doc["security"] = [{"bearer": []}]
+
+    models = sorted(set(ADMIN_BODIES.values()), key=lambda m: m.__name__)
+    refs, extra = models_json_schema(
+        [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+    )
+    defs.update(extra.get("$defs", {}))
+    paths: dict[str, dict[str, Any]] = doc.setdefault("paths", {})
+    for path, item in paths.items():
+        for method, op in item.items():
+            op["responses"] = {
+                "200": {"description": "OK", "content": _json_content({})},
+                "default": {"description": "An OpenAI-shaped error", "content": _json_content(_ERROR)},
+            }
+            model = ADMIN_BODIES.get(path) if method == "post" else None
+            if model is not None:
+                op["requestBody"] = {
+                    "required": path not in _OPTIONAL_BODY,
+                    "content": _json_content(refs[(model, "validation")]),
+                }
+    paths.update(_hot_paths())
+    return doc
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Make ``app.openapi()`` (and so ``/openapi.json``) return ``build_openapi(app)``, built once."""
+    cached: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        if not cached:
+            cached.update(build_openapi(app))
+        return cached
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,177 @@
+"""schemathesis against the gateway's own OpenAPI document: every route, a bounded number of examples.
+
+A real gateway process (real Postgres, real Redis limits with a TPM default, a fake OpenAI upstream)
+serves ``/openapi.json``; schemathesis generates requests for every operation in it (valid and
+invalid ones) and sends them with the master key. For each: no 5xx, and every 4xx body is the
+OpenAI error shape. After all of them the gateway must still be ready.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from gateway.app import create_app
+from gateway.config import GatewayConfig
+from gateway.openapi import ADMIN_BODIES
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.gateway_process import GatewayProcess, gateway_process
+from tests.support.postgres import fresh_database, postgres_server
+from tests.support.redis_server import redis_url
+
+MASTER_KEY = "sk-schemathesis-master"
+MODEL = "gpt-fake"
+EXAMPLES = 25  # per operation: 33 operations in about 40 s on a 2-core box (8 missed a real 500)
+
+# 500s found here in code owned elsewhere and not fixed yet: (method, path template) -> why. Each is
+# reported as xfail (only for that operation, only when it answers 5xx); delete the row once fixed.
+KNOWN_500S: dict[tuple[str, str], str] = {
+    ("POST", "/key/{key}/regenerate"): (
+        "gateway/admin/router.py _regenerate: json.loads of a non-JSON body (e.g. b'\\x00') is not "
+        "caught when the key is in the path: 500 instead of 400 (issue 12, bad input)"
+    ),
+}
+_known_hits: list[str] = []
+
+__all__ = ["redis_url"]  # the session fixture, used by `gateway` below
+
+
+@pytest.fixture(scope="module")
+def gateway(redis_url: str) -> Iterator[GatewayProcess]:
+    with ExitStack() as stack:
+        server = stack.enter_context(postgres_server())
+        database_url = stack.enter_context(fresh_database(server, "switchyard_schemathesis"))
+        fake = stack.enter_context(FakeOpenAI())
+        config: dict[str, Any] = {
+            "model_list": [
+                {
+                    "model_name": MODEL,
+                    "params": {"model": "openai/fake", "api_base": fake.base_url, "api_key": "sk-up"},
+                }
+            ],
+            "general_settings": {
+                "master_key": MASTER_KEY,
+                "database_url": database_url,
+                "redis_url": redis_url,
+                "redis_timeout_s": 2.0,
+            },
+            # Every request goes through the Redis limiter with token accounting (large max_tokens...).
+            "limit_settings": {"key_prefix": f"sy-schema-{uuid.uuid4().hex[:8]}", "key_tpm": 10**9},
+            "cache_settings": {"enabled": True},
+        }
+        yield stack.enter_context(gateway_process(config))
+
+
+# Built in-process from the same code that serves /openapi.json (compared below): schemathesis's
+# lazy fixture loader does not work with pytest 9, and the cases must exist at collection time.
+schema = schemathesis.openapi.from_dict(create_app(GatewayConfig()).openapi())
+
+
+def _assert_openai_error(status: int, body: bytes) -> None:
+    import json
+
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        pytest.fail(f"{status} with a body that is not JSON: {body[:300]!r}")
+    assert isinstance(doc, dict) and isinstance(doc.get("error"), dict), (status, doc)
+    err = doc["error"]
+    assert {"message", "type", "param", "code"} <= err.keys(), (status, err)
+    assert isinstance(err["message"], str) and err["message"], (status, err)
+    assert isinstance(err["type"], str), (status, err)
+    assert err["param"] is None or isinstance(err["param"], str), (status, err)
+    assert err["code"] is None or isinstance(err["code"], str), (status, err)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,  # the same cases every run: a failure here is reproducible, not flaky
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+def test_every_operation(case: schemathesis.Case, gateway: GatewayProcess) -> None:
+    body = case.body
+    if (
+        case.path.endswith("/chat/completions")
+        and isinstance(body, dict)
+        and isinstance(body.get("model"), str)
+    ):
+        # Half of the chat cases name the served model, so they reach the router and the upstream
+        # rather than all ending at "model not found".
+        if len(str(body.get("messages"))) % 2 == 0:
+            body["model"] = MODEL
+    response = case.call(
+        base_url=gateway.base_url, headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=30
+    )
+    known = KNOWN_500S.get((case.method.upper(), case.path))
+    if response.status_code >= 500 and known is not None:
+        _known_hits.append(case.as_curl_command())
+        pytest.xfail(known)
+    assert response.status_code < 500, (
+        f"{response.status_code} for {case.as_curl_command()}\n{response.content[:500]!r}"
+    )
+    if response.status_code >= 400:
+        _assert_openai_error(response.status_code, response.content)
+
+
+def _flat(routes: list[Any]) -> Iterator[Any]:
+    """Routes, with those of included routers (FastAPI keeps them nested) listed too."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flat(inner.routes)
+        else:
+            yield route
+
+
+def test_the_document_covers_every_route() -> None:
+    """A route added without documentation (a plain Starlette route, an admin body) fails here."""
+    app = create_app(GatewayConfig())
+    doc = app.openapi()
+    documented = {(path, method.upper()) for path, item in doc["paths"].items() for method in item}
+    served: set[tuple[str, str]] = set()
+    for route in _flat(app.routes):
+        path = getattr(route, "path", None)
+        methods = getattr(route, "methods", None) or set()
+        if path is None or path == app.openapi_url:
+            continue
+        served |= {(path, m) for m in methods if m != "HEAD"}
+    assert ("/key/generate", "POST") in served  # included routers were looked into
+    assert served - documented == set()
+    posts = {path for path, method in served if method == "POST"}
+    hot = {"/v1/chat/completions", "/chat/completions"}
+    assert posts - hot == set(ADMIN_BODIES), "an admin POST route without its body model in ADMIN_BODIES"
+    for path in posts:
+        assert "requestBody" in doc["paths"][path]["post"], path
+
+
+def test_the_document_is_served_without_a_key(gateway: GatewayProcess) -> None:
+    r = httpx.get(gateway.base_url + "/openapi.json")
+    assert r.status_code == 200
+    # The very document the cases above were generated from.
+    assert r.json() == schema.raw_schema
+
+
+def test_still_healthy_afterwards(gateway: GatewayProcess) -> None:
+    # Runs after every generated case (pytest keeps the file's order).
+    assert gateway.alive(), gateway.logs()[-3000:]
+    r = httpx.get(gateway.base_url + "/health/readiness", timeout=10)
+    assert r.status_code == 200, r.text
+    chat = httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "still there?"}]},
+        headers={"authorization": f"Bearer {MASTER_KEY}"},
+        timeout=30,
+    )
+    assert chat.status_code == 200, chat.text
+    if not _known_hits:  # a known 500 (xfailed above) logs its traceback
+        assert "Traceback" not in gateway.logs()
