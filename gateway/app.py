@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
+from gateway import metrics
 from gateway.config import GatewayConfig
 from gateway.errors import install_error_handlers
 from gateway.openapi import install_openapi
@@ -27,6 +28,7 @@ def create_app(config: GatewayConfig | None = None, *, builder: ServicesBuilder 
     ``include_extra_routes`` below.
     """
     config = config or GatewayConfig()
+    metrics.label_models(entry.model_name for entry in config.model_list)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

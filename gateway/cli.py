@@ -102,6 +102,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.server.bounds import RequestBounds
+    from gateway.server.protocol import protocol_class
 
     _protect_secrets(config)
     app = create_app(config)
@@ -114,7 +116,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        # httptools with every part of reading a request bounded (header size and count, a deadline
+        # per phase, Content-Length) and OpenAI-shaped errors even for malformed HTTP.
+        http=protocol_class(RequestBounds.from_config(config)),
         lifespan="on",
         server_header=False,
         date_header=True,

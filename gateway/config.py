@@ -100,6 +100,9 @@ class GeneralSettings(_Strict):
     database_url: str | None = Field(default_factory=lambda: _env("DATABASE_URL"), repr=False)
     redis_url: str | None = Field(default_factory=lambda: _env("REDIS_URL"), repr=False)
     max_request_body_mb: float = Field(default=10.0, gt=0)
+    # Reading one request (see gateway/server/bounds.py): headers from their first byte, then the body.
+    request_header_timeout_s: float = Field(default=10.0, gt=0)
+    request_body_timeout_s: float = Field(default=30.0, gt=0)
     data_dir: str = ".switchyard"
     # Redis down: "open" each instance enforces the full limits alone, "divide" limit / live
     # instances (last count seen in Redis), "closed" 503 (see gateway.limits.redis_limiter).

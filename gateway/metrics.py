@@ -3,9 +3,15 @@
 Registered in prometheus-client's default registry so other components' metrics (Redis, the
 limiter, spend) appear on the same page. Label children are cached: ``labels()`` takes a lock
 and formats strings, which is measurable on the hot path.
+
+The ``model`` label takes only configured model names (``label_models``): callers choose the name
+they send, and a label per name would let them grow the page and the process without bound. Any
+other name, and a request without one, is counted as ``unknown``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
@@ -22,20 +28,26 @@ LATENCY = Histogram(
 )
 IN_FLIGHT = Gauge("switchyard_requests_in_flight", "Chat completion requests being served now.")
 
+UNKNOWN_MODEL = "unknown"
+
 _request_children: dict[tuple[str, int], Counter] = {}
 _latency_children: dict[str, Histogram] = {}
-# Callers pick the model name; cap label cardinality so junk names cannot grow memory forever.
-_MAX_MODELS = 1000
+_models: frozenset[str] = frozenset()
+
+
+def label_models(names: Iterable[str]) -> None:
+    """The model names that get their own label (the configured ones); set when the app is built."""
+    global _models
+    _models = frozenset(names)
 
 
 def observe(model: str, status: int, seconds: float) -> None:
     """Count one finished request."""
+    if model not in _models:
+        model = UNKNOWN_MODEL
     hist = _latency_children.get(model)
     if hist is None:
-        if len(_latency_children) >= _MAX_MODELS:
-            model = "other"
-        hist = _latency_children.get(model) or LATENCY.labels(model)
-        _latency_children[model] = hist
+        hist = _latency_children[model] = LATENCY.labels(model)
     hist.observe(seconds)
     key = (model, status)
     counter = _request_children.get(key)

@@ -43,6 +43,7 @@ from gateway.keys import store
 from gateway.keys.durations import next_reset, parse_duration
 from gateway.keys.records import KeyRecord, TeamRecord
 from gateway.keys.tokens import display_name, generate_key, hash_key
+from gateway.server.body import ClientGone, check_json_depth, read_body
 
 router = APIRouter(tags=["admin"])
 Body = TypeVar("Body", bound=BaseModel)
@@ -80,7 +81,7 @@ async def _parse(request: Request, model: type[Body]) -> Body:
     """
     async with _plane(request).db.pool.acquire() as conn:
         await _caller(request, conn)
-    raw = await request.body()
+    raw = await _body(request)
     try:
         data = json.loads(raw or b"{}")
     except ValueError:
@@ -98,6 +99,20 @@ async def _parse(request: Request, model: type[Body]) -> Body:
         )
         msg = err["msg"].removeprefix("Value error, ")
         raise bad_request(f"{param}: {msg}" if param else msg, param=param) from None
+
+
+async def _body(request: Request) -> bytes:
+    """The raw body: bounded (``max_request_body_mb``), its nesting checked before any parser runs.
+
+    Read only once the caller is known, so a stranger's body is never read.
+    """
+    limit = request.app.state.config.max_request_body_bytes
+    try:
+        raw = await read_body(request.receive, request.headers.get("content-length"), limit)
+    except ClientGone:
+        raise bad_request("the client disconnected before sending the whole body") from None
+    check_json_depth(raw)
+    return raw
 
 
 async def _caller(request: Request, conn: asyncpg.Connection) -> Caller:
@@ -409,8 +424,11 @@ async def key_list(
 async def _regenerate(request: Request, ref: str | None) -> Response:
     body = await _parse(request, schemas.RegenerateKeyRequest) if ref is None else None
     if ref is not None:
-        raw = await request.body()
-        data = json.loads(raw) if raw.strip() else {}
+        raw = await _body(request)
+        try:
+            data = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            raise bad_request("the request body is not valid JSON") from None
         try:
             body = schemas.RegenerateKeyRequest.model_validate(
                 {**(data if isinstance(data, dict) else {}), "key": ref}

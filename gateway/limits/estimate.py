@@ -11,6 +11,10 @@ from typing import Any
 # ~4 characters per token for English text with BPE tokenizers; per-message framing ~4 tokens.
 _CHARS_PER_TOKEN = 4
 _PER_MESSAGE = 4
+# The largest completion budget and ``n`` a request may ask for (the chat route answers 400 past
+# them): reservations are Redis integers, and max_tokens x n must stay far inside 64 bits.
+MAX_COMPLETION_TOKENS = 2**31 - 1
+MAX_N = 128
 
 
 def _text_len(content: Any) -> int:
@@ -46,6 +50,7 @@ def estimate_tokens(body: dict[str, Any]) -> int:
     """Prompt estimate plus the completion budget the caller asked for (``max_tokens`` x ``n``)."""
     budget = body.get("max_completion_tokens") or body.get("max_tokens") or 0
     n = body.get("n") or 1
-    if not isinstance(budget, int) or not isinstance(n, int):
+    if type(budget) is not int or type(n) is not int:  # a bool is an int to isinstance
         budget, n = 0, 1
-    return estimate_prompt_tokens(body) + max(0, budget) * max(1, n)
+    budget = min(max(0, budget), MAX_COMPLETION_TOKENS)
+    return estimate_prompt_tokens(body) + budget * min(max(1, n), MAX_N)

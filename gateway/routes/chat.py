@@ -28,8 +28,10 @@ from gateway.cache.lru import Entry
 from gateway.cache.service import StreamRecorder
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, as_gateway_error, bad_request, error_body
+from gateway.limits.estimate import MAX_COMPLETION_TOKENS, MAX_N
 from gateway.pipeline import Admission, Principal, Usage, UsageEvent
 from gateway.routing.router import RoutedResponse, RoutedStream
+from gateway.server.body import ClientGone, check_json_depth, read_body
 from gateway.services import Services
 from providers.base import UsageTap, parse_usage
 
@@ -55,10 +57,6 @@ _id_counter = itertools.count(1)
 
 def _new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
-
-
-class ClientGone(Exception):
-    """The client disconnected before the request body was read."""
 
 
 class _Outcome:
@@ -113,7 +111,7 @@ class ChatCompletions:
         principal = await services.auth.authenticate(_token(headers))
 
         # 2. Read the body (bounded) and check only the fields the gateway needs.
-        raw = await _read_body(receive, headers, services.config.max_request_body_bytes)
+        raw = await read_body(receive, headers.get(b"content-length"), services.config.max_request_body_bytes)
         body = _parse_body(raw)
         model: str = body["model"]
         outcome.model = model
@@ -230,42 +228,19 @@ def _token(headers: dict[bytes, bytes]) -> str | None:
     )
 
 
-def _too_large(limit: int) -> GatewayError:
-    mb = limit / (1024 * 1024)
-    return GatewayError(
-        413, f"request body is larger than {mb:g} MB", "invalid_request_error", "request_too_large"
-    )
-
-
-async def _read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
-    declared = headers.get(b"content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise _too_large(limit)
-        except ValueError:
-            raise bad_request("invalid Content-Length header") from None
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:  # enforced while reading too: Content-Length may be absent (chunked)
-                raise _too_large(limit)
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+# Integer fields the gateway does arithmetic with (the TPM reservation, a Redis integer): (low, high).
+_INT_FIELDS = (
+    ("max_tokens", 1, MAX_COMPLETION_TOKENS),
+    ("max_completion_tokens", 1, MAX_COMPLETION_TOKENS),
+    ("n", 1, MAX_N),
+)
 
 
 def _parse_body(raw: bytes) -> dict[str, Any]:
     """Parse with orjson and check only what the gateway itself relies on."""
     if not raw:
         raise bad_request("request body is empty; expected a JSON object", code="invalid_json")
+    check_json_depth(raw)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -289,6 +264,10 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
         raise bad_request("'stream_options' must be an object", "stream_options")
     if options is not None and not stream:
         raise bad_request("'stream_options' is only allowed when 'stream' is true", "stream_options")
+    for name, low, high in _INT_FIELDS:
+        value = body.get(name)
+        if value is not None and (type(value) is not int or not low <= value <= high):
+            raise bad_request(f"'{name}' must be an integer from {low} to {high}", name)
     return body
 
 
