@@ -114,6 +114,9 @@ def test_sigkill_under_load_loses_at_most_the_last_moments(
         driver.start()
         try:
             _wait_until(lambda: len(load.received) >= KILL_AFTER, f"{KILL_AFTER} responses")
+            # Keep the load on past the margin, so those responses count as settled however fast the
+            # machine served them, and the kill still lands mid-load.
+            time.sleep(2 * MARGIN_S)
             os.killpg(gw.process.pid, signal.SIGKILL)
             killed_at = time.monotonic()
         finally:
@@ -130,7 +133,7 @@ def test_sigkill_under_load_loses_at_most_the_last_moments(
         assert not _segments(journal), "the replayed journal was not removed"
 
     settled = {rid for rid, at in load.received.items() if at < killed_at - MARGIN_S}
-    assert len(settled) >= KILL_AFTER // 2
+    assert len(settled) >= KILL_AFTER
     missing = settled - set(ids)
     assert not missing, f"{len(missing)} of {len(settled)} responses sent before the kill have no spend row"
     assert len(ids) == len(set(ids)), "a record was written twice"

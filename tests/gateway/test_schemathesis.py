@@ -30,16 +30,6 @@ MASTER_KEY = "sk-schemathesis-master"
 MODEL = "gpt-fake"
 EXAMPLES = 25  # per operation: 33 operations in about 40 s on a 2-core box (8 missed a real 500)
 
-# 500s found here in code owned elsewhere and not fixed yet: (method, path template) -> why. Each is
-# reported as xfail (only for that operation, only when it answers 5xx); delete the row once fixed.
-KNOWN_500S: dict[tuple[str, str], str] = {
-    ("POST", "/key/{key}/regenerate"): (
-        "gateway/admin/router.py _regenerate: json.loads of a non-JSON body (e.g. b'\\x00') is not "
-        "caught when the key is in the path: 500 instead of 400 (issue 12, bad input)"
-    ),
-}
-_known_hits: list[str] = []
-
 __all__ = ["redis_url"]  # the session fixture, used by `gateway` below
 
 
@@ -112,10 +102,6 @@ def test_every_operation(case: schemathesis.Case, gateway: GatewayProcess) -> No
     response = case.call(
         base_url=gateway.base_url, headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=30
     )
-    known = KNOWN_500S.get((case.method.upper(), case.path))
-    if response.status_code >= 500 and known is not None:
-        _known_hits.append(case.as_curl_command())
-        pytest.xfail(known)
     assert response.status_code < 500, (
         f"{response.status_code} for {case.as_curl_command()}\n{response.content[:500]!r}"
     )
@@ -173,5 +159,4 @@ def test_still_healthy_afterwards(gateway: GatewayProcess) -> None:
         timeout=30,
     )
     assert chat.status_code == 200, chat.text
-    if not _known_hits:  # a known 500 (xfailed above) logs its traceback
-        assert "Traceback" not in gateway.logs()
+    assert "Traceback" not in gateway.logs()
