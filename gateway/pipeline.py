@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+# Re-exported: the stages below and their callers name it from here.
+from providers.usage import Usage as Usage
+
 
 @dataclass(frozen=True, slots=True)
 class LimitScope:
@@ -60,16 +63,6 @@ class Principal:
         if self.key_hash:
             return f"key:{self.key_hash}"
         return "global"
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-from gateway.pipeline import Usage
+from providers.usage import Usage
 
 __all__ = [
     "ChatProvider",

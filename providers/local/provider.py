@@ -18,13 +18,13 @@ from typing import Any
 
 import orjson
 
-from gateway.pipeline import Usage
 from local_engine.config import EngineConfig
 from local_engine.engine.async_engine import AsyncEngine, EngineDeadError
 from local_engine.loader import ModelLoadError
 from local_engine.server.protocol import OpenAIError
 from local_engine.server.serving import OpenAIServing
 from providers.base import ContextWindowExceededError, ProviderCall, ProviderError, ProviderResponse
+from providers.usage import Usage
 
 DEFAULT_NAMES = {"smollm2", "default"}
 _ENGINE_PARAMS = {
