@@ -300,11 +300,17 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             conn = reused_conn or await self._connect(origin, timeouts.get("connect"))
             try:
                 return await self._exchange(origin, conn, payload, request, timeouts.get("read"))
-            except httpx.RemoteProtocolError:
+            except (httpx.RemoteProtocolError, httpx.NetworkError):
                 if reused_conn is None or conn.received:
                     raise
-                # The idle connection was closed by the upstream as we reused it (keep-alive
-                # race), before any byte of a response: it was not processed; retry once, fresh.
+                # Keep-alive race: the upstream closed the idle connection as we reused it. Our
+                # request then meets a closed socket: a FIN (RemoteProtocolError) or, when it
+                # arrives after the close, a RST (ReadError from connection_lost). Either way no
+                # byte of a response came back, so the upstream did not process it: retry once
+                # on a fresh connection (as browsers do; the router would retry the 502 anyway,
+                # at the cost of a cooldown failure). Never on a fresh connection (the upstream
+                # refused this request), after response bytes (it may have been processed), or
+                # on a timeout (it may still be running).
                 conn = await self._connect(origin, timeouts.get("connect"))
                 return await self._exchange(origin, conn, payload, request, timeouts.get("read"))
         except BaseException:
