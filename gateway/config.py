@@ -129,6 +129,8 @@ class RouterSettings(_Strict):
     num_retries: int = Field(default=2, ge=0)
     timeout: float | None = Field(default=None, gt=0)
     retry_budget_s: float | None = Field(default=None, gt=0)
+    # Setting allowed_fails explicitly also applies it to models with a single deployment, which
+    # otherwise cool down only when every call fails (see gateway.routing.cooldowns).
     allowed_fails: int = Field(default=3, ge=0)
     allowed_fails_window_s: float = Field(default=60.0, gt=0)
     cooldown_time: float = Field(default=5.0, ge=0)

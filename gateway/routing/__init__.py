@@ -21,7 +21,8 @@ Several ``model_list`` entries may share one ``model_name``; each is a deploymen
 - ``allowed_fails`` within ``allowed_fails_window_s`` -> out for ``cooldown_time`` seconds (a 429
   with ``Retry-After`` -> out for that long). Shared through Redis when
   ``general_settings.redis_url`` is set. A model whose deployments are all cooling down answers
-  503 at once with ``Retry-After``.
+  503 at once with ``Retry-After``. A model's only deployment is cooled down only when
+  ``allowed_fails`` is set explicitly, or after 1000 failures in a row (see ``cooldowns``).
 - ``first_chunk_timeout``: streams must produce their first event within it (per deployment:
   ``stream_timeout``). Streams are retried only before their first event.
 

@@ -4,6 +4,28 @@ A deployment that fails ``allowed_fails`` times within ``allowed_fails_window_s`
 down for ``cooldown_time`` seconds; a 429 carrying ``Retry-After`` cools it down for that long
 at once. Deadlines live on ``DeploymentState.cooldown_until`` so the pick reads a float.
 
+The only deployment of a model (a "lone" deployment) is different: cooling it down does not
+move traffic anywhere, it answers every caller 503 for ``cooldown_time``. At 1,100 req/s, 25
+transient failures (a burst of resets on pooled connections) turned into thousands of 503s.
+So, as LiteLLM does (PRs 5673, 7823, 8668), a lone deployment is cooled down only when
+
+- ``router_settings.allowed_fails`` was set explicitly in the config: the operator asked for
+  the counting rule above, and gets it unchanged (Retry-After included); or
+- every call to it failed and there were many: ``single_deployment_min_fails`` (1,000, as
+  LiteLLM's ``SINGLE_DEPLOYMENT_TRAFFIC_FAILURE_THRESHOLD``) failures in a row, with no success
+  in between, within ``allowed_fails_window_s``. That is an upstream that is down, not a blip,
+  under enough traffic (>= ~17 req/s for the default 60 s window) that shedding it with fast
+  503s saves callers the wait and the upstream the load. Counting failures *in a row* is
+  stricter than LiteLLM's "100% of this minute's calls", which a minute boundary can split.
+  The streak is counted per instance (a success must end it, and successes are not shared);
+  once an instance trips it, the cooldown is shared through Redis as usual.
+
+An upstream 429 with ``Retry-After`` does not cool a lone deployment down (LiteLLM: 429s cool
+down only deployments of multi-deployment groups): the upstream keeps answering each caller
+with its own 429 and ``Retry-After``, which is more precise than our 503 for everyone (its limit
+may be per request size or free up early), and costs it almost nothing. Groups of two or more
+deployments keep the counting rule above whatever the config says.
+
 With Redis configured, failures are counted and deadlines published there (a sorted set of
 ``deployment id -> deadline`` that prunes itself, plus a per-failure-counter key with a TTL),
 so every gateway instance stops sending to a failing deployment. Reads go through a short
@@ -16,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -41,6 +63,10 @@ class CooldownSettings:
     allowed_fails_window_s: float = 60.0
     cooldown_time: float = 30.0
     refresh_interval_s: float = 0.2
+    # Whether the config set allowed_fails itself: then lone deployments follow it too.
+    allowed_fails_set: bool = False
+    # Failures in a row that cool down a lone deployment when allowed_fails was not set.
+    single_deployment_min_fails: int = 1000
 
 
 class CooldownManager:
@@ -57,6 +83,12 @@ class CooldownManager:
         self.settings = settings
         self._by_id = {d.id: d for d in deployments}
         self._fails: dict[str, deque[float]] = {}
+        # Lone deployments under the "every call failed" rule; for them ``_fails`` holds the
+        # current streak (a success clears it).
+        self._lone: frozenset[str] = frozenset()
+        if not settings.allowed_fails_set:
+            group_sizes = Counter(d.model_name for d in self._by_id.values())
+            self._lone = frozenset(i for i, d in self._by_id.items() if group_sizes[d.model_name] == 1)
         self._redis = redis
         if namespace is None:
             namespace = f"{getattr(redis, 'key_prefix', 'sy')}:router"
@@ -76,9 +108,12 @@ class CooldownManager:
     async def record_failure(self, d: DeploymentState, *, retry_after: float | None = None) -> bool:
         """Count one failure of ``d``; return True if it is now cooled down.
 
-        ``retry_after`` (from a 429) cools the deployment down for that long immediately.
+        ``retry_after`` (from a 429) cools the deployment down for that long immediately,
+        except for a lone deployment (see the module docstring).
         """
         now = time.time()
+        if d.id in self._lone:
+            return await self._record_lone_failure(d, now)
         if retry_after is not None and retry_after > 0:
             await self.cool_down(d, min(retry_after, MAX_RETRY_AFTER_COOLDOWN_S), now=now)
             return True
@@ -93,6 +128,24 @@ class CooldownManager:
             self._fails.pop(d.id, None)
             return True
         return False
+
+    async def _record_lone_failure(self, d: DeploymentState, now: float) -> bool:
+        # Counted locally only: the streak ends at this instance's next success, and a Redis
+        # round trip per failure is what a failure storm can least afford.
+        if self._count_local(d.id, now) < self.settings.single_deployment_min_fails:
+            return False
+        log.warning("deployment %s, the only one of its model, failed every call: cooling it down", d.id)
+        await self.cool_down(d, self.settings.cooldown_time, now=now)
+        self._fails.pop(d.id, None)
+        return True
+
+    def record_success(self, d: DeploymentState) -> None:
+        """A call to ``d`` succeeded: a lone deployment's failure streak ends.
+
+        Other deployments keep counting failures within the window regardless of successes.
+        """
+        if self._fails and d.id in self._lone:
+            self._fails.pop(d.id, None)
 
     def _count_local(self, dep_id: str, now: float) -> int:
         q = self._fails.get(dep_id)
@@ -192,8 +245,3 @@ class CooldownManager:
         except Exception as exc:
             log.warning("router shared cooldown state unavailable: %s", type(exc).__name__)
             return None
-
-    def clear(self, d: DeploymentState) -> None:
-        """Forget local failures of ``d`` (e.g. after a success)."""
-        if d.id in self._fails:
-            del self._fails[d.id]

@@ -5,7 +5,8 @@ a deployment with the configured strategy (``ModelGroup.pick``), call its provid
 failures (429, 5xx, timeouts, connection errors) are retried under tenacity with backoff,
 preferring a deployment this request has not tried yet; when the model is exhausted the
 ``fallbacks`` run in order, and context-window / content-policy refusals go to their own
-fallback lists. Failing deployments are cooled down (shared through Redis when configured).
+fallback lists. Failing deployments are cooled down (shared through Redis when configured;
+the only deployment of a model only under the stricter rule in ``cooldowns``).
 A model whose deployments are all cooling down answers 503 at once with ``Retry-After``.
 
 Streams are retried only before the first event: ``chat`` returns once the first event has
@@ -241,6 +242,7 @@ class Router:
                 allowed_fails=settings.allowed_fails,
                 allowed_fails_window_s=settings.allowed_fails_window_s,
                 cooldown_time=settings.cooldown_time,
+                allowed_fails_set="allowed_fails" in settings.model_fields_set,
             ),
             redis,
         )
@@ -399,6 +401,7 @@ class Router:
                 if resp.usage is not None:
                     d.add_tokens(time.time(), resp.usage.total_tokens)
                 d.on_end()
+                self.cooldowns.record_success(d)
                 return RoutedResponse(resp, dep, trace.attempts, trace.upstream_s + time.monotonic() - t0)
             first_timeout = min(
                 dep.stream_timeout or self.settings.first_chunk_timeout or call.timeout, call.timeout
@@ -440,6 +443,7 @@ class Router:
             raise
         ttft = time.monotonic() - t0
         d.record_ttft(ttft)
+        self.cooldowns.record_success(d)
         return RoutedStream(
             first,
             events,
