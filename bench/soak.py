@@ -9,9 +9,10 @@ unique, so every request misses the cache and reaches the upstream.
 Load is open-loop: request i is due at ``start + i / rate`` whether or not earlier ones finished,
 and its latency counts from that due time (a stalled gateway shows up as latency, not as a slower
 generator). Each report interval (default one minute) prints throughput, p50/p99 latency, errors
-and the gateway's RSS. At the end, the spend check: the ``spend_logs`` rows of the soak's key must
-be exactly the requests answered 200 (same ``x-request-id`` set, no duplicates, no extras), and the
-key's ``spend`` the sum of those rows.
+(counted by kind: ``http <status> <error.code>`` from the gateway's OpenAI-shaped body, or the
+client-side exception's name) and the gateway's RSS. At the end, the spend check: the
+``spend_logs`` rows of the soak's key must be exactly the requests answered 200 (same
+``x-request-id`` set, no duplicates, no extras), and the key's ``spend`` the sum of those rows.
 
 The bar: zero errors, RSS growth under 10% (from the end of the first interval, once warm, to the
 end), spend exact. The exit status is 0 when it is met.
@@ -186,6 +187,14 @@ def _body(run: str, i: int) -> bytes:
     )
 
 
+class _Unanswered(Exception):
+    """A connection failed before any byte of the response arrived (``cause`` says how)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class RawClient:
     """HTTP/1.1 keep-alive over plain asyncio streams: the load generator must cost far less CPU than
     the gateway it measures (httpx spends milliseconds per request, more than the gateway itself)."""
@@ -195,8 +204,8 @@ class RawClient:
         self.timeout = timeout
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
-    async def post(self, path: str, headers: str, body: bytes) -> int:
-        """The response status (the body is read and dropped)."""
+    async def post(self, path: str, headers: str, body: bytes) -> tuple[int, bytes]:
+        """The response status, and the body when the status is not 200 (a 200's is dropped)."""
         request = (
             f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
             f"{headers}content-length: {len(body)}\r\n\r\n"
@@ -208,28 +217,47 @@ class RawClient:
                 continue
             try:
                 return await self._exchange(conn, request)
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial:
-                    raise
-                # Closed by the server just as we reused it, before it read the request: what
-                # every HTTP client does then is retry on a new connection.
-        return await self._exchange(await asyncio.open_connection("127.0.0.1", self.port), request)
+            except _Unanswered:
+                # Closed by the server just as we reused it (a FIN: EOF; or a RST, when our
+                # request reached the closed socket: reset or broken pipe), before any byte of a
+                # response: the request was not processed. Retry once on a new connection, as
+                # every HTTP client does.
+                break
+        try:
+            return await self._exchange(await asyncio.open_connection("127.0.0.1", self.port), request)
+        except _Unanswered as exc:
+            raise exc.cause from None  # on a fresh connection it is a real error
 
-    async def _exchange(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes) -> int:
+    async def _exchange(
+        self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes
+    ) -> tuple[int, bytes]:
         reader, writer = conn
+        body = b""
         try:
             async with asyncio.timeout(self.timeout):
-                writer.write(request)
-                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                try:
+                    writer.write(request)
+                    # The first byte alone: a failure before it means the request went unanswered.
+                    first = await reader.readexactly(1)
+                except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+                    raise _Unanswered(exc) from exc
+                head = (first + await reader.readuntil(b"\r\n\r\n")).lower()
                 status = int(head[9:12])
+                keep = status != 200  # an error's body says which error (its code)
                 if b"transfer-encoding: chunked" in head:
+                    chunks = []
                     while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
-                        await reader.readexactly(size + 2)
+                        chunk = await reader.readexactly(size + 2)
+                        if keep:
+                            chunks.append(chunk[:-2])
                     await reader.readuntil(b"\r\n")
+                    body = b"".join(chunks)
                 else:
                     pos = head.find(b"content-length:")
                     length = int(head[pos + 15 : head.find(b"\r\n", pos)]) if pos >= 0 else 0
-                    await reader.readexactly(length)
+                    data = await reader.readexactly(length)
+                    if keep:
+                        body = data
         except BaseException:
             writer.close()
             raise
@@ -237,12 +265,21 @@ class RawClient:
             writer.close()
         else:
             self._idle.append(conn)
-        return status
+        return status, body
 
     def close(self) -> None:
         for _, writer in self._idle:
             writer.close()
         self._idle.clear()
+
+
+def _error_code(body: bytes) -> str:
+    """The OpenAI error's ``code`` (else its ``type``) from an error body; "?" if there is none."""
+    try:
+        error = orjson.loads(body)["error"]
+        return str(error.get("code") or error.get("type") or "?")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return "?"
 
 
 async def _one(
@@ -257,8 +294,8 @@ async def _one(
     rid = f"soak-{run}-{i}"
     headers = f"authorization: Bearer {key}\r\nx-request-id: {rid}\r\n"
     try:
-        status = await client.post("/v1/chat/completions", headers, _body(run, i))
-        outcome = "ok" if status == 200 else f"http {status}"
+        status, body = await client.post("/v1/chat/completions", headers, _body(run, i))
+        outcome = "ok" if status == 200 else f"http {status} {_error_code(body)}"
     except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
         outcome = type(exc).__name__
     latency = time.monotonic() - due
