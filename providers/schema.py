@@ -124,6 +124,9 @@ class GenerationRequest:
     # reasoning effort ({"effort": "low"}): passed to upstreams that understand it.
     reasoning: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The wire format ``extra`` came from ("openai_chat", "anthropic_messages", "openai_responses"):
+    # a codec sends ``extra`` on only to an upstream of that same format.
+    source_format: str | None = None
 
 
 # ---- response ----------------------------------------------------------------------------------
