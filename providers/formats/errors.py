@@ -1,4 +1,4 @@
-"""The one error a codec raises: the input is not valid in its format."""
+"""What codecs raise: the input is not valid in its format, or the upstream stream reported an error."""
 
 from __future__ import annotations
 
@@ -14,3 +14,13 @@ class FormatError(ValueError):
         super().__init__(message)
         self.message = message
         self.param = param
+
+
+class StreamError(Exception):
+    """An upstream stream ended with an error event/object instead of the rest of the answer."""
+
+    def __init__(self, message: str, type_: str | None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.type = type_
+        self.code = code

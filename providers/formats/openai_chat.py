@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from providers.formats.errors import FormatError
+from providers.formats.errors import FormatError, StreamError
+from providers.formats.fields import opt_bool, opt_int, opt_num, opt_str, req_list, req_obj, req_str
 from providers.formats.sse import DONE
 from providers.schema import (
     Finish,
@@ -78,90 +79,43 @@ _FINISH_IN: dict[str, FinishReason] = {
 _DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+);base64,(.*)", re.DOTALL)
 
 
-# ---- small readers (each names the field it rejects) ---------------------------------------
-
-
-def _obj(value: Any, param: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise FormatError(f"'{param}' must be an object", param)
-    return value
-
-
-def _list(value: Any, param: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise FormatError(f"'{param}' must be an array", param)
-    return value
-
-
-def _str(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise FormatError(f"'{param}' must be a string", param)
-    return value
-
-
-def _opt_str(value: Any, param: str) -> str | None:
-    return None if value is None else _str(value, param)
-
-
-def _opt_int(value: Any, param: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FormatError(f"'{param}' must be an integer", param)
-    return value
-
-
-def _opt_num(value: Any, param: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FormatError(f"'{param}' must be a number", param)
-    return value
-
-
-def _opt_bool(value: Any, param: str) -> bool | None:
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise FormatError(f"'{param}' must be a boolean", param)
-    return value
-
-
 # ---- request: client body -> GenerationRequest ----------------------------------------------
 
 
 def parse_request(body: Mapping[str, Any]) -> GenerationRequest:
     """A Chat Completions request body as a ``GenerationRequest``; ``FormatError`` if invalid."""
-    model = _str(body.get("model"), "model")
-    raw_messages = _list(body.get("messages"), "messages")
+    model = req_str(body.get("model"), "model")
+    raw_messages = req_list(body.get("messages"), "messages")
     if not raw_messages:
         raise FormatError("'messages' must not be empty", "messages")
     messages = [_parse_message(m, f"messages.{i}") for i, m in enumerate(raw_messages)]
-    max_tokens = _opt_int(body.get("max_completion_tokens"), "max_completion_tokens")
+    max_tokens = opt_int(body.get("max_completion_tokens"), "max_completion_tokens")
     if max_tokens is None:
-        max_tokens = _opt_int(body.get("max_tokens"), "max_tokens")
+        max_tokens = opt_int(body.get("max_tokens"), "max_tokens")
     stop = body.get("stop")
     if isinstance(stop, str):
         stops = [stop]
     elif stop is None:
         stops = []
     else:
-        stops = [_str(s, f"stop.{i}") for i, s in enumerate(_list(stop, "stop"))]
-    effort = _opt_str(body.get("reasoning_effort"), "reasoning_effort")
+        stops = [req_str(s, f"stop.{i}") for i, s in enumerate(req_list(stop, "stop"))]
+    effort = opt_str(body.get("reasoning_effort"), "reasoning_effort")
     return GenerationRequest(
         model=model,
         messages=messages,
-        stream=bool(_opt_bool(body.get("stream"), "stream")),
+        stream=bool(opt_bool(body.get("stream"), "stream")),
         max_tokens=max_tokens,
-        temperature=_opt_num(body.get("temperature"), "temperature"),
-        top_p=_opt_num(body.get("top_p"), "top_p"),
+        temperature=opt_num(body.get("temperature"), "temperature"),
+        top_p=opt_num(body.get("top_p"), "top_p"),
         stop=stops,
-        tools=[_parse_tool(t, f"tools.{i}") for i, t in enumerate(_list(body.get("tools") or [], "tools"))],
+        tools=[
+            _parse_tool(t, f"tools.{i}") for i, t in enumerate(req_list(body.get("tools") or [], "tools"))
+        ],
         tool_choice=_parse_tool_choice(body.get("tool_choice")),
-        parallel_tool_calls=_opt_bool(body.get("parallel_tool_calls"), "parallel_tool_calls"),
+        parallel_tool_calls=opt_bool(body.get("parallel_tool_calls"), "parallel_tool_calls"),
         response_format=_parse_response_format(body.get("response_format")),
-        seed=_opt_int(body.get("seed"), "seed"),
-        user=_opt_str(body.get("user"), "user"),
+        seed=opt_int(body.get("seed"), "seed"),
+        user=opt_str(body.get("user"), "user"),
         reasoning=None if effort is None else {"effort": effort},
         extra={k: v for k, v in body.items() if k not in _KNOWN},
         source_format=FORMAT,
@@ -169,7 +123,7 @@ def parse_request(body: Mapping[str, Any]) -> GenerationRequest:
 
 
 def _parse_message(raw: Any, param: str) -> Message:
-    msg = _obj(raw, param)
+    msg = req_obj(raw, param)
     role = msg.get("role")
     content = msg.get("content")
     if role in ("system", "developer"):
@@ -180,11 +134,11 @@ def _parse_message(raw: Any, param: str) -> Message:
         parts = [] if content is None else _parse_content(content, f"{param}.content")
         calls = [
             _parse_tool_call(c, f"{param}.tool_calls.{i}")
-            for i, c in enumerate(_list(msg.get("tool_calls") or [], f"{param}.tool_calls"))
+            for i, c in enumerate(req_list(msg.get("tool_calls") or [], f"{param}.tool_calls"))
         ]
         return Message("assistant", parts, tool_calls=calls, name=msg.get("name"))
     if role == "tool":
-        call_id = _str(msg.get("tool_call_id"), f"{param}.tool_call_id")
+        call_id = req_str(msg.get("tool_call_id"), f"{param}.tool_call_id")
         return Message("tool", _parse_content(content, f"{param}.content"), tool_call_id=call_id)
     raise FormatError(
         f"'{param}.role' must be one of system, developer, user, assistant, tool", f"{param}.role"
@@ -195,15 +149,15 @@ def _parse_content(content: Any, param: str) -> list[Part]:
     if isinstance(content, str):
         return [TextPart(content)]
     parts: list[Part] = []
-    for i, raw in enumerate(_list(content, param)):
-        part = _obj(raw, f"{param}.{i}")
+    for i, raw in enumerate(req_list(content, param)):
+        part = req_obj(raw, f"{param}.{i}")
         kind = part.get("type")
         if kind == "text":
-            parts.append(TextPart(_str(part.get("text"), f"{param}.{i}.text")))
+            parts.append(TextPart(req_str(part.get("text"), f"{param}.{i}.text")))
         elif kind == "image_url":
-            image = _obj(part.get("image_url"), f"{param}.{i}.image_url")
-            url = _str(image.get("url"), f"{param}.{i}.image_url.url")
-            detail = _opt_str(image.get("detail"), f"{param}.{i}.image_url.detail")
+            image = req_obj(part.get("image_url"), f"{param}.{i}.image_url")
+            url = req_str(image.get("url"), f"{param}.{i}.image_url.url")
+            detail = opt_str(image.get("detail"), f"{param}.{i}.image_url.detail")
             inline = _DATA_URL.fullmatch(url)
             if inline:
                 parts.append(ImagePart(data=inline.group(2), media_type=inline.group(1), detail=detail))
@@ -215,58 +169,58 @@ def _parse_content(content: Any, param: str) -> list[Part]:
 
 
 def _parse_tool_call(raw: Any, param: str) -> ToolCall:
-    call = _obj(raw, param)
-    fn = _obj(call.get("function"), f"{param}.function")
+    call = req_obj(raw, param)
+    fn = req_obj(call.get("function"), f"{param}.function")
     return ToolCall(
-        id=_str(call.get("id"), f"{param}.id"),
-        name=_str(fn.get("name"), f"{param}.function.name"),
-        arguments=_str(fn.get("arguments", ""), f"{param}.function.arguments"),
+        id=req_str(call.get("id"), f"{param}.id"),
+        name=req_str(fn.get("name"), f"{param}.function.name"),
+        arguments=req_str(fn.get("arguments", ""), f"{param}.function.arguments"),
     )
 
 
 def _parse_tool(raw: Any, param: str) -> Tool:
-    tool = _obj(raw, param)
+    tool = req_obj(raw, param)
     if tool.get("type") != "function":
         raise FormatError(f"'{param}.type' must be 'function'", f"{param}.type")
-    fn = _obj(tool.get("function"), f"{param}.function")
+    fn = req_obj(tool.get("function"), f"{param}.function")
     parameters = fn.get("parameters")
     return Tool(
-        name=_str(fn.get("name"), f"{param}.function.name"),
-        description=_opt_str(fn.get("description"), f"{param}.function.description"),
+        name=req_str(fn.get("name"), f"{param}.function.name"),
+        description=opt_str(fn.get("description"), f"{param}.function.description"),
         parameters=(
-            dict(_obj(parameters, f"{param}.function.parameters"))
+            dict(req_obj(parameters, f"{param}.function.parameters"))
             if parameters is not None
             else {"type": "object", "properties": {}}
         ),
-        strict=_opt_bool(fn.get("strict"), f"{param}.function.strict"),
+        strict=opt_bool(fn.get("strict"), f"{param}.function.strict"),
     )
 
 
 def _parse_tool_choice(raw: Any) -> str | None:
     if raw is None or raw in ("auto", "none", "required"):
         return raw
-    choice = _obj(raw, "tool_choice")
+    choice = req_obj(raw, "tool_choice")
     if choice.get("type") != "function":
         raise FormatError("'tool_choice' must be auto, none, required or a function", "tool_choice")
-    fn = _obj(choice.get("function"), "tool_choice.function")
-    return _str(fn.get("name"), "tool_choice.function.name")
+    fn = req_obj(choice.get("function"), "tool_choice.function")
+    return req_str(fn.get("name"), "tool_choice.function.name")
 
 
 def _parse_response_format(raw: Any) -> ResponseFormat | None:
     if raw is None:
         return None
-    fmt = _obj(raw, "response_format")
+    fmt = req_obj(raw, "response_format")
     kind = fmt.get("type")
     if kind in ("text", "json_object"):
         return ResponseFormat(kind)
     if kind == "json_schema":
-        spec = _obj(fmt.get("json_schema"), "response_format.json_schema")
+        spec = req_obj(fmt.get("json_schema"), "response_format.json_schema")
         schema = spec.get("schema")
         return ResponseFormat(
             "json_schema",
-            name=_str(spec.get("name"), "response_format.json_schema.name"),
-            schema=None if schema is None else dict(_obj(schema, "response_format.json_schema.schema")),
-            strict=_opt_bool(spec.get("strict"), "response_format.json_schema.strict"),
+            name=req_str(spec.get("name"), "response_format.json_schema.name"),
+            schema=None if schema is None else dict(req_obj(schema, "response_format.json_schema.schema")),
+            strict=opt_bool(spec.get("strict"), "response_format.json_schema.strict"),
         )
     raise FormatError(
         "'response_format.type' must be text, json_object or json_schema", "response_format.type"
@@ -422,11 +376,11 @@ def build_response(resp: GenerationResponse) -> dict[str, Any]:
 
 def parse_response(body: Mapping[str, Any]) -> GenerationResponse:
     """A ``chat.completion`` body (its first choice) as a ``GenerationResponse``."""
-    choices = _list(body.get("choices"), "choices")
+    choices = req_list(body.get("choices"), "choices")
     if not choices:
         raise FormatError("'choices' is empty", "choices")
-    choice = _obj(choices[0], "choices.0")
-    message = _obj(choice.get("message"), "choices.0.message")
+    choice = req_obj(choices[0], "choices.0")
+    message = req_obj(choice.get("message"), "choices.0.message")
     content = message.get("content")
     text = content if isinstance(content, str) else ""
     if isinstance(content, list):
@@ -436,7 +390,7 @@ def parse_response(body: Mapping[str, Any]) -> GenerationResponse:
     reasoning = message.get("reasoning_content", message.get("reasoning"))
     calls = [
         _parse_tool_call(c, f"choices.0.message.tool_calls.{i}")
-        for i, c in enumerate(_list(message.get("tool_calls") or [], "choices.0.message.tool_calls"))
+        for i, c in enumerate(req_list(message.get("tool_calls") or [], "choices.0.message.tool_calls"))
     ]
     created = body.get("created")
     return GenerationResponse(
@@ -452,16 +406,6 @@ def parse_response(body: Mapping[str, Any]) -> GenerationResponse:
 
 
 # ---- stream: upstream chunks -> StreamEvents -------------------------------------------------
-
-
-class StreamError(Exception):
-    """The upstream ended its stream with an error object instead of chunks."""
-
-    def __init__(self, message: str, type_: str | None, code: str | None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.type = type_
-        self.code = code
 
 
 class StreamParser:
@@ -488,7 +432,7 @@ class StreamParser:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise FormatError(f"stream chunk is not JSON: {exc}") from None
-        return self.feed(_obj(chunk, "chunk"))
+        return self.feed(req_obj(chunk, "chunk"))
 
     def feed(self, chunk: Mapping[str, Any]) -> list[StreamEvent]:
         error = chunk.get("error")
