@@ -60,6 +60,10 @@ class Behavior:
     prompt_tokens: int = 7
     headers: dict[str, str] = field(default_factory=dict)
     fail_after_chunks: int | None = None  # drop the connection after this many content deltas
+    # Tool calls to answer with, (id, name, arguments JSON text), after any content; finish_reason
+    # becomes "tool_calls". Streamed as OpenAI does: the first piece of each call carries its id
+    # and name, then its arguments in three fragments, one call after another.
+    tool_calls: list[tuple[str, str, str]] = field(default_factory=list)
 
     def pieces(self) -> list[str]:
         if self.content is None:
@@ -240,9 +244,9 @@ class FakeOpenAI:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "message": _message(text, behavior.tool_calls),
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": "tool_calls" if behavior.tool_calls else "stop",
                 }
             ],
             "usage": _usage(behavior),
@@ -287,7 +291,14 @@ class FakeOpenAI:
                 if behavior.chunk_delay_s:
                     await asyncio.sleep(behavior.chunk_delay_s)
                 yield chunk({"content": piece}, None)
-            yield chunk({}, "stop")
+            for index, (call_id, name, arguments) in enumerate(behavior.tool_calls):
+                head = {"index": index, "id": call_id, "type": "function"}
+                yield chunk({"tool_calls": [{**head, "function": {"name": name, "arguments": ""}}]}, None)
+                third = -(-len(arguments) // 3) or 1
+                for start in range(0, len(arguments), third):
+                    fragment = {"index": index, "function": {"arguments": arguments[start : start + third]}}
+                    yield chunk({"tool_calls": [fragment]}, None)
+            yield chunk({}, "tool_calls" if behavior.tool_calls else "stop")
             if include_usage:
                 usage_chunk = {
                     "id": cid,
@@ -308,6 +319,17 @@ class FakeOpenAI:
                 elif behavior.fail_after_chunks is None:
                     self.cancelled += 1
                     self._cancel_event.set()
+
+
+def _message(text: str, tool_calls: list[tuple[str, str, str]]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if tool_calls:
+        message["content"] = text or None
+        message["tool_calls"] = [
+            {"id": cid, "type": "function", "function": {"name": name, "arguments": args}}
+            for cid, name, args in tool_calls
+        ]
+    return message
 
 
 def _usage(behavior: Behavior) -> dict[str, int]:
