@@ -13,12 +13,12 @@ import path, so a gateway that only proxies hosted providers never imports them.
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 
+from providers.contract import ChatProvider, ProviderCall, ProviderResponse
 from providers.usage import Usage
 
 __all__ = [
@@ -34,40 +34,6 @@ __all__ = [
     "UsageTap",
     "parse_usage",
 ]
-
-
-@dataclass(slots=True)
-class ProviderCall:
-    """One request to one upstream deployment.
-
-    ``body`` is the caller's OpenAI-format request body (already parsed); adapters must not
-    mutate it (the router may reuse it for a retry on another deployment) and must send
-    ``model`` as ``upstream_model``. Unknown fields in ``body`` pass through unchanged.
-    ``params`` are the deployment's full params from the config (provider-specific extras).
-    """
-
-    upstream_model: str
-    body: dict[str, Any]
-    api_base: str | None = None
-    api_key: str | None = None
-    timeout: float = 600.0  # whole request (non-streaming)
-    stream_timeout: float | None = None  # time to first byte and between chunks when streaming
-    request_id: str = ""
-    extra_headers: dict[str, str] = field(default_factory=dict)
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class ProviderResponse:
-    """A complete (non-streaming) upstream response.
-
-    ``body`` is the OpenAI-format JSON body exactly as it will be returned to the client.
-    """
-
-    status: int
-    body: bytes
-    usage: Usage | None = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 # How much of an upstream's error text is passed on. Scrubbing looks at a much larger window
@@ -247,27 +213,6 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
             continue
         return seconds / 1000.0 if name == "retry-after-ms" else seconds
     return None
-
-
-@runtime_checkable
-class ChatProvider(Protocol):
-    """An adapter for one family of upstream APIs."""
-
-    async def chat(self, call: ProviderCall) -> ProviderResponse:
-        """Send a non-streaming chat completion; raise ``ProviderError`` on any failure."""
-        ...
-
-    def chat_stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
-        """Stream a chat completion as OpenAI-format SSE events.
-
-        Each item is one complete event, ``b"data: {...}\\n\\n"`` (a ``chat.completion.chunk``),
-        never the ``data: [DONE]`` sentinel (the gateway appends it). Upstream usage must be
-        requested always (``stream_options.include_usage``) so accounting never loses tokens;
-        the gateway strips the usage chunk if the client did not ask for it. Errors before or
-        during the stream are raised as ``ProviderError``. Closing the iterator (``aclose``)
-        must cancel the upstream request.
-        """
-        ...
 
 
 def parse_usage(obj: Any) -> Usage | None:

@@ -1,0 +1,1 @@
+"""The client APIs the gateway answers (one module each); ``base`` is the contract they share."""
