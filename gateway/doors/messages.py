@@ -20,7 +20,7 @@ import orjson
 from providers.formats import anthropic_messages, openai_chat
 from providers.formats.errors import FormatError, StreamError
 from providers.formats.sse import SSEDecoder
-from providers.schema import GenerationRequest, Message, TextPart
+from providers.schema import GenerationRequest, GenerationResponse, Message, StreamEvent, TextPart
 
 OPERATION = "messages"
 PATH = "/v1/messages"
@@ -80,9 +80,11 @@ def upstream_body(req: GenerationRequest, model: str) -> bytes:
     return orjson.dumps(chat)
 
 
-def write_response(chat_completion: Mapping[str, Any]) -> bytes:
-    """An upstream ``chat.completion`` as the Anthropic ``message`` body."""
-    return orjson.dumps(anthropic_messages.build_response(openai_chat.parse_response(chat_completion)))
+def write_response(answer: GenerationResponse | Mapping[str, Any]) -> bytes:
+    """The Anthropic ``message`` body for a typed answer, or for an upstream's raw ``chat.completion``."""
+    if not isinstance(answer, GenerationResponse):
+        answer = openai_chat.parse_response(answer)
+    return orjson.dumps(anthropic_messages.build_response(answer))
 
 
 # Rough but stated: ~4 characters a token plus a few per message, as the limiter's admission
@@ -104,9 +106,10 @@ def _message_chars(msg: Message) -> int:
 
 
 class MessagesStream:
-    """An upstream's OpenAI-format stream events in, Anthropic's event sequence out.
+    """An upstream's stream in, Anthropic's event sequence out.
 
-    ``feed`` takes the bytes of one or more ``data:`` events as the router yields them; ``end``
+    Typed path: ``write`` one ``StreamEvent``. Raw path (an OpenAI-compatible upstream's bytes):
+    ``feed`` takes the bytes of one or more ``data:`` events as the router yields them. ``end``
     closes the message (message_delta with stop_reason and usage, message_stop); ``fail`` ends a
     stream that broke after it started with Anthropic's ``error`` event. An upstream error event
     inside the stream (``data: {"error": ...}``) is turned into that same ``error`` event.
@@ -123,6 +126,9 @@ class MessagesStream:
     @property
     def failed(self) -> bool:
         return self._failed
+
+    def write(self, event: StreamEvent) -> bytes:
+        return b"" if self._failed else self._writer.write(event)
 
     def feed(self, chunk: bytes) -> bytes:
         if self._failed:

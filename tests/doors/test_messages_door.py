@@ -10,7 +10,9 @@ from __future__ import annotations
 import orjson
 
 from gateway.doors import messages
+from providers.formats import openai_chat
 from providers.formats.sse import SSEDecoder
+from providers.schema import Finish
 
 
 def _chunk(delta: dict, finish: str | None = None) -> bytes:
@@ -62,6 +64,42 @@ def test_upstream_error_event_becomes_anthropic_error_event_and_ends_the_stream(
     assert stream.failed
     assert stream.feed(_chunk({"content": "late"})) == b""
     assert stream.end() == b""
+
+
+def test_typed_path_writes_the_same_events_as_the_raw_path() -> None:
+    raw = messages.MessagesStream(input_tokens=2)
+    body = raw.feed(
+        _chunk({"role": "assistant", "content": ""}) + _chunk({"content": "hi"}) + _chunk({}, "stop")
+    )
+    body += raw.end()
+    typed = messages.MessagesStream(input_tokens=2)
+    parsed = openai_chat.StreamParser()
+    out = b""
+    for event in SSEDecoder().feed(_chunk({"role": "assistant", "content": ""}) + _chunk({"content": "hi"})):
+        for item in parsed.feed_data(event.data):
+            out += typed.write(item)
+    out += typed.write(Finish("stop")) + typed.end()
+    assert out == body
+    assert b'"text_delta","text":"hi"' in out
+
+
+def test_plain_answer_both_paths() -> None:
+    completion = {
+        "id": "chatcmpl-1",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "length"}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+    raw = orjson.loads(messages.write_response(completion))
+    assert raw["content"] == [{"type": "text", "text": "hi"}]
+    assert raw["stop_reason"] == "max_tokens"
+    assert raw["usage"]["input_tokens"] == 3
+    assert messages.write_response(openai_chat.parse_response(completion)) == messages.write_response(
+        completion
+    )
 
 
 def test_error_shape_and_auth_headers() -> None:
