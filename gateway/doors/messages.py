@@ -1,10 +1,10 @@
 """``POST /v1/messages`` and ``POST /v1/messages/count_tokens``: the Anthropic Messages door.
 
-What this door declares (the pipeline conducts the stages): the operation ("messages"), how its
-body becomes the internal request (``read_request``), the body an OpenAI-compatible upstream is
-sent (``upstream_body``), how the upstream's answer is written back (``write_response``,
-``MessagesStream``), and its error shape (``error_body``: Anthropic's
-``{"type": "error", "error": {"type", "message"}}``, never OpenAI's, on this door).
+The door declares (``gateway.doors.base``); the pipeline conducts the stages. Requests take the
+typed path: the body becomes a ``GenerationRequest``, the provider answers with a
+``GenerationResponse`` or ``StreamEvent``s (an OpenAI-compatible adapter translates with
+``providers.formats.openai_chat``), written back as Anthropic's ``message`` or its event
+sequence. Errors on this door are Anthropic's ``{"type": "error", "error": {"type", "message"}}``.
 
 Auth: the ``anthropic`` SDK sends its key as ``x-api-key``; bearer auth is accepted too.
 ``anthropic-version`` is accepted and not checked (one version of the API is spoken).
@@ -13,18 +13,27 @@ Auth: the ``anthropic`` SDK sends its key as ``x-api-key``; bearer auth is accep
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
-from providers.formats import anthropic_messages, openai_chat
-from providers.formats.errors import FormatError, StreamError
-from providers.formats.sse import SSEDecoder
-from providers.schema import GenerationRequest, GenerationResponse, Message, StreamEvent, TextPart
-
-OPERATION = "messages"
-PATH = "/v1/messages"
-COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+from gateway.doors.base import Door, DoorCall, DoorOperation, DoorRequest, ErrorFormat, EventWriter
+from gateway.errors import GatewayError, bad_request
+from gateway.server.body import check_json_depth
+from providers.formats import anthropic_messages
+from providers.formats.errors import FormatError
+from providers.schema import (
+    Finish,
+    GenerationRequest,
+    GenerationResponse,
+    Message,
+    ReasoningDelta,
+    StreamStart,
+    TextDelta,
+    TextPart,
+    ToolCallDelta,
+    UsageReport,
+)
 
 # Anthropic's error type for each status (https://docs.anthropic.com/en/api/errors).
 _ERROR_TYPES = {
@@ -53,48 +62,14 @@ def error_body(status: int, message: str) -> bytes:
     return orjson.dumps({"type": "error", "error": {"type": error_type(status), "message": message}})
 
 
-def api_key(headers: Mapping[bytes, bytes]) -> str | None:
-    """The key from ``x-api-key`` (what the anthropic SDK sends), else from ``Authorization: Bearer``."""
-    key = headers.get(b"x-api-key")
-    if key:
-        return key.decode("latin-1").strip()
-    auth = headers.get(b"authorization", b"")
-    if auth[:7].lower() == b"bearer ":
-        return auth[7:].decode("latin-1").strip()
-    return None
-
-
-def read_request(body: Mapping[str, Any]) -> GenerationRequest:
-    """The body as the internal request; ``FormatError`` (a 400 naming the field) if invalid."""
-    return anthropic_messages.parse_request(body)
-
-
-def read_count_tokens(body: Mapping[str, Any]) -> GenerationRequest:
-    return anthropic_messages.parse_request(body, require_max_tokens=False)
-
-
-def upstream_body(req: GenerationRequest, model: str) -> bytes:
-    """The Chat Completions body for an OpenAI-compatible upstream serving ``model``."""
-    chat = openai_chat.build_request(req)
-    chat["model"] = model
-    return orjson.dumps(chat)
-
-
-def write_response(answer: GenerationResponse | Mapping[str, Any]) -> bytes:
-    """The Anthropic ``message`` body for a typed answer, or for an upstream's raw ``chat.completion``."""
-    if not isinstance(answer, GenerationResponse):
-        answer = openai_chat.parse_response(answer)
-    return orjson.dumps(anthropic_messages.build_response(answer))
-
-
 # Rough but stated: ~4 characters a token plus a few per message, as the limiter's admission
-# estimate does. Used when the model's deployment has no tokenizer the gateway can run.
+# estimate does. Used where no tokenizer for the model runs in the gateway.
 _CHARS_PER_TOKEN = 4
 _PER_MESSAGE = 4
 
 
 def estimate_input_tokens(req: GenerationRequest) -> int:
-    """An estimate of the prompt's tokens (text, tool schemas), for count_tokens without a tokenizer."""
+    """An estimate of the prompt's tokens (text, tool calls, tool schemas)."""
     chars = sum(_message_chars(m) for m in req.messages)
     chars += sum(len(t.name) + len(t.description or "") + len(orjson.dumps(t.parameters)) for t in req.tools)
     return chars // _CHARS_PER_TOKEN + _PER_MESSAGE * len(req.messages)
@@ -105,48 +80,80 @@ def _message_chars(msg: Message) -> int:
     return text + sum(len(c.name) + len(c.arguments) for c in msg.tool_calls)
 
 
-class MessagesStream:
-    """An upstream's stream in, Anthropic's event sequence out.
+def _parse(raw: bytes) -> dict[str, Any]:
+    check_json_depth(raw)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise bad_request("request body must be a JSON object")
+    return body
 
-    Typed path: ``write`` one ``StreamEvent``. Raw path (an OpenAI-compatible upstream's bytes):
-    ``feed`` takes the bytes of one or more ``data:`` events as the router yields them. ``end``
-    closes the message (message_delta with stop_reason and usage, message_stop); ``fail`` ends a
-    stream that broke after it started with Anthropic's ``error`` event. An upstream error event
-    inside the stream (``data: {"error": ...}``) is turned into that same ``error`` event.
-    """
 
-    __slots__ = ("_decoder", "_failed", "_parser", "_writer")
+def _read(body: Mapping[str, Any], *, require_max_tokens: bool) -> GenerationRequest:
+    try:
+        return anthropic_messages.parse_request(body, require_max_tokens=require_max_tokens)
+    except FormatError as exc:
+        raise bad_request(exc.message, exc.param) from None
 
-    def __init__(self, *, input_tokens: int) -> None:
-        self._decoder = SSEDecoder()
-        self._parser = openai_chat.StreamParser()
-        self._writer = anthropic_messages.StreamWriter(input_tokens=input_tokens)
-        self._failed = False
 
-    @property
-    def failed(self) -> bool:
-        return self._failed
+class MessagesDoor(Door):
+    operation: ClassVar[DoorOperation] = "messages"
+    error_format: ClassVar[ErrorFormat] = "anthropic"
+    extra_headers: ClassVar[tuple[bytes, ...]] = (b"x-api-key", b"anthropic-version")
 
-    def write(self, event: StreamEvent) -> bytes:
-        return b"" if self._failed else self._writer.write(event)
+    def token(self, headers: Mapping[bytes, bytes]) -> str | None:
+        key = headers.get(b"x-api-key")
+        if key and key.strip():
+            return key.decode("latin-1").strip()
+        return super().token(headers)
 
-    def feed(self, chunk: bytes) -> bytes:
-        if self._failed:
-            return b""
-        out = b""
-        try:
-            for event in self._decoder.feed(chunk):
-                for item in self._parser.feed_data(event.data):
-                    out += self._writer.write(item)
-        except StreamError as exc:
-            return out + self.fail(529 if exc.type == "overloaded_error" else 500, exc.message)
-        except FormatError as exc:
-            return out + self.fail(502, f"upstream stream could not be translated: {exc.message}")
-        return out
+    async def read(self, raw: bytes, call: DoorCall) -> DoorRequest:
+        body = _parse(raw)
+        req = _read(body, require_max_tokens=True)
+        prompt = estimate_input_tokens(req)
+        # Everything but ``stream`` decides the answer: a plain answer also serves a stream.
+        material = {k: v for k, v in body.items() if k != "stream"}
+        return DoorRequest(
+            model=req.model,
+            stream=req.stream,
+            request=req,
+            cache_material=material,
+            estimated_tokens=prompt + (req.max_tokens or 0),
+            state=prompt,
+        )
 
-    def end(self) -> bytes:
-        return b"" if self._failed else self._writer.end()
+    def write(self, response: GenerationResponse, req: DoorRequest) -> bytes:
+        return orjson.dumps(anthropic_messages.build_response(response))
 
-    def fail(self, status: int, message: str) -> bytes:
-        self._failed = True
-        return anthropic_messages.error_event(error_type(status), message)
+    def stream_writer(self, req: DoorRequest) -> EventWriter:
+        return anthropic_messages.StreamWriter(input_tokens=req.state or 0)
+
+    def write_error(self, err: GatewayError) -> bytes:
+        return error_body(err.status, err.message)
+
+    def stream_error(self, err: GatewayError) -> bytes:
+        return anthropic_messages.error_event(error_type(err.status), err.message)
+
+    def replay(self, cached: bytes, req: DoorRequest) -> bytes | None:
+        """A cached plain ``message`` as the event sequence a live stream of it would have sent."""
+        answer = anthropic_messages.parse_response(orjson.loads(cached))
+        writer = anthropic_messages.StreamWriter(input_tokens=req.state or 0)
+        out = writer.write(StreamStart(answer.id, answer.model, answer.created))
+        if answer.reasoning:
+            out += writer.write(ReasoningDelta(answer.reasoning))
+        if answer.text:
+            out += writer.write(TextDelta(answer.text))
+        for i, call in enumerate(answer.tool_calls):
+            out += writer.write(ToolCallDelta(i, call.arguments, call.id, call.name))
+        out += writer.write(Finish(answer.finish_reason))
+        if answer.usage is not None:
+            out += writer.write(UsageReport(answer.usage))
+        return out + writer.end()
+
+
+def count_tokens(raw: bytes) -> bytes:
+    """The ``count_tokens`` answer, ``{"input_tokens": N}``: the estimate above (no tokenizer)."""
+    req = _read(_parse(raw), require_max_tokens=False)
+    return orjson.dumps({"input_tokens": estimate_input_tokens(req)})
