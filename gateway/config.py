@@ -119,6 +119,8 @@ class GeneralSettings(_Strict):
     spend_journal: bool = True
     spend_journal_interval_ms: float = Field(default=5.0, gt=0, le=1000)
     spend_journal_fsync_interval_ms: float = Field(default=50.0, gt=0, le=10_000)
+    # Stored /v1/responses answers are served (and chained by previous_response_id) this long.
+    responses_retention_days: float = Field(default=30.0, gt=0)
 
 
 FallbackList = list[dict[str, list[str]]]

@@ -91,6 +91,28 @@ def parse_input_items(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [dict(item) for item in items]
 
 
+_ITEM_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+
+
+def listed_input_items(items: list[dict[str, Any]], response_id: str) -> list[dict[str, Any]]:
+    """Input items as ``input_items`` lists them: each with an ``id`` (kept, else derived from the
+    response id) and ``status``, messages with ``type`` and their content as parts."""
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        kind = item.get("type", "message")
+        listed = {
+            "id": f"{_ITEM_PREFIX.get(kind, 'item')}_{_suffix(response_id)}_in{i}",
+            **item,
+            "type": kind,
+        }
+        if kind == "message" and isinstance(item.get("content"), str):
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            listed["content"] = [{"type": part, "text": item["content"]}]
+        listed.setdefault("status", "completed")
+        out.append(listed)
+    return out
+
+
 def items_to_messages(items: list[Any], param: str) -> list[Message]:
     """Input (or stored output) items as messages; a ``function_call`` joins the assistant turn before it."""
     messages: list[Message] = []

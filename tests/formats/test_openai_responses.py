@@ -132,6 +132,37 @@ def test_string_input_and_history_order() -> None:
     ]
 
 
+def test_listed_input_items_get_ids_and_parts() -> None:
+    items = [
+        {"role": "user", "content": "hi"},
+        {"type": "message", "role": "assistant", "content": "yo", "id": "msg_keep"},
+        {"type": "function_call_output", "call_id": "c", "output": "x"},
+    ]
+    assert rsp.listed_input_items(items, "resp_r") == [
+        {
+            "id": "msg_r_in0",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "hi"}],
+            "type": "message",
+            "status": "completed",
+        },
+        {
+            "id": "msg_keep",
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "yo"}],
+            "status": "completed",
+        },
+        {
+            "id": "fco_r_in2",
+            "type": "function_call_output",
+            "call_id": "c",
+            "output": "x",
+            "status": "completed",
+        },
+    ]
+
+
 def test_function_call_after_user_turn_opens_an_assistant_turn() -> None:
     msgs = rsp.items_to_messages(
         [
