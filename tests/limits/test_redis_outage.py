@@ -4,6 +4,8 @@ A virtual key with a small RPM is used through all three instances, then Redis i
 the instances are hammered. ``redis_failure_mode: divide`` keeps the total admitted within the
 key's limit (each instance admits its share, limit / 3, counting what it admitted before the
 outage); the default ``open`` lets each instance admit the full limit, so the total exceeds it.
+Then Redis starts again, every instance serves through it again, and once the instances have
+stopped (flushing spend) the key's spend rows are exactly the responses answered 200.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+import asyncpg
 import httpx
 import pytest
 
@@ -52,6 +55,7 @@ def upstream() -> Iterator[Upstream]:
 class Outcome:
     before: list[int]
     during: list[int]
+    after: list[int]  # once Redis is back
 
     @property
     def admitted(self) -> int:
@@ -76,6 +80,15 @@ async def _wait_live_count(gateways: list[GatewayProcess], client: httpx.AsyncCl
     pytest.fail(f"instances never saw each other: {seen}\n" + gateways[0].logs())
 
 
+async def _success_rows(database_url: str, key_hash: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        query = "SELECT count(*) FROM spend_logs WHERE key_hash = $1 AND status = 'success'"
+        return int(await conn.fetchval(query, key_hash))
+    finally:
+        await conn.close()
+
+
 async def _run_outage(upstream: Upstream, redis: RedisServer, mode: str) -> Outcome:
     config = gateway_config(
         upstream.fake,
@@ -97,6 +110,7 @@ async def _run_outage(upstream: Upstream, redis: RedisServer, mode: str) -> Outc
             )
             assert r.status_code == 200, r.text
             auth = {"authorization": f"Bearer {r.json()['key']}"}
+            key_hash = r.json()["token"]
             if mode == "divide":
                 await _wait_live_count(gateways, client)
 
@@ -121,7 +135,21 @@ async def _run_outage(upstream: Upstream, redis: RedisServer, mode: str) -> Outc
             assert set(during) <= {200, 429}, during
             for gw in gateways:
                 assert (await client.get(gw.base_url + "/health/liveliness")).status_code == 200
-            return Outcome(before, list(during))
+            redis.start()  # empty: the window starts afresh
+            # Each instance's circuit re-probes Redis; until it does, the instance's own share (spent
+            # in the outage) refuses with 429. Then Redis admits again.
+            after: list[int] = []
+            for i in range(INSTANCES):
+                for _ in range(150):
+                    after.append(await send(i))
+                    if after[-1] == 200:
+                        break
+                    await asyncio.sleep(0.2)
+                assert after[-1] == 200, (i, after, gateways[i].logs()[-2000:])
+    # The instances have stopped (SIGTERM flushes spend): one success row per 200, no more, no less.
+    served = [*before, *during, *after].count(200)
+    assert await _success_rows(upstream.database_url, key_hash) == served
+    return Outcome(before, list(during), after)
 
 
 async def test_divide_mode_keeps_the_total_within_the_limit(
