@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from gateway import metrics
 from gateway.config import GatewayConfig
+from gateway.doors.responses import delete_response, list_input_items, retrieve_response
 from gateway.errors import install_error_handlers
 from gateway.openapi import install_openapi
 from gateway.routes.chat import ChatCompletions
@@ -60,6 +61,11 @@ def create_app(config: GatewayConfig | None = None, *, builder: ServicesBuilder 
     ]
     for path in ("/v1/models", "/models"):
         hot.append(Route(path, list_models, methods=["GET"]))
+    for prefix in ("/v1", ""):  # stored Responses (gateway/doors/responses.py)
+        one = f"{prefix}/responses/{{response_id}}"
+        hot.append(Route(one, retrieve_response, methods=["GET"]))
+        hot.append(Route(one, delete_response, methods=["DELETE"]))
+        hot.append(Route(f"{one}/input_items", list_input_items, methods=["GET"]))
     hot += [
         Route("/health/liveliness", liveliness, methods=["GET"]),
         Route("/health/readiness", readiness, methods=["GET"]),

@@ -126,6 +126,50 @@ def _hot_paths() -> dict[str, dict[str, Any]]:
     }
 
 
+# The Responses body, minimally (gateway/doors/responses.py reads the rest; unknown fields pass on).
+_RESPONSES_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string"},
+        "input": {"type": ["string", "array"], "items": {"type": "object"}},
+        "instructions": {"type": "string"},
+        "stream": {"type": "boolean"},
+        "store": {"type": "boolean"},
+        "previous_response_id": {"type": "string"},
+        "max_output_tokens": {"type": "integer"},
+        "temperature": {"type": "number"},
+        "metadata": {"type": "object"},
+    },
+}
+
+
+def _responses_paths() -> dict[str, dict[str, Any]]:
+    """``/v1/responses`` (and ``/responses``) and the stored responses' routes."""
+    create = {
+        "post": _operation("Create a response (OpenAI's Responses API)", keyed=True, body=_RESPONSES_BODY)
+    }
+    response_id = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    one = {
+        "get": _operation("Retrieve a stored response", keyed=True),
+        "delete": _operation("Delete a stored response", keyed=True),
+        "parameters": [response_id],
+    }
+    listing = _operation("List a stored response's input items", keyed=True)
+    listing["parameters"] = [
+        {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["asc", "desc"]}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+        {"name": "after", "in": "query", "schema": {"type": "string"}},
+    ]
+    items = {"get": listing, "parameters": [response_id]}
+    paths: dict[str, dict[str, Any]] = {}
+    for prefix in ("/v1", ""):
+        paths[f"{prefix}/responses"] = create
+        paths[f"{prefix}/responses/{{response_id}}"] = one
+        paths[f"{prefix}/responses/{{response_id}}/input_items"] = items
+    return paths
+
+
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     """The whole document for ``app`` (FastAPI's, completed as the module docstring says)."""
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
@@ -157,6 +201,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                     "content": _json_content(refs[(model, "validation")]),
                 }
     paths.update(_hot_paths())
+    paths.update(_responses_paths())
     return doc
 
 

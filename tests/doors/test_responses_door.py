@@ -1,0 +1,266 @@
+"""The /v1/responses door end to end: the official ``openai`` SDK against a real gateway process
+routed to the fake OpenAI upstream (chat completions), with a real Postgres for stored responses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from gateway.db import open_database
+from gateway.responses_store import ResponseStore
+from tests.support.fake_openai import Behavior, FakeOpenAI
+from tests.support.gateway_process import GatewayProcess, gateway_process
+from tests.support.postgres import fresh_database, postgres_server
+
+MASTER = "sk-master-responses-test"
+MODEL = "gpt-4o-mini"
+# POST /v1/responses is routed once the pipeline takes doors (gateway/pipeline.py); until then
+# only the stored-response routes run.
+NEEDS_PIPELINE = pytest.mark.skip(reason="POST /v1/responses waits for the pipeline's door routing")
+TOOL = {
+    "type": "function",
+    "name": "weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    with postgres_server() as server, fresh_database(server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def gateway(fake: FakeOpenAI, database_url: str) -> Iterator[GatewayProcess]:
+    params = {"model": f"openai/{MODEL}", "api_base": fake.base_url, "api_key": "sk-up"}
+    config = {
+        "model_list": [{"model_name": MODEL, "litellm_params": params}],
+        "general_settings": {"master_key": MASTER, "spend_flush_interval_s": 0.1},
+    }
+    with gateway_process(config, env={"DATABASE_URL": database_url}) as gw:
+        yield gw
+
+
+def _admin(gw: GatewayProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    resp = httpx.post(f"{gw.base_url}{path}", json=body, headers={"Authorization": f"Bearer {MASTER}"})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+@pytest.fixture(scope="module")
+def team_keys(gateway: GatewayProcess) -> tuple[str, str, str]:
+    """Two keys of team A and one of team B."""
+    a = _admin(gateway, "/team/new", {"team_alias": "resp-a"})["team_id"]
+    b = _admin(gateway, "/team/new", {"team_alias": "resp-b"})["team_id"]
+    a1 = _admin(gateway, "/key/generate", {"team_id": a})["key"]
+    a2 = _admin(gateway, "/key/generate", {"team_id": a})["key"]
+    b1 = _admin(gateway, "/key/generate", {"team_id": b})["key"]
+    return a1, a2, b1
+
+
+def _client(gw: GatewayProcess, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0)
+
+
+def _store_directly(database_url: str, scope: str, items: list[Any], response: dict[str, Any]) -> None:
+    async def save() -> None:
+        db = await open_database(database_url)
+        try:
+            await ResponseStore(db.pool, 30).save(scope, items, response)
+        finally:
+            await db.close()
+
+    asyncio.run(save())
+
+
+def test_stored_response_routes_are_scoped_to_the_team(
+    gateway: GatewayProcess, database_url: str, team_keys: tuple[str, str, str]
+) -> None:
+    a1, a2, b1 = team_keys
+    team_a = httpx.get(
+        f"{gateway.base_url}/key/info", params={"key": a1}, headers={"Authorization": f"Bearer {MASTER}"}
+    )
+    team_id = team_a.json()["info"]["team_id"]
+    items = [
+        {"id": f"msg_x_in{i}", "type": "message", "role": "user", "status": "completed",
+         "content": [{"type": "input_text", "text": f"q{i}"}]}
+        for i in range(3)
+    ]  # fmt: skip
+    response = {
+        "id": "resp_direct1", "object": "response", "created_at": 1, "status": "completed", "model": MODEL,
+        "output": [], "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+        "previous_response_id": None,
+    }  # fmt: skip
+    _store_directly(database_url, f"team:{team_id}", items, response)
+
+    # Another key of the same team reads it; input items in OpenAI's list shape, paged.
+    got = _client(gateway, a2).responses.retrieve("resp_direct1")
+    assert got.id == "resp_direct1" and got.status == "completed"
+    page = _client(gateway, a2).responses.input_items.list("resp_direct1", limit=2, order="asc")
+    assert [i.id for i in page.data] == ["msg_x_in0", "msg_x_in1"]
+    assert page.has_more is True and page.first_id == "msg_x_in0" and page.last_id == "msg_x_in1"
+    raw = httpx.get(
+        f"{gateway.base_url}/v1/responses/resp_direct1/input_items",
+        params={"after": "msg_x_in1"},
+        headers={"Authorization": f"Bearer {a1}"},
+    ).json()
+    assert [i["id"] for i in raw["data"]] == ["msg_x_in0"]  # desc by default, after the cursor
+    assert raw["object"] == "list" and raw["has_more"] is False
+
+    # Team B: 404, for retrieve, input items and delete alike, and the row survives.
+    other = _client(gateway, b1)
+    for call in (
+        lambda: other.responses.retrieve("resp_direct1"),
+        lambda: other.responses.input_items.list("resp_direct1"),
+        lambda: other.responses.delete("resp_direct1"),
+    ):
+        with pytest.raises(openai.NotFoundError) as err:
+            call()
+        assert err.value.body["message"] == "Response with id 'resp_direct1' not found."  # type: ignore[index]
+    # Bad paging is a 400 naming the parameter; no key is a 401.
+    bad = httpx.get(
+        f"{gateway.base_url}/v1/responses/resp_direct1/input_items",
+        params={"limit": 0},
+        headers={"Authorization": f"Bearer {a1}"},
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+    assert httpx.get(f"{gateway.base_url}/v1/responses/resp_direct1").status_code == 401
+
+    # The owner deletes it; then it is gone.
+    _client(gateway, a1).responses.delete("resp_direct1")
+    with pytest.raises(openai.NotFoundError):
+        _client(gateway, a1).responses.retrieve("resp_direct1")
+
+
+def _events(gw: GatewayProcess, key: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with httpx.stream(
+        "POST",
+        f"{gw.base_url}/v1/responses",
+        json={**body, "stream": True},
+        headers={"Authorization": f"Bearer {key}"},
+    ) as resp:
+        assert resp.status_code == 200
+        return [orjson.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
+
+
+@NEEDS_PIPELINE
+def test_create_plain_and_retrieve(
+    gateway: GatewayProcess, fake: FakeOpenAI, team_keys: tuple[str, str, str]
+) -> None:
+    a1, a2, b1 = team_keys
+    fake.enqueue(Behavior(content="Paris is the capital.", prompt_tokens=11))
+    client = _client(gateway, a1)
+    resp = client.responses.create(model=MODEL, instructions="Be brief.", input="Capital of France?")
+    assert resp.output_text == "Paris is the capital."
+    assert resp.status == "completed" and resp.id.startswith("resp_")
+    assert resp.usage is not None and (resp.usage.input_tokens, resp.usage.output_tokens) == (11, 3)
+    sent = fake.requests[-1].body
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+    ]
+    # Stored (store defaults to true): the team reads it back, the other team does not.
+    assert _client(gateway, a2).responses.retrieve(resp.id).output_text == "Paris is the capital."
+    items = _client(gateway, a2).responses.input_items.list(resp.id)
+    assert [(i.type, i.content[0].text) for i in items.data] == [("message", "Capital of France?")]  # type: ignore[union-attr]
+    with pytest.raises(openai.NotFoundError):
+        _client(gateway, b1).responses.retrieve(resp.id)
+    # store: false keeps nothing.
+    fake.enqueue(Behavior(content="x"))
+    unstored = client.responses.create(model=MODEL, input="hi", store=False)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+
+
+@NEEDS_PIPELINE
+def test_function_tool_round_trip_streamed_with_previous_response_id(
+    gateway: GatewayProcess, fake: FakeOpenAI, team_keys: tuple[str, str, str]
+) -> None:
+    a1, _, b1 = team_keys
+    client = _client(gateway, a1)
+    fake.enqueue(Behavior(tool_calls=[("call_w1", "weather", '{"city": "Oslo"}')], chunks=3))
+    with client.responses.stream(model=MODEL, input="Weather in Oslo?", tools=[TOOL]) as stream:  # type: ignore[list-item]
+        kinds = [event.type for event in stream]
+        first = stream.get_final_response()
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert [(c.call_id, c.name, c.arguments) for c in calls] == [("call_w1", "weather", '{"city": "Oslo"}')]
+    assert fake.requests[-1].body["tools"][0]["function"]["name"] == "weather"
+
+    # The tool's result, chained on the stored conversation.
+    fake.enqueue(Behavior(content="It is sunny in Oslo."))
+    second = client.responses.create(
+        model=MODEL,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": "call_w1", "output": "sunny, 21C"}],
+        tools=[TOOL],  # type: ignore[list-item]
+    )
+    assert second.output_text == "It is sunny in Oslo."
+    assert second.previous_response_id == first.id
+    upstream = fake.requests[-1].body["messages"]
+    assert upstream == [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_w1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_w1", "content": "sunny, 21C"},
+    ]
+    # Another team cannot chain on it.
+    with pytest.raises(openai.NotFoundError) as err:
+        _client(gateway, b1).responses.create(model=MODEL, previous_response_id=first.id, input="and?")
+    assert err.value.body["param"] == "previous_response_id"  # type: ignore[index]
+
+
+@NEEDS_PIPELINE
+def test_stream_events_and_text(
+    gateway: GatewayProcess, fake: FakeOpenAI, team_keys: tuple[str, str, str]
+) -> None:
+    a1, _, _ = team_keys
+    fake.enqueue(Behavior(content="Hello there", chunks=2, prompt_tokens=5))
+    events = _events(gateway, a1, {"model": MODEL, "input": "hi"})
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert "".join(deltas) == "Hello there"
+    final = events[-1]
+    assert final["type"] == "response.completed"
+    assert final["response"]["usage"]["input_tokens"] == 5
+    stored = _client(gateway, a1).responses.retrieve(final["response"]["id"])
+    assert stored.output_text == "Hello there"
+
+
+@NEEDS_PIPELINE
+def test_bad_bodies_are_openai_shaped_400s(gateway: GatewayProcess, team_keys: tuple[str, str, str]) -> None:
+    a1, _, _ = team_keys
+    for body, param in [
+        ({"model": MODEL}, "input"),
+        ({"model": MODEL, "input": [{"type": "item_reference", "id": "x"}]}, "input.0.type"),
+        ({"model": MODEL, "input": "x", "tools": [{"type": "web_search"}]}, "tools.0.type"),
+        ({"model": MODEL, "input": "x", "store": "yes"}, "store"),
+    ]:
+        resp = httpx.post(
+            f"{gateway.base_url}/v1/responses", json=body, headers={"Authorization": f"Bearer {a1}"}
+        )
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["param"] == param
