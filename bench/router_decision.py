@@ -94,7 +94,7 @@ class _InstantProvider:
     """A provider that answers at once, so only the router's own work is timed."""
 
     def __init__(self) -> None:
-        from providers.base import ProviderResponse
+        from providers.contract import ProviderResponse
 
         self.response = ProviderResponse(200, b"{}", None)
 
@@ -111,7 +111,7 @@ def time_full_chat(n_deps: int, iters: int) -> tuple[float, float]:
     from gateway.pipeline import Principal
     from gateway.routing.deployment import deployments_from_entries
     from gateway.routing.router import Router
-    from providers.base import ProviderRegistry
+    from providers.registry import ProviderRegistry
 
     entries = [
         {"model_name": "m", "params": {"model": f"openai/u{i}", "api_base": f"http://h{i}/v1", "rpm": 10**9}}

@@ -319,7 +319,7 @@ def parse_config(text: str, where: str = "<config>") -> GatewayConfig:
 
 
 def _check_providers(config: GatewayConfig, where: str, lines: dict[Path_, int]) -> None:
-    from providers.base import ProviderRegistry, split_provider
+    from providers.registry import ProviderRegistry, split_provider
 
     known = ProviderRegistry.default().names()
     for i, entry in enumerate(config.model_list):

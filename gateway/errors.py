@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from providers.base import ProviderError
+from providers.errors import ProviderError
 from providers.redaction import scrub
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ from gateway.routing.router import Router
 
 if TYPE_CHECKING:
     from gateway.cache import ResponseCacheService
-from providers.base import ProviderRegistry
 from providers.http import aclose_shared_client
+from providers.registry import ProviderRegistry
 
 log = logging.getLogger("switchyard.services")
 

@@ -33,7 +33,8 @@ from gateway.pipeline import Admission, Principal, Usage, UsageEvent
 from gateway.routing.router import RoutedResponse, RoutedStream
 from gateway.server.body import ClientGone, check_json_depth, read_body
 from gateway.services import Services
-from providers.base import UsageTap, parse_usage
+from providers.formats.openai_chat import parse_usage
+from providers.usage_tap import UsageTap
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.pipeline import Usage
-from providers.base import DEFAULT_API_BASES, ProviderCall, split_provider
+from providers.contract import ProviderCall
+from providers.registry import DEFAULT_API_BASES, split_provider
 
 if TYPE_CHECKING:
     from gateway.config import ModelEntry

@@ -21,9 +21,10 @@ from starlette.responses import Response
 
 from gateway.auth import token_from_headers
 from gateway.errors import GatewayError, as_gateway_error
-from providers.base import OPENAI_COMPATIBLE_PROVIDERS, ProviderError
+from providers.errors import ProviderError
 from providers.http import shared_client
 from providers.redaction import call_scrubber, scrub
+from providers.registry import OPENAI_COMPATIBLE_PROVIDERS
 
 if TYPE_CHECKING:
     from gateway.routing.deployment import Deployment

@@ -33,14 +33,10 @@ from gateway.routing.model_group import ModelGroup, Unavailable
 from gateway.routing.retry_policy import Failure, RetrySettings, classify, is_retryable, make_retrying
 from gateway.routing.state import DeploymentState
 from gateway.routing.strategies import make_strategy
-from providers.base import (
-    ProviderError,
-    ProviderRegistry,
-    ProviderResponse,
-    ProviderTimeoutError,
-    ProviderUnreachableError,
-    UsageTap,
-)
+from providers.contract import ProviderResponse
+from providers.errors import ProviderError, ProviderTimeoutError, ProviderUnreachableError
+from providers.registry import ProviderRegistry
+from providers.usage_tap import UsageTap
 
 if TYPE_CHECKING:
     from gateway.config import RouterSettings

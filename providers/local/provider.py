@@ -23,7 +23,10 @@ from local_engine.engine.async_engine import AsyncEngine, EngineDeadError
 from local_engine.loader import ModelLoadError
 from local_engine.server.protocol import OpenAIError
 from local_engine.server.serving import OpenAIServing
-from providers.base import ContextWindowExceededError, ProviderCall, ProviderError, ProviderResponse
+from providers.contract import Operation, ProviderCall, ProviderResponse
+from providers.errors import ContextWindowExceededError, ProviderError
+from providers.openai_compat.typed import generate_stream_via_chat, generate_via_chat
+from providers.schema import GenerationRequest, GenerationResponse, StreamEvent
 from providers.usage import Usage
 
 DEFAULT_NAMES = {"smollm2", "default"}
@@ -62,7 +65,14 @@ def engine_config(upstream_model: str, params: Mapping[str, Any]) -> EngineConfi
 
 
 class LocalProvider:
-    """``ChatProvider`` for ``local/`` deployments: one engine per distinct model configuration."""
+    """``Provider`` for ``local/`` deployments: one engine per distinct model configuration.
+
+    Serves chat and legacy completions (raw OpenAI bodies, as ``switchyard engine serve`` does);
+    not embeddings: the engine's models are generative and define no pooling, so an embeddings
+    request is refused by the router before it gets here.
+    """
+
+    capabilities: frozenset[Operation] = frozenset({"chat", "completions"})
 
     def __init__(self) -> None:
         self._servings: dict[tuple[Any, ...], OpenAIServing] = {}
@@ -98,17 +108,41 @@ class LocalProvider:
         return body
 
     async def chat(self, call: ProviderCall) -> ProviderResponse:
+        return await self._complete(call, "chat")
+
+    async def completions(self, call: ProviderCall) -> ProviderResponse:
+        return await self._complete(call, "completions")
+
+    def chat_stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
+        return self._stream(call, "chat")
+
+    def completions_stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
+        return self._stream(call, "completions")
+
+    async def generate(self, request: GenerationRequest, call: ProviderCall) -> GenerationResponse:
+        return await generate_via_chat(self, request, call)
+
+    def generate_stream(self, request: GenerationRequest, call: ProviderCall) -> AsyncIterator[StreamEvent]:
+        return generate_stream_via_chat(self, request, call)
+
+    async def _complete(self, call: ProviderCall, operation: Operation) -> ProviderResponse:
         serving = await self._serving(call)
         body = self._body(call)
         body["stream"] = False
         try:
-            _, prepared = serving.prepare_chat(body)
+            if operation == "chat":
+                _, prepared = serving.prepare_chat(body)
+            else:
+                _, prepared = serving.prepare_completion(body)
             outputs = await serving.run_all(prepared)
         except OpenAIError as exc:
             raise _provider_error(exc) from None
         except EngineDeadError as exc:
             raise ProviderError(503, str(exc), code="engine_dead") from None
-        response = serving.chat_response(prepared, outputs)
+        if operation == "chat":
+            response = serving.chat_response(prepared, outputs)
+        else:
+            response = serving.completion_response(prepared, outputs)
         usage = response["usage"]
         return ProviderResponse(
             status=200,
@@ -117,17 +151,23 @@ class LocalProvider:
             headers={"content-type": "application/json"},
         )
 
-    async def chat_stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
+    async def _stream(self, call: ProviderCall, operation: Operation) -> AsyncIterator[bytes]:
         serving = await self._serving(call)
         body = self._body(call)
         body["stream"] = True
         try:
-            _, prepared = serving.prepare_chat(body)
+            if operation == "chat":
+                _, prepared = serving.prepare_chat(body)
+            else:
+                _, prepared = serving.prepare_completion(body)
         except OpenAIError as exc:
             raise _provider_error(exc) from None
         stream = serving.stream_outputs(prepared)
         # Usage always goes last; the gateway drops it when the client did not ask for it.
-        chunks = serving.chat_chunks(prepared, stream, force_usage=True)
+        if operation == "chat":
+            chunks = serving.chat_chunks(prepared, stream, force_usage=True)
+        else:
+            chunks = serving.completion_chunks(prepared, stream, force_usage=True)
         try:
             async for chunk in chunks:
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"

@@ -1,9 +1,12 @@
-"""OpenAI-compatible chat completions over HTTP (OpenAI, vLLM, Groq, Together, Mistral, ...).
+"""OpenAI-compatible upstreams over HTTP (OpenAI, vLLM, Groq, Together, Mistral, ...).
 
-Wire format: https://platform.openai.com/docs/api-reference/chat/create (request, response)
-and https://platform.openai.com/docs/api-reference/chat-streaming (SSE chunks, ``[DONE]``).
-Bodies pass through: the request only gets ``model`` replaced (and, for streams, usage
-requested); responses and stream events are forwarded as the upstream sent them.
+Wire formats: https://platform.openai.com/docs/api-reference/chat/create (chat request and
+response), https://platform.openai.com/docs/api-reference/chat-streaming (SSE chunks, ``[DONE]``),
+https://platform.openai.com/docs/api-reference/completions (legacy completions, same framing) and
+https://platform.openai.com/docs/api-reference/embeddings. Raw bodies pass through: the request
+only gets ``model`` replaced (and, for streams, usage requested); responses and stream events are
+forwarded as the upstream sent them. The typed path (``generate``) translates with
+``providers.formats.openai_chat`` on top of the same raw calls.
 """
 
 from __future__ import annotations
@@ -15,18 +18,21 @@ from typing import Any
 import httpx
 import orjson
 
-from providers.base import (
-    ProviderCall,
-    ProviderError,
-    ProviderResponse,
-    ProviderTimeoutError,
-    ProviderUnreachableError,
-    parse_usage,
-)
+from providers.contract import Operation, ProviderCall, ProviderResponse
+from providers.errors import ProviderError, ProviderTimeoutError, ProviderUnreachableError
+from providers.formats.openai_chat import parse_usage
 from providers.http import shared_client
+from providers.openai_compat.typed import generate_stream_via_chat, generate_via_chat
 from providers.redaction import call_scrubber
+from providers.schema import GenerationRequest, GenerationResponse, StreamEvent
 
 DEFAULT_API_BASE = "https://api.openai.com/v1"
+CAPABILITIES: frozenset[Operation] = frozenset({"chat", "embeddings", "completions"})
+_PATHS: dict[Operation, str] = {
+    "chat": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+}
 _JSON = "application/json"
 # Stream events that carry an error instead of a chunk: OpenAI's ``{"error": ...}``, vLLM's
 # ``{"object": "error", ...}``, and a named SSE ``error`` event.
@@ -41,22 +47,24 @@ _ERROR_EVENT_STARTS = (
 
 
 class OpenAICompatProvider:
-    """``ChatProvider`` for OpenAI-format upstreams; ``client`` defaults to the shared pool."""
+    """``Provider`` for OpenAI-format upstreams; ``client`` defaults to the shared pool."""
+
+    capabilities = CAPABILITIES
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self._client = client
-        self._urls: dict[str, httpx.URL] = {}
+        self._urls: dict[tuple[str, Operation], httpx.URL] = {}
 
     def _http(self) -> httpx.AsyncClient:
         return self._client if self._client is not None else shared_client()
 
-    def _url(self, call: ProviderCall) -> httpx.URL:
+    def _url(self, call: ProviderCall, operation: Operation = "chat") -> httpx.URL:
         # Parsed once per api_base: URL parsing is a visible cost per request otherwise.
         base = call.api_base or DEFAULT_API_BASE
-        url = self._urls.get(base)
+        url = self._urls.get((base, operation))
         if url is None:
-            url = httpx.URL(base.rstrip("/") + "/chat/completions")
-            self._urls[base] = url
+            url = httpx.URL(base.rstrip("/") + _PATHS[operation])
+            self._urls[(base, operation)] = url
         return url
 
     @staticmethod
@@ -88,11 +96,38 @@ class OpenAICompatProvider:
         return orjson.dumps(body)
 
     async def chat(self, call: ProviderCall) -> ProviderResponse:
+        return await self._post(call, "chat", self._payload(call, False))
+
+    async def completions(self, call: ProviderCall) -> ProviderResponse:
+        return await self._post(call, "completions", self._payload(call, False))
+
+    async def embeddings(self, call: ProviderCall) -> ProviderResponse:
+        body = dict(call.body)
+        body["model"] = call.upstream_model
+        return await self._post(call, "embeddings", orjson.dumps(body))
+
+    def chat_stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
+        return self._stream(call, "chat")
+
+    def completions_stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
+        return self._stream(call, "completions")
+
+    # ---- the typed path: the same calls, translated by the OpenAI Chat codec
+
+    async def generate(self, request: GenerationRequest, call: ProviderCall) -> GenerationResponse:
+        return await generate_via_chat(self, request, call)
+
+    def generate_stream(self, request: GenerationRequest, call: ProviderCall) -> AsyncIterator[StreamEvent]:
+        return generate_stream_via_chat(self, request, call)
+
+    # ---- raw HTTP
+
+    async def _post(self, call: ProviderCall, operation: Operation, payload: bytes) -> ProviderResponse:
         client = self._http()
         try:
             resp = await client.post(
-                self._url(call),
-                content=self._payload(call, False),
+                self._url(call, operation),
+                content=payload,
                 headers=self._headers(call),
                 timeout=call.timeout,
             )
@@ -109,12 +144,12 @@ class OpenAICompatProvider:
             raise _malformed("upstream returned JSON that is not an object")
         return ProviderResponse(resp.status_code, body, parse_usage(parsed.get("usage")))
 
-    async def chat_stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
+    async def _stream(self, call: ProviderCall, operation: Operation) -> AsyncIterator[bytes]:
         client = self._http()
         read_timeout = call.stream_timeout or call.timeout
         request = client.build_request(
             "POST",
-            self._url(call),
+            self._url(call, operation),
             content=self._payload(call, True),
             headers=self._headers(call),
             timeout=httpx.Timeout(call.timeout, read=read_timeout, connect=min(10.0, call.timeout)),

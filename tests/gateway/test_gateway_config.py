@@ -7,7 +7,7 @@ import pytest
 from gateway.config import ConfigError, GatewayConfig, parse_config
 from gateway.errors import GatewayError, as_gateway_error
 from gateway.routing.deployment import deployments_from_entries
-from providers.base import ProviderError
+from providers.errors import ProviderError
 
 
 def test_embedded_defaults() -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from providers.base import ProviderCall, ProviderUnreachableError
+from providers.contract import ProviderCall
+from providers.errors import ProviderUnreachableError
 from providers.http import build_client
 from providers.http11_transport import HTTP11Transport
 from providers.openai_compat import OpenAICompatProvider

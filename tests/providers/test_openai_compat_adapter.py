@@ -8,18 +8,18 @@ import httpx
 import orjson
 import pytest
 
-from providers.base import (
+from providers.contract import ProviderCall
+from providers.errors import (
     ContentPolicyError,
     ContextWindowExceededError,
-    ProviderCall,
     ProviderError,
     ProviderTimeoutError,
     ProviderUnreachableError,
-    UsageTap,
 )
 from providers.http import build_client
 from providers.http11_transport import HTTP11Transport
 from providers.openai_compat import OpenAICompatProvider
+from providers.usage_tap import UsageTap
 from tests.support.fake_openai import Behavior, FakeOpenAI
 from tests.support.gateway_process import free_port
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from providers.base import ProviderError, ProviderRegistry, split_provider
+from providers.errors import ProviderError
+from providers.registry import ProviderRegistry, split_provider
 
 
 def test_registry_maps_prefixes_to_one_adapter() -> None:

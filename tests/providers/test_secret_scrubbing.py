@@ -24,7 +24,7 @@ import asyncpg
 import httpx
 import pytest
 
-from providers.base import ProviderError
+from providers.errors import ProviderError
 from providers.redaction import call_scrubber
 from tests.support import misbehaving_upstream as mu
 from tests.support.gateway_process import REPO, GatewayProcess, gateway_process

@@ -11,9 +11,9 @@ from gateway.context import RequestContext
 from gateway.pipeline import Principal
 from gateway.routing.deployment import deployments_from_entries
 from gateway.routing.router import Router
-from providers.base import ProviderRegistry
 from providers.http import build_client
 from providers.openai_compat import OpenAICompatProvider
+from providers.registry import ProviderRegistry
 from tests.support.misbehaving_upstream import MisbehavingUpstream
 
 

@@ -9,7 +9,7 @@ from tenacity import RetryCallState
 
 from gateway.routing.fallbacks import FallbackKind, FallbackTable
 from gateway.routing.retry_policy import BackoffWait, Failure, RetrySettings, classify, make_retrying
-from providers.base import ProviderError, ProviderTimeoutError, ProviderUnreachableError
+from providers.errors import ProviderError, ProviderTimeoutError, ProviderUnreachableError
 
 
 def upstream(status: int, message: str = "x", code: str | None = None, headers: dict[str, str] | None = None):

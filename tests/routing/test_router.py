@@ -10,7 +10,7 @@ import pytest
 
 from gateway.errors import GatewayError
 from gateway.routing.router import RoutedResponse, RoutedStream
-from providers.base import ProviderError
+from providers.errors import ProviderError
 from tests.routing.router_harness import BODY, ctx, entry, router_for
 from tests.support import misbehaving_upstream as mu
 
