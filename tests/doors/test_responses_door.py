@@ -264,3 +264,31 @@ def test_bad_bodies_are_openai_shaped_400s(gateway: GatewayProcess, team_keys: t
         )
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["param"] == param
+
+
+@NEEDS_PIPELINE
+def test_openai_agents_sdk_default_model_runs_a_tool_turn(
+    gateway: GatewayProcess, fake: FakeOpenAI, team_keys: tuple[str, str, str]
+) -> None:
+    """The Agents SDK's default model is the Responses API: one tool call, its result, an answer."""
+    import agents
+
+    a1, _, _ = team_keys
+    seen: list[str] = []
+
+    @agents.function_tool
+    def weather(city: str) -> str:
+        """Weather in a city."""
+        seen.append(city)
+        return f"sunny in {city}"
+
+    agents.set_default_openai_client(openai.AsyncOpenAI(base_url=f"{gateway.base_url}/v1", api_key=a1))
+    agents.set_tracing_disabled(True)
+    fake.enqueue(Behavior(tool_calls=[("call_a1", "weather", '{"city": "Oslo"}')]))
+    fake.enqueue(Behavior(content="It is sunny in Oslo."))
+    agent = agents.Agent(name="assistant", instructions="Use tools.", tools=[weather], model=MODEL)
+    result = agents.Runner.run_sync(agent, "Weather in Oslo?")
+    assert seen == ["Oslo"]
+    assert result.final_output == "It is sunny in Oslo."
+    last = fake.requests[-1].body["messages"]
+    assert last[-1] == {"role": "tool", "tool_call_id": "call_a1", "content": "sunny in Oslo"}
