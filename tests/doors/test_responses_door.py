@@ -11,9 +11,17 @@ import httpx
 import openai
 import orjson
 import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from gateway.db import open_database
+from gateway.doors.base import DoorCall
+from gateway.doors.responses import ResponsesDoor
+from gateway.errors import GatewayError
+from gateway.pipeline import Principal
 from gateway.responses_store import ResponseStore
+from providers.formats import openai_chat
+from providers.formats.sse import SSEDecoder
 from tests.support.fake_openai import Behavior, FakeOpenAI
 from tests.support.gateway_process import GatewayProcess, gateway_process
 from tests.support.postgres import fresh_database, postgres_server
@@ -292,3 +300,75 @@ def test_openai_agents_sdk_default_model_runs_a_tool_turn(
     assert result.final_output == "It is sunny in Oslo."
     last = fake.requests[-1].body["messages"]
     assert last[-1] == {"role": "tool", "tool_call_id": "call_a1", "content": "sunny in Oslo"}
+
+
+# ---- the door's declarations, without a gateway ------------------------------------------------
+
+DOOR = ResponsesDoor()
+CALL = DoorCall(
+    headers={}, principal=Principal("virtual", key_hash="h", team_id="t"), services=None, request_id="r"
+)  # type: ignore[arg-type]
+
+
+async def test_read_caches_only_unstored_unchained_requests() -> None:
+    body = {"model": MODEL, "input": "hi", "max_output_tokens": 9, "stream": True}
+    stored = await DOOR.read(orjson.dumps(body), CALL)
+    assert (stored.model, stored.stream, stored.cache_material) == (MODEL, True, None)
+    assert stored.request is not None and stored.estimated_tokens > 9
+    assert stored.state.scope == "team:t" and stored.state.response_id.startswith("resp_")
+    unstored = await DOOR.read(orjson.dumps({**body, "store": False}), CALL)
+    assert unstored.cache_material == {"model": MODEL, "input": "hi", "max_output_tokens": 9, "store": False}
+    assert unstored.state.response_id != stored.state.response_id
+    with pytest.raises(GatewayError) as err:
+        await DOOR.read(b"[1]", CALL)
+    assert err.value.status == 400
+
+
+async def test_streamed_tool_call_from_an_openai_upstream_reads_back_in_the_sdk() -> None:
+    """openai_chat.StreamParser (the adapter side) feeding this door's writer, checked by the SDK's types."""
+    req = await DOOR.read(
+        orjson.dumps({"model": MODEL, "input": "w?", "stream": True, "tools": [TOOL]}), CALL
+    )
+    parser = openai_chat.StreamParser()
+    writer = DOOR.stream_writer(req)
+    head = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "weather", "arguments": ""}}
+    chunks: list[dict[str, Any]] = [
+        {"id": "c", "created": 1, "model": "up", "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [head]}}]},
+        {
+            "id": "c",
+            "choices": [
+                {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}}
+            ],
+        },
+        {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        {"id": "c", "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}},
+    ]
+    wire = b"".join(writer.write(e) for chunk in chunks for e in parser.feed(chunk)) + writer.end()
+    adapter = TypeAdapter(ResponseStreamEvent)
+    events = [adapter.validate_python(orjson.loads(ev.data)) for ev in SSEDecoder().feed(wire)]
+    final = events[-1]
+    assert final.type == "response.completed"
+    calls = [item for item in final.response.output if item.type == "function_call"]
+    assert [(c.call_id, c.name, c.arguments) for c in calls] == [("call_1", "weather", "{}")]
+    assert final.response.usage is not None and final.response.usage.total_tokens == 6
+    assert final.response.id == req.state.response_id and final.response.model == "up"
+
+
+async def test_write_plain_and_stream_error_shapes() -> None:
+    req = await DOOR.read(orjson.dumps({"model": MODEL, "input": "hi"}), CALL)
+    answer = openai_chat.parse_response(
+        {
+            "id": "c",
+            "created": 1,
+            "model": "up",
+            "choices": [{"message": {"content": "yo"}, "finish_reason": "stop"}],
+        }
+    )
+    body = Response.model_validate(orjson.loads(DOOR.write(answer, req)))
+    assert body.output_text == "yo" and body.id == req.state.response_id
+    event = DOOR.stream_error(GatewayError(429, "slow down", code="rate_limited"))
+    decoded = SSEDecoder().feed(event)
+    assert decoded[0].event == "error"
+    error = TypeAdapter(ResponseStreamEvent).validate_python(orjson.loads(decoded[0].data))
+    assert (error.type, error.message, error.code) == ("error", "slow down", "rate_limited")
