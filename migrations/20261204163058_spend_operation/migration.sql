@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "spend_logs" ADD COLUMN     "operation" TEXT NOT NULL DEFAULT 'chat';
