@@ -10,12 +10,15 @@ from starlette.routing import Route
 
 from gateway import metrics
 from gateway.config import GatewayConfig
+from gateway.doors.chat import ChatDoor
+from gateway.doors.completions import CompletionsDoor
+from gateway.doors.embeddings import EmbeddingsDoor
+from gateway.doors.models import list_models, retrieve_model
 from gateway.doors.responses import delete_response, list_input_items, retrieve_response
 from gateway.errors import install_error_handlers
 from gateway.openapi import install_openapi
-from gateway.routes.chat import ChatCompletions
+from gateway.pipeline.conductor import Endpoint
 from gateway.routes.health import liveliness, prometheus, readiness
-from gateway.routes.models import list_models
 from gateway.services import Services, build_services
 
 ServicesBuilder = Callable[[GatewayConfig], Awaitable[Services]]
@@ -53,14 +56,20 @@ def create_app(config: GatewayConfig | None = None, *, builder: ServicesBuilder 
     app.state.services = None
     install_error_handlers(app)
 
-    chat = ChatCompletions()
+    chat = Endpoint(ChatDoor())
     # The hot path first, as plain ASGI routes (no dependency injection, no Request objects).
     hot = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/chat/completions", chat, methods=["POST"]),
     ]
+    # Every other door goes through the same pipeline (gateway.pipeline.conductor).
+    for door in (EmbeddingsDoor(), CompletionsDoor()):
+        endpoint = Endpoint(door)
+        for prefix in ("/v1", ""):
+            hot.append(Route(f"{prefix}/{door.operation}", endpoint, methods=["POST"]))
     for path in ("/v1/models", "/models"):
         hot.append(Route(path, list_models, methods=["GET"]))
+        hot.append(Route(path + "/{model}", retrieve_model, methods=["GET"]))
     for prefix in ("/v1", ""):  # stored Responses (gateway/doors/responses.py)
         one = f"{prefix}/responses/{{response_id}}"
         hot.append(Route(one, retrieve_response, methods=["GET"]))

@@ -91,6 +91,40 @@ _CHAT_BODY: dict[str, Any] = {
 }
 
 
+# Embeddings and legacy completions, minimally (the rest passes through to the provider).
+_TOKENS_OR_TEXT: dict[str, Any] = {
+    "oneOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}},
+        {"type": "array", "items": {"type": "integer"}},
+        {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+    ]
+}
+_EMBEDDINGS_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string"},
+        "input": _TOKENS_OR_TEXT,
+        "dimensions": {"type": "integer", "minimum": 1},
+        "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+        "user": {"type": "string"},
+    },
+}
+_COMPLETIONS_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "properties": {
+        "model": {"type": "string"},
+        "prompt": _TOKENS_OR_TEXT,
+        "stream": {"type": "boolean"},
+        "max_tokens": {"type": "integer"},
+        "temperature": {"type": "number"},
+        "user": {"type": "string"},
+    },
+}
+
+
 def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
@@ -114,11 +148,25 @@ def _operation(
 def _hot_paths() -> dict[str, dict[str, Any]]:
     chat = {"post": _operation("Create a chat completion (OpenAI's API)", keyed=True, body=_CHAT_BODY)}
     models = {"get": _operation("List the models this key may use", keyed=True)}
+    model = {
+        "get": _operation("Retrieve a model this key may use", keyed=True),
+        "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+    }
+    embeddings = {"post": _operation("Create embeddings (OpenAI's API)", keyed=True, body=_EMBEDDINGS_BODY)}
+    completions = {
+        "post": _operation("Create a text completion (legacy)", keyed=True, body=_COMPLETIONS_BODY)
+    }
     return {
         "/v1/chat/completions": chat,
         "/chat/completions": chat,
+        "/v1/embeddings": embeddings,
+        "/embeddings": embeddings,
+        "/v1/completions": completions,
+        "/completions": completions,
         "/v1/models": models,
         "/models": models,
+        "/v1/models/{model}": model,
+        "/models/{model}": model,
         "/health": {"get": _operation("Probe every deployment (master key)", keyed=True)},
         "/health/liveliness": {"get": _operation("The process answers", keyed=False)},
         "/health/readiness": {"get": _operation("Ready for traffic", keyed=False)},

@@ -189,5 +189,3 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
             continue
         return seconds / 1000.0 if name == "retry-after-ms" else seconds
     return None
-
-

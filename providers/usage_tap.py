@@ -39,5 +39,3 @@ class UsageTap:
         if usage is not None:
             self.usage = usage
         return usage is not None and not obj.get("choices")
-
-

@@ -1,6 +1,6 @@
 """Where cache entries live: Redis (shared by every gateway process) or in process.
 
-Both implement ``gateway.pipeline.ResponseCache``. The stored value is the response body
+Both store ``Entry`` values under a key (``get_entry``/``set_entry``). The stored value is the response body
 bytes behind a 16-byte header (created_at, expires_at as little-endian doubles), so a hit
 hands the stored bytes to the client without decoding or re-encoding JSON.
 """
@@ -12,7 +12,6 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.cache.lru import LRU, Entry
-from gateway.pipeline import CachedResponse
 
 if TYPE_CHECKING:  # redis is imported only when a Redis URL is configured
     from gateway.redis_pool import RedisPool
@@ -60,14 +59,6 @@ class RedisCacheBackend:
         ttl_ms = max(1, int((entry.expires_at - time.time()) * 1000))
         self.pool.execute_nowait("cache", "SET", self._key(key), pack(entry), "PX", ttl_ms)
 
-    # ResponseCache protocol
-    async def get(self, key: str) -> CachedResponse | None:
-        e = await self.get_entry(key)
-        return CachedResponse(e.body, e.created_at) if e is not None else None
-
-    async def set(self, key: str, value: CachedResponse, ttl: float) -> None:
-        await self.set_entry(key, Entry(value.body, value.created_at, time.time() + ttl))
-
 
 class MemoryCacheBackend:
     """In-process entries (no Redis configured): the same semantics for one instance."""
@@ -80,10 +71,3 @@ class MemoryCacheBackend:
 
     async def set_entry(self, key: str, entry: Entry) -> None:
         self.lru.put(key, entry)
-
-    async def get(self, key: str) -> CachedResponse | None:
-        e = self.lru.get(key)
-        return CachedResponse(e.body, e.created_at) if e is not None else None
-
-    async def set(self, key: str, value: CachedResponse, ttl: float) -> None:
-        self.lru.put(key, Entry(value.body, value.created_at, time.time() + ttl))

@@ -28,7 +28,7 @@ from gateway.cache.lru import LRU, Entry
 from gateway.cache.settings import CacheSettings
 from gateway.cache.stream import StreamAssembler, replay_sse
 from gateway.limits.errors import redis_unavailable
-from gateway.pipeline import CachedResponse, Principal
+from gateway.pipeline import Principal
 from gateway.redis_errors import RedisUnavailable
 
 if TYPE_CHECKING:  # redis is imported only when a Redis URL is configured
@@ -98,7 +98,9 @@ class ResponseCacheService:
         control = parse_cache_control(body, cache_control)
         if control.no_cache and control.no_store:
             return SKIP
-        if route == "chat" and not self.settings.cache_nonzero_temperature:
+        # Generations at a temperature above 0 are sampled: not cached unless configured so.
+        # Embeddings are deterministic whatever the body says.
+        if route != "embeddings" and not self.settings.cache_nonzero_temperature:
             temp = body.get("temperature", 1.0)  # OpenAI's default temperature is 1
             if temp is None:
                 temp = 1.0
@@ -156,9 +158,6 @@ class ResponseCacheService:
     def hit_headers(self, plan: CachePlan) -> dict[str, str]:
         return {HIT_HEADER: "hit", KEY_HEADER: plan.key or ""}
 
-    def miss_headers(self, plan: CachePlan) -> dict[str, str]:
-        return {HIT_HEADER: "miss", KEY_HEADER: plan.key} if plan.key else {}
-
     def sse(self, plan: CachePlan, entry: Entry) -> bytes:
         """The entry replayed as a complete SSE body (memoised on the entry)."""
         if plan.include_usage:
@@ -193,14 +192,6 @@ class ResponseCacheService:
     def recorder(self, plan: CachePlan) -> StreamRecorder | None:
         """A recorder for a streamed response, or None when it will not be stored."""
         return StreamRecorder(self, plan) if plan.store else None
-
-    # The plain ``gateway.pipeline.ResponseCache`` protocol, for callers that bring their own keys.
-    async def get(self, key: str) -> CachedResponse | None:
-        e = await self.lookup(CachePlan(key, CacheControl(), self.settings.ttl))
-        return CachedResponse(e.body, e.created_at) if e is not None else None
-
-    async def set(self, key: str, value: CachedResponse, ttl: float) -> None:
-        self.store(CachePlan(key, CacheControl(), ttl), value.body)
 
     async def drain(self) -> None:
         """Wait for background stores (tests, graceful shutdown)."""

@@ -90,6 +90,9 @@ class Door:
     extra_headers: ClassVar[tuple[bytes, ...]] = ()
     # Streams this door answers are SSE; content type of its plain answers:
     content_type: ClassVar[bytes] = b"application/json"
+    # Whether streamed answers are cached (recorded as they pass, replayed with ``replay``);
+    # otherwise a stream neither reads nor fills the cache.
+    cache_streams: ClassVar[bool] = False
 
     def token(self, headers: Mapping[bytes, bytes]) -> str | None:
         """The caller's API key (``Authorization: Bearer`` or ``api-key``)."""

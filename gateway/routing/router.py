@@ -20,9 +20,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.errors import GatewayError
 from gateway.pipeline import Usage
@@ -33,9 +33,10 @@ from gateway.routing.model_group import ModelGroup, Unavailable
 from gateway.routing.retry_policy import Failure, RetrySettings, classify, is_retryable, make_retrying
 from gateway.routing.state import DeploymentState
 from gateway.routing.strategies import make_strategy
-from providers.contract import ProviderResponse
+from providers.contract import Operation, ProviderCall, ProviderResponse
 from providers.errors import ProviderError, ProviderTimeoutError, ProviderUnreachableError
 from providers.registry import ProviderRegistry
+from providers.schema import GenerationRequest, GenerationResponse, StreamEvent, UsageReport
 from providers.usage_tap import UsageTap
 
 if TYPE_CHECKING:
@@ -82,6 +83,57 @@ class NoDeploymentAvailable(Exception):
 
 
 @dataclass(slots=True)
+class Invocation:
+    """What to ask of a deployment: an operation, raw (``body``) or typed (``request``), streamed or not."""
+
+    operation: Operation = "chat"
+    body: dict[str, Any] | None = None
+    request: GenerationRequest | None = None
+    stream: bool = False
+
+    def send(self, provider: Any, call: ProviderCall) -> Awaitable[ProviderResponse | GenerationResponse]:
+        if self.request is not None:
+            return provider.generate(self.request, call)
+        if self.operation == "chat":
+            return provider.chat(call)
+        if self.operation == "completions":
+            return provider.completions(call)
+        return provider.embeddings(call)
+
+    def open_stream(self, provider: Any, call: ProviderCall) -> AsyncIterator[Any]:
+        if self.request is not None:
+            return provider.generate_stream(self.request, call)
+        if self.operation == "completions":
+            return provider.completions_stream(call)
+        return provider.chat_stream(call)
+
+    def tap(self) -> UsageWatcher:
+        """What keeps the stream's usage: typed events carry it as ``UsageReport``."""
+        return EventUsageTap() if self.request is not None else UsageTap()
+
+
+class UsageWatcher(Protocol):
+    usage: Usage | None
+
+    def inspect(self, event: Any) -> bool: ...
+
+
+class EventUsageTap:
+    """``UsageTap`` for typed streams: keeps the last ``UsageReport``."""
+
+    __slots__ = ("usage",)
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+
+    def inspect(self, event: StreamEvent) -> bool:
+        if isinstance(event, UsageReport):
+            self.usage = event.usage
+            return True
+        return False
+
+
+@dataclass(slots=True)
 class RoutedResponse:
     """A complete response and how it was obtained.
 
@@ -91,7 +143,7 @@ class RoutedResponse:
     duration minus it.
     """
 
-    response: ProviderResponse
+    response: ProviderResponse | GenerationResponse  # raw bytes, or typed (``Invocation.request``)
     deployment: Deployment
     attempts: int = 1
     upstream_s: float = 0.0
@@ -104,7 +156,8 @@ class RoutedResponse:
 class RoutedStream:
     """An upstream stream whose first event has already arrived.
 
-    Iterating yields OpenAI-format SSE events (``b"data: {...}\\n\\n"``, no ``[DONE]``).
+    Iterating yields OpenAI-format SSE events (``b"data: {...}\\n\\n"``, no ``[DONE]``) on the
+    raw path, ``StreamEvent``s on the typed one.
     ``usage`` is filled from the upstream's usage chunk by the time iteration ends. If the
     upstream breaks after the first event, iteration raises a ``ProviderError`` whose message
     starts with "stream interrupted" (``error`` keeps the cause); there is no retry once bytes
@@ -113,21 +166,22 @@ class RoutedStream:
 
     def __init__(
         self,
-        first: bytes,
-        rest: AsyncIterator[bytes],
+        first: Any,
+        rest: AsyncIterator[Any],
         deployment: Deployment,
         attempts: int = 1,
         *,
         upstream_s: float = 0.0,
         on_finish: Callable[[RoutedStream, BaseException | None], Any] | None = None,
+        tap: UsageWatcher | None = None,
     ) -> None:
         self.deployment = deployment
         self.attempts = attempts
         self.upstream_s = upstream_s
         self.error: BaseException | None = None
-        self._first: bytes | None = first
+        self._first: Any = first
         self._rest = rest
-        self._tap = UsageTap()
+        self._tap = tap if tap is not None else UsageTap()
         self._tap.inspect(first)
         self._on_finish = on_finish
         self._done = False
@@ -139,7 +193,7 @@ class RoutedStream:
     def __aiter__(self) -> RoutedStream:
         return self
 
-    async def __anext__(self) -> bytes:
+    async def __anext__(self) -> Any:
         first = self._first
         if first is not None:
             self._first = None
@@ -178,6 +232,17 @@ class RoutedStream:
                 await closer()
         finally:
             await self._finish(None)
+
+
+def unsupported(model: str, operation: Operation) -> GatewayError:
+    """The 400 for a model none of whose deployments serves ``operation``."""
+    return GatewayError(
+        400,
+        f"model {model!r} does not support {operation}",
+        "invalid_request_error",
+        "operation_not_supported",
+        "model",
+    )
 
 
 def interrupted(exc: BaseException) -> ProviderError:
@@ -231,6 +296,16 @@ class Router:
         for s in self.states:
             by_name.setdefault(s.model_name, []).append(s)
         self.groups: dict[str, ModelGroup] = {name: ModelGroup(name, ds) for name, ds in by_name.items()}
+        # Per operation, each model's deployments whose adapter serves it (the same group when all
+        # do, so the chat path picks exactly as before; no entry when none does).
+        self.serving: dict[Operation, dict[str, ModelGroup]] = {}
+        for op in ("chat", "embeddings", "completions"):
+            table: dict[str, ModelGroup] = {}
+            for name, ds in by_name.items():
+                able = [s for s in ds if op in providers.capabilities(s.deployment.provider)]
+                if able:
+                    table[name] = self.groups[name] if len(able) == len(ds) else ModelGroup(name, able)
+            self.serving[op] = table
         self.strategy = make_strategy(settings.routing_strategy)
         self.cooldowns = CooldownManager(
             self.states,
@@ -258,18 +333,31 @@ class Router:
     def has_model(self, name: str) -> bool:
         return name in self.groups
 
+    def serves(self, name: str, operation: Operation) -> bool:
+        """Whether some deployment of model ``name`` serves ``operation``."""
+        return name in self.serving[operation]
+
     # ---- the request path ---------------------------------------------------------------
 
     async def chat(
         self, model: str, body: dict[str, Any], *, stream: bool, ctx: RequestContext
     ) -> RoutedResponse | RoutedStream:
-        """Serve ``body`` from a deployment of ``model``, retrying and falling back as configured.
+        """A raw OpenAI chat completion (``route`` with a chat ``Invocation``)."""
+        return await self.route(model, Invocation("chat", body, None, stream), ctx)
 
-        Raises ``GatewayError`` (404 unknown model; 503/429 when nothing is available) or the
-        last ``ProviderError``. For streams, failures before the first event are raised here.
+    async def route(self, model: str, inv: Invocation, ctx: RequestContext) -> RoutedResponse | RoutedStream:
+        """Serve ``inv`` from a deployment of ``model`` that serves its operation, retrying and
+        falling back as configured (fallback models that do not serve it are skipped).
+
+        Raises ``GatewayError`` (404 unknown model, 400 a model that does not serve the operation;
+        503/429 when nothing is available) or the last ``ProviderError``. For streams, failures
+        before the first event are raised here.
         """
         if model not in self.groups:
             raise GatewayError(404, f"model {model!r} not found", code="model_not_found", param="model")
+        groups = self.serving[inv.operation]
+        if model not in groups:
+            raise unsupported(model, inv.operation)
         trace = _Trace()
         queue: list[str] = [model]
         seen = {model}
@@ -277,11 +365,11 @@ class Router:
         while i < len(queue):
             name = queue[i]
             i += 1
-            group = self.groups.get(name)
+            group = groups.get(name)
             if group is None:
                 continue
             try:
-                return await self._serve_model(group, body, stream, ctx, trace)
+                return await self._serve_model(group, inv, ctx, trace)
             except NoDeploymentAvailable as exc:
                 trace.no_deployment.append(exc)
                 kind = FallbackKind.GENERAL
@@ -306,7 +394,7 @@ class Router:
         raise trace.no_deployment[0].to_gateway_error()
 
     async def _serve_model(
-        self, group: ModelGroup, body: dict[str, Any], stream: bool, ctx: RequestContext, trace: _Trace
+        self, group: ModelGroup, inv: Invocation, ctx: RequestContext, trace: _Trace
     ) -> RoutedResponse | RoutedStream:
         """One model name with retries; raises when its deployments are exhausted.
 
@@ -319,7 +407,7 @@ class Router:
         started = time.monotonic()
         budget = self.retry.budget_s
         try:
-            return await self._try_next(group, body, stream, ctx, trace, tried, last, started)
+            return await self._try_next(group, inv, ctx, trace, tried, last, started)
         except ProviderError as exc:
             if self.retry.num_retries <= 0 or not is_retryable(exc):
                 raise
@@ -338,14 +426,13 @@ class Router:
         await asyncio.sleep(pause)
         async for attempt in retrying:
             with attempt:
-                return await self._try_next(group, body, stream, ctx, trace, tried, last, started)
+                return await self._try_next(group, inv, ctx, trace, tried, last, started)
         raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
 
     async def _try_next(
         self,
         group: ModelGroup,
-        body: dict[str, Any],
-        stream: bool,
+        inv: Invocation,
         ctx: RequestContext,
         trace: _Trace,
         tried: set[DeploymentState],
@@ -353,7 +440,7 @@ class Router:
         started: float,
     ) -> RoutedResponse | RoutedStream:
         """Pick a deployment (an untried one first) and make one attempt."""
-        picked = group.pick(self.strategy, time.time(), exclude=tried, stream=stream)
+        picked = group.pick(self.strategy, time.time(), exclude=tried, stream=inv.stream)
         if isinstance(picked, Unavailable):
             if last:
                 # The deployments this request already tried are now cooling down: report
@@ -365,7 +452,7 @@ class Router:
         trace.attempts += 1
         t0 = time.monotonic()
         try:
-            return await self._attempt(picked, body, stream, ctx, remaining, trace)
+            return await self._attempt(picked, inv, ctx, remaining, trace)
         except ProviderError as exc:
             last.append(exc)
             raise
@@ -375,24 +462,23 @@ class Router:
     async def _attempt(
         self,
         d: DeploymentState,
-        body: dict[str, Any],
-        stream: bool,
+        inv: Invocation,
         ctx: RequestContext,
         time_left: float,
         trace: _Trace,
     ) -> RoutedResponse | RoutedStream:
         dep: Deployment = d.deployment
         provider = self.providers.get(dep.provider)
-        call = dep.provider_call(body, ctx.request_id)
+        call = dep.provider_call(inv.body if inv.body is not None else {}, ctx.request_id)
         call.timeout = min(call.timeout, time_left)
         t0 = time.monotonic()
         limit = call.timeout
         d.on_start(time.time())
         try:
-            if not stream:
+            if not inv.stream:
                 # The adapter enforces call.timeout; the outer guard covers adapters that don't.
                 async with asyncio.timeout(call.timeout + 1.0):
-                    resp = await provider.chat(call)
+                    resp = await inv.send(provider, call)
                 d.record_latency(time.monotonic() - t0)
                 if resp.usage is not None:
                     d.add_tokens(time.time(), resp.usage.total_tokens)
@@ -405,7 +491,7 @@ class Router:
             if call.stream_timeout is None:
                 call.stream_timeout = first_timeout
             limit = first_timeout
-            events = provider.chat_stream(call)
+            events = inv.open_stream(provider, call)
             try:
                 async with asyncio.timeout(first_timeout):
                     first = await events.__anext__()
@@ -447,6 +533,7 @@ class Router:
             trace.attempts,
             upstream_s=trace.upstream_s + ttft,
             on_finish=lambda s, exc: self._stream_finished(d, s, exc),
+            tap=inv.tap(),
         )
 
     async def _failed(self, d: DeploymentState, exc: ProviderError) -> None:

@@ -69,6 +69,7 @@ def encode_record(row_id: str, event: UsageEvent) -> bytes:
                 event.started_at,
                 event.ended_at,
                 event.metadata,
+                event.operation,
             ],
             default=str,
         )
@@ -80,6 +81,8 @@ def decode_record(line: bytes) -> tuple[str, UsageEvent]:
     """The inverse of ``encode_record``; raises ``ValueError`` on a torn or foreign line."""
     try:
         fields: list[Any] = orjson.loads(line)
+        # Lines written before the operation was recorded have 18 fields: those were chat.
+        operation = fields.pop() if isinstance(fields, list) and len(fields) == 19 else "chat"
         (
             row_id,
             request_id,
@@ -117,6 +120,7 @@ def decode_record(line: bytes) -> tuple[str, UsageEvent]:
             stream=bool(stream),
             error_code=error_code,
             metadata=dict(metadata or {}),
+            operation=str(operation),
         )
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise ValueError(f"not a spend journal record: {exc}") from None

@@ -43,10 +43,11 @@ _CENT_FRACTION = Decimal("1e-12")  # the scale of NUMERIC(24, 12) columns
 _INSERT_LOGS = """
 INSERT INTO spend_logs (id, request_id, key_hash, team_id, user_id, model, deployment_id, provider_model,
                         prompt_tokens, completion_tokens, total_tokens, spend, status, cache_hit, stream,
-                        error_code, start_time, end_time, metadata)
+                        error_code, start_time, end_time, metadata, operation)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                      $8::text[], $9::int[], $10::int[], $11::int[], $12::numeric[], $13::text[], $14::bool[],
-                     $15::bool[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::jsonb[])
+                     $15::bool[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::jsonb[],
+                     $20::text[])
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
@@ -240,7 +241,7 @@ class PostgresSpendSink:
 
     async def _write(self, batch: list[tuple[str, UsageEvent]]) -> int:
         costs = [self._cost(e) for _, e in batch]
-        cols: list[list[Any]] = [[] for _ in range(19)]
+        cols: list[list[Any]] = [[] for _ in range(20)]
         for (row_id, e), cost in zip(batch, costs, strict=True):
             p, u = e.principal, e.usage
             values = (
@@ -263,6 +264,7 @@ class PostgresSpendSink:
                 _utc(e.started_at),
                 _utc(e.ended_at),
                 e.metadata,
+                e.operation,
             )
             for col, value in zip(cols, values, strict=True):
                 col.append(value)

@@ -96,12 +96,20 @@ TEAM_WRITE = keyed(403, 200, 403, 403, 200)
 TEAM_READ = keyed(403, 200, 403, 200, 200)
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+EMBED = {"model": "gpt-4o-mini", "input": "hi", "encoding_format": "float"}
+COMPLETE = {"model": "gpt-4o-mini", "prompt": "hi", "max_tokens": 3}
 
 MATRIX: dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]] = {
     ("POST", "/v1/chat/completions"): (lambda w: Req("/v1/chat/completions", CHAT), ANY_KEY),
     ("POST", "/chat/completions"): (lambda w: Req("/chat/completions", CHAT), ANY_KEY),
     ("GET", "/v1/models"): (lambda w: Req("/v1/models"), ANY_KEY),
     ("GET", "/models"): (lambda w: Req("/models"), ANY_KEY),
+    ("POST", "/v1/embeddings"): (lambda w: Req("/v1/embeddings", EMBED), ANY_KEY),
+    ("POST", "/embeddings"): (lambda w: Req("/embeddings", EMBED), ANY_KEY),
+    ("POST", "/v1/completions"): (lambda w: Req("/v1/completions", COMPLETE), ANY_KEY),
+    ("POST", "/completions"): (lambda w: Req("/completions", COMPLETE), ANY_KEY),
+    ("GET", "/v1/models/{model}"): (lambda w: Req(f"/v1/models/{CHAT['model']}"), ANY_KEY),
+    ("GET", "/models/{model}"): (lambda w: Req(f"/models/{CHAT['model']}"), ANY_KEY),
     ("GET", "/health/liveliness"): (lambda w: Req("/health/liveliness"), OPEN),
     ("GET", "/health/readiness"): (lambda w: Req("/health/readiness"), OPEN),
     ("GET", "/metrics"): (lambda w: Req("/metrics"), OPEN),

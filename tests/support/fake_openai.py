@@ -6,6 +6,11 @@ Wire format followed (OpenAI API reference):
   as server-sent events ``data: {...}\\n\\n``, ending with ``data: [DONE]\\n\\n``; with
   ``stream_options.include_usage`` every chunk carries ``"usage": null`` and one last chunk with
   ``"choices": []`` carries the usage)
+- https://platform.openai.com/docs/api-reference/embeddings/create (``/v1/embeddings``: ``input`` a
+  string, strings, token ids or arrays of them, never empty; ``encoding_format`` float or base64 (the
+  float32 little-endian bytes, base64-encoded); ``dimensions``; usage has prompt and total tokens)
+- https://platform.openai.com/docs/api-reference/completions/create (``/v1/completions``:
+  ``text_completion`` objects, streamed as chunks of the same object ending with ``[DONE]``)
 - https://platform.openai.com/docs/guides/error-codes (errors: ``{"error": {"message", "type",
   "param", "code"}}``)
 
@@ -27,7 +32,10 @@ The reply text is deterministic: ``Behavior.content`` (or "chunk0 chunk1 ..."), 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -201,6 +209,8 @@ class FakeOpenAI:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+                Route("/v1/completions", self._completions, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
             ]
         )
@@ -252,6 +262,85 @@ class FakeOpenAI:
             "usage": _usage(behavior),
         }
         return _json(completion, 200, behavior.headers)
+
+    async def _read(self, request: Request) -> tuple[dict[str, Any] | None, Behavior | Response]:
+        """The JSON body (recorded) and the behaviour to follow, or the response to give at once."""
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None, _json(_error("invalid JSON body", "invalid_request_error", None), 400)
+        with self._lock:
+            self.requests.append(RecordedRequest(request.url.path, dict(request.headers), body, time.time()))
+        behavior = self._behavior_for(str(body.get("model", "")))
+        if behavior.raw_body is not None:
+            return body, Response(behavior.raw_body, behavior.status, headers=behavior.headers)
+        if behavior.status >= 400:
+            err = _error(behavior.error_message, behavior.error_type, behavior.error_code)
+            return body, _json(err, behavior.status, behavior.headers)
+        return body, behavior
+
+    async def _embeddings(self, request: Request) -> Response:
+        body, behavior = await self._read(request)
+        if isinstance(behavior, Response):
+            return behavior
+        assert body is not None
+        inputs = body.get("input")
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and type(inputs[0]) is int):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs or any(i in ("", []) for i in inputs):
+            return _json(_invalid("'input' must not be empty", "input"), 400)
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            return _json(_invalid("'encoding_format' must be 'float' or 'base64'", "encoding_format"), 400)
+        dims = body.get("dimensions") or EMBEDDING_DIMENSIONS
+        data = []
+        tokens = 0
+        for index, item in enumerate(inputs):
+            tokens += len(item.split()) if isinstance(item, str) else len(item)
+            vector = fake_embedding(item, dims)
+            value: Any = vector
+            if fmt == "base64":
+                value = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": value})
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return _json({"object": "list", "data": data, "model": body.get("model"), "usage": usage})
+
+    async def _completions(self, request: Request) -> Response:
+        body, behavior = await self._read(request)
+        if isinstance(behavior, Response):
+            return behavior
+        assert body is not None
+        if "prompt" not in body:
+            return _json(_invalid("you must provide a 'prompt'", "prompt"), 400)
+        model = str(body.get("model", ""))
+        cid = f"cmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+
+        def choice(text: str, finish: str | None) -> dict[str, Any]:
+            return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+
+        def obj(choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
+            out = {"id": cid, "object": "text_completion", "created": created, "model": model}
+            out["choices"] = choices
+            if usage is not None:
+                out["usage"] = usage
+            return out
+
+        if not body.get("stream"):
+            return _json(obj([choice(behavior.text(), "stop")], _usage(behavior)))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def events() -> AsyncIterator[bytes]:
+            pieces = behavior.pieces()
+            for i, piece in enumerate(pieces):
+                finish = "stop" if i == len(pieces) - 1 else None
+                yield b"data: " + orjson.dumps(obj([choice(piece, finish)])) + b"\n\n"
+            if include_usage:
+                yield b"data: " + orjson.dumps(obj([], _usage(behavior))) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     async def _wait_unless_disconnected(self, request: Request, delay: float) -> bool:
         """Sleep ``delay`` seconds; False (and the request counts as cancelled) if the client left."""
@@ -339,6 +428,20 @@ def _usage(behavior: Behavior) -> dict[str, int]:
         "completion_tokens": completion,
         "total_tokens": behavior.prompt_tokens + completion,
     }
+
+
+# The fake's embedding size when ``dimensions`` is not given (small: tests compare whole vectors).
+EMBEDDING_DIMENSIONS = 8
+
+
+def fake_embedding(item: str | list[int], dims: int) -> list[float]:
+    """A deterministic vector for ``item``: float32-exact values, so base64 round-trips exactly."""
+    seed = hashlib.sha256(orjson.dumps(item)).digest()
+    return [((seed[i % len(seed)] - 128) / 128.0) for i in range(dims)]
+
+
+def _invalid(message: str, param: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}
 
 
 def _error(message: str, type_: str, code: str | None) -> dict[str, Any]:

@@ -1,10 +1,10 @@
-"""The stages every request passes through, as small protocols.
+"""The stages every request passes through, as small protocols and the records they share.
 
-The request path is: authenticate (``KeyResolver``) -> admit (``Limiter``) -> cache lookup
-(``ResponseCache``) -> route and call a provider (``gateway.routing``) -> settle limits, store
-in cache, record spend (``SpendSink``). Each stage has a null implementation here so the
-gateway runs with nothing configured; the control plane (Postgres), Redis and the router plug
-in real ones without the request path changing shape.
+The request path (``gateway.pipeline.conductor``) is: authenticate (``KeyResolver``) -> model
+access -> admit (``Limiter``) -> cache lookup (``gateway.cache``) -> route and call a provider
+(``gateway.routing``) -> settle limits, store in cache, record spend (``SpendSink``). The control
+plane (Postgres), Redis and the router plug in real stages without the request path changing
+shape (``gateway.services`` decides which).
 """
 
 from __future__ import annotations
@@ -83,6 +83,8 @@ class UsageEvent:
     stream: bool
     error_code: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The client API it came through ("chat", "embeddings", "completions", "messages", "responses").
+    operation: str = "chat"
 
 
 class KeyResolver(Protocol):
@@ -113,18 +115,6 @@ class Limiter(Protocol):
         answered at once (a cache hit); it is counted and checked but holds nothing to settle.
         """
         ...
-
-
-@dataclass(slots=True)
-class CachedResponse:
-    body: bytes  # the JSON body of a non-streaming response
-    created_at: float
-
-
-class ResponseCache(Protocol):
-    async def get(self, key: str) -> CachedResponse | None: ...
-
-    async def set(self, key: str, value: CachedResponse, ttl: float) -> None: ...
 
 
 class SpendSink(Protocol):
