@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.pipeline import Principal, Usage, UsageEvent
+from gateway.pipeline import Principal, Usage
 
 
 class NullAdmission:
@@ -24,13 +24,3 @@ class NullLimiter:
         self, principal: Principal, model: str, estimated_tokens: int, *, instant: bool = False
     ) -> NullAdmission:
         return NullAdmission()
-
-
-class NullSpendSink:
-    """Drops usage events (no database configured)."""
-
-    def record(self, event: UsageEvent) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None

@@ -56,9 +56,6 @@ class IncrementalDetokenizer:
         self.text += delta
         return delta
 
-    def push_many(self, token_ids: Sequence[int]) -> str:
-        return "".join(self.push(t) for t in token_ids)
-
     def flush(self) -> str:
         """At the end of generation: emit held-back text, even if it ends in U+FFFD."""
         if self.read_offset >= len(self.ids):

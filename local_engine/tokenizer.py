@@ -145,9 +145,3 @@ class Tokenizer:
             )
         except jinja2.exceptions.TemplateError as exc:
             raise ChatTemplateError(f"chat template error: {exc}") from exc
-
-    def encode_chat(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
-    ) -> list[int]:
-        """Render then tokenize a conversation (special tokens in the text are matched as such)."""
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt, **kwargs))

@@ -3,20 +3,15 @@
 One ``httpx.AsyncClient`` per process (HTTP/1.1, generous keep-alive pool) so connections to
 upstreams are reused across requests. Its network layer is ``providers.http11_transport`` (a
 lean keep-alive pool; httpcore's costs most of the gateway's CPU under load), except when
-proxies are configured or ``SWITCHYARD_HTTP_TRANSPORT=httpcore``. It is built through a seam:
-``set_transport_factory`` lets tests and benchmarks swap the transport (e.g.
-``httpx.MockTransport``) before the first request; ``build_client`` makes an independent client
-with the same settings.
+proxies are configured or ``SWITCHYARD_HTTP_TRANSPORT=httpcore``. ``build_client`` makes an
+independent client with the same settings (and any transport).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import httpx
-
-TransportFactory = Callable[[], httpx.AsyncBaseTransport]
 
 # Many concurrent streams to one upstream each hold a connection; keep plenty warm.
 POOL_LIMITS = httpx.Limits(max_connections=4096, max_keepalive_connections=1024, keepalive_expiry=60.0)
@@ -24,7 +19,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
-_transport_factory: Callable[[], httpx.AsyncBaseTransport | None] | None = None
 _client: httpx.AsyncClient | None = None
 
 
@@ -57,12 +51,6 @@ def build_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.Asy
     return client
 
 
-def set_transport_factory(factory: Callable[[], httpx.AsyncBaseTransport | None] | None) -> None:
-    """Use ``factory()`` as the transport of the shared client (takes effect on next creation)."""
-    global _transport_factory
-    _transport_factory = factory
-
-
 def default_transport() -> httpx.AsyncBaseTransport | None:
     """The lean HTTP/1.1 transport, unless proxies are configured or it is switched off.
 
@@ -82,8 +70,7 @@ def shared_client() -> httpx.AsyncClient:
     """The process-wide client, created on first use."""
     global _client
     if _client is None or _client.is_closed:
-        factory = _transport_factory if _transport_factory is not None else default_transport
-        _client = build_client(factory())
+        _client = build_client(default_transport())
     return _client
 
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 from gateway.errors import GatewayError
 
 
-def invalid_key() -> GatewayError:
-    return GatewayError(401, "Invalid API key: no such key", code="invalid_api_key")
-
-
 def key_blocked() -> GatewayError:
     return GatewayError(401, "This key is blocked; ask an admin to unblock it", code="key_blocked")
 

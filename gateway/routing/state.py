@@ -58,12 +58,6 @@ class DeploymentState:
             self.minute_requests = 0
             self.minute_tokens = 0
 
-    def usage_in(self, minute: int) -> tuple[int, int]:
-        """(requests, tokens) used in ``minute``; zero for a window that has not been seen."""
-        if self.minute != minute:
-            return 0, 0
-        return self.minute_requests, self.minute_tokens
-
     def within_limits(self, minute: int) -> bool:
         """Whether one more request fits this deployment's own rpm/tpm and parallel limits."""
         if self.max_parallel is not None and self.in_flight >= self.max_parallel:

@@ -190,13 +190,6 @@ class LinearBase(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-class ReplicatedLinear(LinearBase):
-    """The same full weight on every rank."""
-
-    def __init__(self, input_size: int, output_size: int, bias: bool = False) -> None:
-        super().__init__(input_size, output_size, bias, tp_dim=None)
-
-
 class ColumnParallelLinear(LinearBase):
     """Output features split across ranks; the output stays sharded (no collective)."""
 
