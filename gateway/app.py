@@ -13,6 +13,7 @@ from gateway.config import GatewayConfig
 from gateway.doors.chat import ChatDoor
 from gateway.doors.completions import CompletionsDoor
 from gateway.doors.embeddings import EmbeddingsDoor
+from gateway.doors.messages import CountTokens, MessagesDoor
 from gateway.doors.models import list_models, retrieve_model
 from gateway.doors.responses import delete_response, list_input_items, retrieve_response
 from gateway.errors import install_error_handlers
@@ -67,6 +68,11 @@ def create_app(config: GatewayConfig | None = None, *, builder: ServicesBuilder 
         endpoint = Endpoint(door)
         for prefix in ("/v1", ""):
             hot.append(Route(f"{prefix}/{door.operation}", endpoint, methods=["POST"]))
+    messages = Endpoint(MessagesDoor())  # Anthropic's Messages API (the SDK posts to /v1/messages)
+    count = CountTokens()
+    for prefix in ("/v1", ""):
+        hot.append(Route(f"{prefix}/messages", messages, methods=["POST"]))
+        hot.append(Route(f"{prefix}/messages/count_tokens", count, methods=["POST"]))
     for path in ("/v1/models", "/models"):
         hot.append(Route(path, list_models, methods=["GET"]))
         hot.append(Route(path + "/{model}", retrieve_model, methods=["GET"]))

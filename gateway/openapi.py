@@ -218,6 +218,72 @@ def _responses_paths() -> dict[str, dict[str, Any]]:
     return paths
 
 
+# Anthropic's Messages API (gateway/doors/messages.py): the body minimally (the codec reads the
+# rest: content blocks, tools, tool_choice, thinking), and errors in Anthropic's shape.
+_ANTHROPIC_ERROR: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"type": "string", "enum": ["error"]},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+_ANTHROPIC_MESSAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"type": "string", "enum": ["user", "assistant"]},
+        "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+    },
+}
+_MESSAGES_FIELDS: dict[str, Any] = {
+    "model": {"type": "string"},
+    "messages": {"type": "array", "items": _ANTHROPIC_MESSAGE},
+    "system": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+    "tools": {"type": "array", "items": {"type": "object"}},
+    "tool_choice": {"type": "object"},
+}
+_MESSAGES_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "messages", "max_tokens"],
+    "properties": {
+        **_MESSAGES_FIELDS,
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "stream": {"type": "boolean"},
+        "stop_sequences": {"type": "array", "items": {"type": "string"}},
+        "temperature": {"type": "number"},
+        "top_p": {"type": "number"},
+        "metadata": {"type": "object"},
+    },
+}
+_COUNT_TOKENS_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": _MESSAGES_FIELDS,
+}
+
+
+def _messages_paths() -> dict[str, dict[str, Any]]:
+    """``/v1/messages`` and ``/v1/messages/count_tokens`` (and without ``/v1``): x-api-key or bearer."""
+    create = _operation("Create a message (Anthropic's Messages API)", keyed=True, body=_MESSAGES_BODY)
+    count = _operation("Count a message's input tokens (an estimate)", keyed=True, body=_COUNT_TOKENS_BODY)
+    for op in (create, count):
+        op["responses"]["default"] = {
+            "description": "An Anthropic-shaped error",
+            "content": _json_content(_ANTHROPIC_ERROR),
+        }
+        op["security"] = [{"bearer": []}, {"x-api-key": []}]
+    paths: dict[str, dict[str, Any]] = {}
+    for prefix in ("/v1", ""):
+        paths[f"{prefix}/messages"] = {"post": create}
+        paths[f"{prefix}/messages/count_tokens"] = {"post": count}
+    return paths
+
+
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     """The whole document for ``app`` (FastAPI's, completed as the module docstring says)."""
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
@@ -227,7 +293,10 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         defs.pop(name, None)
     defs["Error"] = _ERROR_SCHEMA
-    components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    components["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key"},  # Anthropic's SDK
+    }
     doc["security"] = [{"bearer": []}]
 
     models = sorted(set(ADMIN_BODIES.values()), key=lambda m: m.__name__)
@@ -250,6 +319,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 }
     paths.update(_hot_paths())
     paths.update(_responses_paths())
+    paths.update(_messages_paths())
     return doc
 
 

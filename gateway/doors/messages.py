@@ -8,18 +8,25 @@ sequence. Errors on this door are Anthropic's ``{"type": "error", "error": {"typ
 
 Auth: the ``anthropic`` SDK sends its key as ``x-api-key``; bearer auth is accepted too.
 ``anthropic-version`` is accepted and not checked (one version of the API is spoken).
+
+``count_tokens`` does not reach a provider: it authenticates, checks model access and answers the
+stated estimate below (no tokenizer runs in the gateway), in this door's error shape.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import orjson
 
 from gateway.doors.base import Door, DoorCall, DoorOperation, DoorRequest, ErrorFormat, EventWriter
-from gateway.errors import GatewayError, bad_request
-from gateway.server.body import check_json_depth
+from gateway.errors import GatewayError, as_gateway_error, bad_request
+from gateway.limits.estimate import MAX_COMPLETION_TOKENS
+from gateway.pipeline.conductor import check_model
+from gateway.pipeline.respond import Receive, Scope, Send, send_body, send_error
+from gateway.server.body import ClientGone, check_json_depth, read_body
 from providers.formats import anthropic_messages
 from providers.formats.errors import FormatError
 from providers.schema import (
@@ -62,6 +69,17 @@ def error_body(status: int, message: str) -> bytes:
     return orjson.dumps({"type": "error", "error": {"type": error_type(status), "message": message}})
 
 
+def _anthropic_type(err: GatewayError) -> str:
+    # A spent budget keeps the gateway's status (400, as on every door) but says what it is:
+    # Anthropic's shape has no ``code`` field to carry ``budget_exceeded``.
+    return "billing_error" if err.code == "budget_exceeded" else error_type(err.status)
+
+
+def gateway_error_body(err: GatewayError) -> bytes:
+    """``err`` in Anthropic's shape (its message names the offending field where there is one)."""
+    return orjson.dumps({"type": "error", "error": {"type": _anthropic_type(err), "message": err.message}})
+
+
 # Rough but stated: ~4 characters a token plus a few per message, as the limiter's admission
 # estimate does. Used where no tokenizer for the model runs in the gateway.
 _CHARS_PER_TOKEN = 4
@@ -93,15 +111,22 @@ def _parse(raw: bytes) -> dict[str, Any]:
 
 def _read(body: Mapping[str, Any], *, require_max_tokens: bool) -> GenerationRequest:
     try:
-        return anthropic_messages.parse_request(body, require_max_tokens=require_max_tokens)
+        req = anthropic_messages.parse_request(body, require_max_tokens=require_max_tokens)
     except FormatError as exc:
         raise bad_request(exc.message, exc.param) from None
+    # The limiter reserves max_tokens in a Redis integer: bound it as the chat door does.
+    if req.max_tokens is not None and not 1 <= req.max_tokens <= MAX_COMPLETION_TOKENS:
+        raise bad_request(f"'max_tokens' must be an integer from 1 to {MAX_COMPLETION_TOKENS}", "max_tokens")
+    return req
 
 
 class MessagesDoor(Door):
     operation: ClassVar[DoorOperation] = "messages"
     error_format: ClassVar[ErrorFormat] = "anthropic"
     extra_headers: ClassVar[tuple[bytes, ...]] = (b"x-api-key", b"anthropic-version")
+    # A stream is served from a cached plain answer (``replay``); a streamed answer itself is
+    # not stored (the recorder reads OpenAI chunks, which this door's typed stream never feeds).
+    cache_streams: ClassVar[bool] = True
 
     def token(self, headers: Mapping[bytes, bytes]) -> str | None:
         key = headers.get(b"x-api-key")
@@ -131,10 +156,10 @@ class MessagesDoor(Door):
         return anthropic_messages.StreamWriter(input_tokens=req.state or 0)
 
     def write_error(self, err: GatewayError) -> bytes:
-        return error_body(err.status, err.message)
+        return gateway_error_body(err)
 
     def stream_error(self, err: GatewayError) -> bytes:
-        return anthropic_messages.error_event(error_type(err.status), err.message)
+        return anthropic_messages.error_event(_anthropic_type(err), err.message)
 
     def replay(self, cached: bytes, req: DoorRequest) -> bytes | None:
         """A cached plain ``message`` as the event sequence a live stream of it would have sent."""
@@ -153,7 +178,41 @@ class MessagesDoor(Door):
         return out + writer.end()
 
 
-def count_tokens(raw: bytes) -> bytes:
-    """The ``count_tokens`` answer, ``{"input_tokens": N}``: the estimate above (no tokenizer)."""
+def count_tokens(raw: bytes) -> tuple[str, bytes]:
+    """The model named and the ``count_tokens`` answer, ``{"input_tokens": N}`` (the estimate above)."""
     req = _read(_parse(raw), require_max_tokens=False)
-    return orjson.dumps({"input_tokens": estimate_input_tokens(req)})
+    return req.model, orjson.dumps({"input_tokens": estimate_input_tokens(req)})
+
+
+class CountTokens:
+    """``POST /v1/messages/count_tokens`` (an ASGI app: Starlette would wrap a plain function as a
+    request handler): authenticate, read, check model access, answer.
+
+    No provider is called and nothing is admitted or spent (Anthropic counts it apart from
+    messages too); a key still needs access to the model it asks about.
+    """
+
+    __slots__ = ("door",)
+
+    def __init__(self) -> None:
+        self.door = MessagesDoor()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services = scope["app"].state.services
+        wanted = (b"authorization", b"api-key", b"x-api-key", b"content-length")
+        headers = {k: v for k, v in scope["headers"] if k in wanted}
+        request_id = uuid.uuid4().hex  # not a hot path: a uuid4 per request is fine here
+        try:
+            principal = await services.auth.authenticate(self.door.token(headers))
+            limit = services.config.max_request_body_bytes
+            raw = await read_body(receive, headers.get(b"content-length"), limit)
+            model, answer = count_tokens(raw)
+            check_model(services, principal, model, self.door)
+            ok = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
+            await send_body(send, 200, answer, ok)
+        except ClientGone:
+            return
+        except Exception as exc:
+            err = as_gateway_error(exc)
+            body = gateway_error_body(err)
+            await send_error(send, err.status, body, request_id, err.headers, b"application/json")

@@ -98,6 +98,7 @@ TEAM_READ = keyed(403, 200, 403, 200, 200)
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 EMBED = {"model": "gpt-4o-mini", "input": "hi", "encoding_format": "float"}
 COMPLETE = {"model": "gpt-4o-mini", "prompt": "hi", "max_tokens": 3}
+MESSAGE = {"model": "gpt-4o-mini", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
 
 MATRIX: dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]] = {
     ("POST", "/v1/chat/completions"): (lambda w: Req("/v1/chat/completions", CHAT), ANY_KEY),
@@ -110,6 +111,11 @@ MATRIX: dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]] = 
     ("POST", "/completions"): (lambda w: Req("/completions", COMPLETE), ANY_KEY),
     ("GET", "/v1/models/{model}"): (lambda w: Req(f"/v1/models/{CHAT['model']}"), ANY_KEY),
     ("GET", "/models/{model}"): (lambda w: Req(f"/models/{CHAT['model']}"), ANY_KEY),
+    # Anthropic's Messages door: the same keys (bearer here), errors in Anthropic's shape.
+    ("POST", "/v1/messages"): (lambda w: Req("/v1/messages", MESSAGE), ANY_KEY),
+    ("POST", "/messages"): (lambda w: Req("/messages", MESSAGE), ANY_KEY),
+    ("POST", "/v1/messages/count_tokens"): (lambda w: Req("/v1/messages/count_tokens", MESSAGE), ANY_KEY),
+    ("POST", "/messages/count_tokens"): (lambda w: Req("/messages/count_tokens", MESSAGE), ANY_KEY),
     ("GET", "/health/liveliness"): (lambda w: Req("/health/liveliness"), OPEN),
     ("GET", "/health/readiness"): (lambda w: Req("/health/readiness"), OPEN),
     ("GET", "/metrics"): (lambda w: Req("/metrics"), OPEN),
@@ -284,6 +290,9 @@ def test_route_answers_every_caller_as_the_table_says(world: World, route: tuple
         )
         if response.status_code != status:
             wrong.append(f"{caller}: expected {status}, got {response.status_code} {response.text[:200]}")
+        elif status >= 400 and "/messages" in req.path:
+            assert response.json()["type"] == "error", (caller, response.text)
+            assert set(response.json()["error"]) == {"type", "message"}, (caller, response.text)
         elif status >= 400:
             error = response.json()["error"]
             assert set(error) == {"message", "type", "param", "code"}, (caller, error)

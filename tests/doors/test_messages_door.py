@@ -1,8 +1,8 @@
 """The /v1/messages door.
 
 What the door declares (reading, writing, errors, replay from cache) is checked directly here;
-the end-to-end tests with the official anthropic SDK against a gateway process join them once
-the pipeline routes the door.
+the end-to-end tests with the official anthropic SDK against a gateway process are in
+test_messages_e2e.py.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ async def test_read_gives_typed_request_estimate_and_cache_material() -> None:
         (b"{not json", None),
         (b"[]", None),
         (orjson.dumps({"model": "m", "messages": []}), "max_tokens"),
+        (orjson.dumps({**BODY, "max_tokens": 0}), "max_tokens"),
+        (orjson.dumps({**BODY, "max_tokens": 2**31}), "max_tokens"),
         (
             orjson.dumps({**BODY, "messages": [{"role": "user", "content": [{"type": "audio"}]}]}),
             "messages.0.content.0.type",
@@ -131,6 +133,11 @@ async def test_replay_of_a_cached_answer_is_the_same_message() -> None:
 
 def test_error_shapes_and_auth() -> None:
     err = GatewayError(429, "slow down")
+    budget = GatewayError(400, "Budget has been exceeded", "budget_exceeded", "budget_exceeded")
+    assert orjson.loads(DOOR.write_error(budget))["error"] == {
+        "type": "billing_error",
+        "message": "Budget has been exceeded",
+    }
     assert orjson.loads(DOOR.write_error(err)) == {
         "type": "error",
         "error": {"type": "rate_limit_error", "message": "slow down"},
@@ -147,4 +154,5 @@ def test_error_shapes_and_auth() -> None:
 
 def test_count_tokens_estimate() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}
-    assert orjson.loads(count_tokens(orjson.dumps(body))) == {"input_tokens": 104}
+    model, answer = count_tokens(orjson.dumps(body))
+    assert (model, orjson.loads(answer)) == ("m", {"input_tokens": 104})
