@@ -15,7 +15,7 @@ from gateway.doors.completions import CompletionsDoor
 from gateway.doors.embeddings import EmbeddingsDoor
 from gateway.doors.messages import CountTokens, MessagesDoor
 from gateway.doors.models import list_models, retrieve_model
-from gateway.doors.responses import delete_response, list_input_items, retrieve_response
+from gateway.doors.responses import ResponsesDoor, delete_response, list_input_items, retrieve_response
 from gateway.errors import install_error_handlers
 from gateway.openapi import install_openapi
 from gateway.pipeline.conductor import Endpoint
@@ -76,7 +76,9 @@ def create_app(config: GatewayConfig | None = None, *, builder: ServicesBuilder 
     for path in ("/v1/models", "/models"):
         hot.append(Route(path, list_models, methods=["GET"]))
         hot.append(Route(path + "/{model}", retrieve_model, methods=["GET"]))
-    for prefix in ("/v1", ""):  # stored Responses (gateway/doors/responses.py)
+    responses = Endpoint(ResponsesDoor())
+    for prefix in ("/v1", ""):  # the Responses API (gateway/doors/responses.py)
+        hot.append(Route(f"{prefix}/responses", responses, methods=["POST"]))
         one = f"{prefix}/responses/{{response_id}}"
         hot.append(Route(one, retrieve_response, methods=["GET"]))
         hot.append(Route(one, delete_response, methods=["DELETE"]))

@@ -129,5 +129,7 @@ class Door:
         return None
 
     async def completed(self, req: DoorRequest, response: GenerationResponse, call: DoorCall) -> None:
-        """Called once after a typed answer was sent in full (stored Responses use it)."""
+        """Called once with a whole typed answer just before its last bytes go out (the plain
+        body; a stream's closing event), so what it stores can be read back as soon as the client
+        has the answer (stored Responses). Raising fails the request with that error."""
         return None

@@ -265,10 +265,12 @@ class _Run:
         headers = [(b"content-type", self.door.content_type)]
         headers += common_headers(self.request_id, admission)
         headers += routing_headers(routed.deployment.id, routed.attempts, overhead)
+        if not isinstance(response, ProviderResponse):
+            # Before the body goes: a client that reads the answer back as soon as it has it (a
+            # stored Response's id) must find it. A failure here is this request's error.
+            await self.door.completed(req, response, call)
         await send_body(send, 200, body, headers)
         self.status = 200
-        if not isinstance(response, ProviderResponse):
-            await self.door.completed(req, response, call)
         return body
 
     async def _stream(
@@ -308,6 +310,11 @@ class _Run:
                             continue
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
+                tail = b"" if routed.error is not None else _end(writer)
+                if assembler is not None and routed.error is None:
+                    # Before the final event, for the reason given in ``_answer``; a failure here
+                    # ends the stream with the door's error event instead.
+                    await door.completed(req, assembler.result(), call)
             except Exception as exc:
                 # Headers are gone already: report the failure as an event of the door's format.
                 err = as_gateway_error(exc)
@@ -327,11 +334,9 @@ class _Run:
                 self.error_code = err.code or err.type
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            await send({"type": "http.response.body", "body": _end(writer), "more_body": False})
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
             if recorder is not None:
                 recorder.finish()  # stores the assembled completion only if every choice finished
-            if assembler is not None:
-                await door.completed(req, assembler.result(), call)
         finally:
             if self.usage is None:
                 self.usage = routed.usage

@@ -65,6 +65,13 @@ class World:
     def fresh_team(self, blocked: bool = False) -> str:
         return str(_admin(self.gw, "/team/new", {"blocked": blocked})["team_id"])
 
+    def fresh_response(self) -> str:
+        """A stored response of team A (created through POST /v1/responses by its team admin's key)."""
+        created = httpx.post(
+            self.gw.base_url + "/v1/responses", json=RESPOND, headers=self.headers["team admin"], timeout=30
+        )
+        return str(ok(created)["id"])
+
     def fresh_user(self, team: str | None = None) -> str:
         user_id = unique("mx")
         body = {"user_id": user_id, "auto_create_key": False, "teams": [team] if team else []}
@@ -99,6 +106,15 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 EMBED = {"model": "gpt-4o-mini", "input": "hi", "encoding_format": "float"}
 COMPLETE = {"model": "gpt-4o-mini", "prompt": "hi", "max_tokens": 3}
 MESSAGE = {"model": "gpt-4o-mini", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+RESPOND = {"model": "gpt-4o-mini", "input": "hi"}
+# A stored response belongs to the team that created it (else its key): team A's keys see team A's,
+# every other caller (admins and the master key included) gets 404, as for an unknown id.
+TEAM_ONLY = (401,) * 7 + (404, 200, 200, 404, 404, 404)
+
+
+def _stored(tail: str) -> Callable[[World], Req]:
+    return lambda w: Req(tail.format(w.fresh_response()))
+
 
 MATRIX: dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]] = {
     ("POST", "/v1/chat/completions"): (lambda w: Req("/v1/chat/completions", CHAT), ANY_KEY),
@@ -111,6 +127,14 @@ MATRIX: dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]] = 
     ("POST", "/completions"): (lambda w: Req("/completions", COMPLETE), ANY_KEY),
     ("GET", "/v1/models/{model}"): (lambda w: Req(f"/v1/models/{CHAT['model']}"), ANY_KEY),
     ("GET", "/models/{model}"): (lambda w: Req(f"/models/{CHAT['model']}"), ANY_KEY),
+    ("POST", "/v1/responses"): (lambda w: Req("/v1/responses", RESPOND), ANY_KEY),
+    ("POST", "/responses"): (lambda w: Req("/responses", RESPOND), ANY_KEY),
+    ("GET", "/v1/responses/{response_id}"): (_stored("/v1/responses/{}"), TEAM_ONLY),
+    ("GET", "/responses/{response_id}"): (_stored("/responses/{}"), TEAM_ONLY),
+    ("DELETE", "/v1/responses/{response_id}"): (_stored("/v1/responses/{}"), TEAM_ONLY),
+    ("DELETE", "/responses/{response_id}"): (_stored("/responses/{}"), TEAM_ONLY),
+    ("GET", "/v1/responses/{response_id}/input_items"): (_stored("/v1/responses/{}/input_items"), TEAM_ONLY),
+    ("GET", "/responses/{response_id}/input_items"): (_stored("/responses/{}/input_items"), TEAM_ONLY),
     # Anthropic's Messages door: the same keys (bearer here), errors in Anthropic's shape.
     ("POST", "/v1/messages"): (lambda w: Req("/v1/messages", MESSAGE), ANY_KEY),
     ("POST", "/messages"): (lambda w: Req("/messages", MESSAGE), ANY_KEY),

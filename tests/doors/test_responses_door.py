@@ -28,9 +28,6 @@ from tests.support.postgres import fresh_database, postgres_server
 
 MASTER = "sk-master-responses-test"
 MODEL = "gpt-4o-mini"
-# POST /v1/responses is routed once the pipeline takes doors (gateway/pipeline.py); until then
-# only the stored-response routes run.
-NEEDS_PIPELINE = pytest.mark.skip(reason="POST /v1/responses waits for the pipeline's door routing")
 TOOL = {
     "type": "function",
     "name": "weather",
@@ -164,7 +161,6 @@ def _events(gw: GatewayProcess, key: str, body: dict[str, Any]) -> list[dict[str
         return [orjson.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
 
 
-@NEEDS_PIPELINE
 def test_create_plain_and_retrieve(
     gateway: GatewayProcess, fake: FakeOpenAI, team_keys: tuple[str, str, str]
 ) -> None:
@@ -193,13 +189,12 @@ def test_create_plain_and_retrieve(
         client.responses.retrieve(unstored.id)
 
 
-@NEEDS_PIPELINE
 def test_function_tool_round_trip_streamed_with_previous_response_id(
     gateway: GatewayProcess, fake: FakeOpenAI, team_keys: tuple[str, str, str]
 ) -> None:
     a1, _, b1 = team_keys
     client = _client(gateway, a1)
-    fake.enqueue(Behavior(tool_calls=[("call_w1", "weather", '{"city": "Oslo"}')], chunks=3))
+    fake.enqueue(Behavior(content="", tool_calls=[("call_w1", "weather", '{"city": "Oslo"}')], chunks=3))
     with client.responses.stream(model=MODEL, input="Weather in Oslo?", tools=[TOOL]) as stream:  # type: ignore[list-item]
         kinds = [event.type for event in stream]
         first = stream.get_final_response()
@@ -241,7 +236,6 @@ def test_function_tool_round_trip_streamed_with_previous_response_id(
     assert err.value.body["param"] == "previous_response_id"  # type: ignore[index]
 
 
-@NEEDS_PIPELINE
 def test_stream_events_and_text(
     gateway: GatewayProcess, fake: FakeOpenAI, team_keys: tuple[str, str, str]
 ) -> None:
@@ -258,7 +252,6 @@ def test_stream_events_and_text(
     assert stored.output_text == "Hello there"
 
 
-@NEEDS_PIPELINE
 def test_bad_bodies_are_openai_shaped_400s(gateway: GatewayProcess, team_keys: tuple[str, str, str]) -> None:
     a1, _, _ = team_keys
     for body, param in [
@@ -274,7 +267,6 @@ def test_bad_bodies_are_openai_shaped_400s(gateway: GatewayProcess, team_keys: t
         assert resp.json()["error"]["param"] == param
 
 
-@NEEDS_PIPELINE
 def test_openai_agents_sdk_default_model_runs_a_tool_turn(
     gateway: GatewayProcess, fake: FakeOpenAI, team_keys: tuple[str, str, str]
 ) -> None:
@@ -292,7 +284,7 @@ def test_openai_agents_sdk_default_model_runs_a_tool_turn(
 
     agents.set_default_openai_client(openai.AsyncOpenAI(base_url=f"{gateway.base_url}/v1", api_key=a1))
     agents.set_tracing_disabled(True)
-    fake.enqueue(Behavior(tool_calls=[("call_a1", "weather", '{"city": "Oslo"}')]))
+    fake.enqueue(Behavior(content="", tool_calls=[("call_a1", "weather", '{"city": "Oslo"}')]))
     fake.enqueue(Behavior(content="It is sunny in Oslo."))
     agent = agents.Agent(name="assistant", instructions="Use tools.", tools=[weather], model=MODEL)
     result = agents.Runner.run_sync(agent, "Weather in Oslo?")

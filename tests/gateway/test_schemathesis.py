@@ -153,7 +153,8 @@ def test_the_document_covers_every_route() -> None:
     assert served - documented == set()
     posts = {path for path, method in served if method == "POST"}
     hot = {"/v1/chat/completions", "/chat/completions"}
-    hot |= {f"{prefix}/{door}" for prefix in ("/v1", "") for door in ("embeddings", "completions")}
+    doors = ("embeddings", "completions", "responses")
+    hot |= {f"{prefix}/{door}" for prefix in ("/v1", "") for door in doors}
     hot |= {f"{prefix}/messages{tail}" for prefix in ("/v1", "") for tail in ("", "/count_tokens")}
     assert posts - hot == set(ADMIN_BODIES), "an admin POST route without its body model in ADMIN_BODIES"
     for path in posts:
