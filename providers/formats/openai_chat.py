@@ -22,6 +22,7 @@ import orjson
 
 from providers.formats.errors import FormatError, StreamError
 from providers.formats.fields import opt_bool, opt_int, opt_num, opt_str, req_list, req_obj, req_str
+from providers.formats.openai_shapes import function_json, json_schema_json, parse_function, parse_json_schema
 from providers.formats.sse import DONE
 from providers.schema import (
     Finish,
@@ -182,18 +183,7 @@ def _parse_tool(raw: Any, param: str) -> Tool:
     tool = req_obj(raw, param)
     if tool.get("type") != "function":
         raise FormatError(f"'{param}.type' must be 'function'", f"{param}.type")
-    fn = req_obj(tool.get("function"), f"{param}.function")
-    parameters = fn.get("parameters")
-    return Tool(
-        name=req_str(fn.get("name"), f"{param}.function.name"),
-        description=opt_str(fn.get("description"), f"{param}.function.description"),
-        parameters=(
-            dict(req_obj(parameters, f"{param}.function.parameters"))
-            if parameters is not None
-            else {"type": "object", "properties": {}}
-        ),
-        strict=opt_bool(fn.get("strict"), f"{param}.function.strict"),
-    )
+    return parse_function(req_obj(tool.get("function"), f"{param}.function"), f"{param}.function")
 
 
 def _parse_tool_choice(raw: Any) -> str | None:
@@ -214,14 +204,8 @@ def _parse_response_format(raw: Any) -> ResponseFormat | None:
     if kind in ("text", "json_object"):
         return ResponseFormat(kind)
     if kind == "json_schema":
-        spec = req_obj(fmt.get("json_schema"), "response_format.json_schema")
-        schema = spec.get("schema")
-        return ResponseFormat(
-            "json_schema",
-            name=req_str(spec.get("name"), "response_format.json_schema.name"),
-            schema=None if schema is None else dict(req_obj(schema, "response_format.json_schema.schema")),
-            strict=opt_bool(spec.get("strict"), "response_format.json_schema.strict"),
-        )
+        param = "response_format.json_schema"
+        return parse_json_schema(req_obj(fmt.get("json_schema"), param), param)
     raise FormatError(
         "'response_format.type' must be text, json_object or json_schema", "response_format.type"
     )
@@ -302,24 +286,13 @@ def _part_json(part: Part) -> dict[str, Any]:
 
 
 def _tool_json(tool: Tool) -> dict[str, Any]:
-    fn: dict[str, Any] = {"name": tool.name}
-    if tool.description is not None:
-        fn["description"] = tool.description
-    fn["parameters"] = tool.parameters
-    if tool.strict is not None:
-        fn["strict"] = tool.strict
-    return {"type": "function", "function": fn}
+    return {"type": "function", "function": function_json(tool)}
 
 
 def _response_format_json(fmt: ResponseFormat) -> dict[str, Any]:
     if fmt.type != "json_schema":
         return {"type": fmt.type}
-    spec: dict[str, Any] = {"name": fmt.name or "response"}
-    if fmt.schema is not None:
-        spec["schema"] = fmt.schema
-    if fmt.strict is not None:
-        spec["strict"] = fmt.strict
-    return {"type": "json_schema", "json_schema": spec}
+    return {"type": "json_schema", "json_schema": json_schema_json(fmt)}
 
 
 # ---- usage ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 
 from providers.formats.errors import FormatError, StreamError
 from providers.formats.fields import opt_bool, opt_int, opt_num, opt_str, req_list, req_obj, req_str
+from providers.formats.openai_shapes import function_json, json_schema_json, parse_function, parse_json_schema
 from providers.formats.sse import encode_json
 from providers.schema import (
     Finish,
@@ -228,17 +229,7 @@ def _parse_tool(raw: Any, param: str) -> Tool:
         raise FormatError(
             f"tool type {tool.get('type')!r} is not supported (only 'function')", f"{param}.type"
         )
-    parameters = tool.get("parameters")
-    return Tool(
-        name=req_str(tool.get("name"), f"{param}.name"),
-        description=opt_str(tool.get("description"), f"{param}.description"),
-        parameters=(
-            dict(req_obj(parameters, f"{param}.parameters"))
-            if parameters is not None
-            else {"type": "object", "properties": {}}
-        ),
-        strict=opt_bool(tool.get("strict"), f"{param}.strict"),
-    )
+    return parse_function(tool, param)
 
 
 def _parse_tool_choice(raw: Any) -> str | None:
@@ -261,13 +252,7 @@ def _parse_text_format(raw: Any) -> ResponseFormat | None:
     if kind in ("text", "json_object"):
         return ResponseFormat(kind)
     if kind == "json_schema":
-        schema = fmt.get("schema")
-        return ResponseFormat(
-            "json_schema",
-            name=req_str(fmt.get("name"), "text.format.name"),
-            schema=None if schema is None else dict(req_obj(schema, "text.format.schema")),
-            strict=opt_bool(fmt.get("strict"), "text.format.strict"),
-        )
+        return parse_json_schema(fmt, "text.format")
     raise FormatError("'text.format.type' must be text, json_object or json_schema", "text.format.type")
 
 
@@ -361,24 +346,13 @@ def _part_json(part: Part) -> dict[str, Any]:
 
 
 def _tool_json(tool: Tool) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "function", "name": tool.name}
-    if tool.description is not None:
-        out["description"] = tool.description
-    out["parameters"] = tool.parameters
-    if tool.strict is not None:
-        out["strict"] = tool.strict
-    return out
+    return {"type": "function", **function_json(tool)}
 
 
 def _text_format_json(fmt: ResponseFormat) -> dict[str, Any]:
     if fmt.type != "json_schema":
         return {"type": fmt.type}
-    out: dict[str, Any] = {"type": "json_schema", "name": fmt.name or "response"}
-    if fmt.schema is not None:
-        out["schema"] = fmt.schema
-    if fmt.strict is not None:
-        out["strict"] = fmt.strict
-    return out
+    return {"type": "json_schema", **json_schema_json(fmt)}
 
 
 # ---- usage ----------------------------------------------------------------------------------
