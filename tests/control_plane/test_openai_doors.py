@@ -8,12 +8,10 @@ hits are free.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
 import httpx
 import openai
 import pytest
@@ -21,6 +19,7 @@ import pytest
 from tests.control_plane.conftest import MASTER_KEY, gateway_config
 from tests.support.fake_openai import EMBEDDING_DIMENSIONS, FakeOpenAI, fake_embedding
 from tests.support.gateway_process import GatewayProcess, gateway_process
+from tests.support.spend_rows import spend_rows
 
 MODEL = "gpt-4o-mini"
 
@@ -43,26 +42,6 @@ def _admin(gw: GatewayProcess, path: str, body: dict[str, Any]) -> dict[str, Any
 
 def _client(gw: GatewayProcess, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0)
-
-
-def _rows(database_url: str, key_hash: str, count: int) -> list[asyncpg.Record]:
-    async def fetch() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                rows = await conn.fetch(
-                    "SELECT operation, prompt_tokens, completion_tokens, spend, cache_hit, status"
-                    " FROM spend_logs WHERE key_hash = $1 ORDER BY start_time",
-                    key_hash,
-                )
-                if len(rows) >= count or time.monotonic() > deadline:
-                    return rows
-                await asyncio.sleep(0.1)
-        finally:
-            await conn.close()
-
-    return asyncio.run(fetch())
 
 
 def test_embeddings_float_base64_and_dimensions(doors_gateway: GatewayProcess) -> None:
@@ -127,7 +106,7 @@ def test_spend_rows_match_what_clients_received_and_cache_hits_are_free(
     assert len(fake_upstream.requests) == upstream_calls  # answered without the upstream
     assert again.parse().data[0].embedding == first.parse().data[0].embedding
     completion = client.completions.create(model=MODEL, prompt="count me", max_tokens=3, temperature=0.5)
-    rows = _rows(database_url, created["token"], 3)
+    rows = spend_rows(database_url, created["token"], 3)
     assert [r["operation"] for r in rows] == ["embeddings", "embeddings", "completions"]
     sent = first.parse().usage.prompt_tokens
     assert (rows[0]["prompt_tokens"], rows[0]["cache_hit"]) == (sent, False)

@@ -22,6 +22,7 @@ import pytest
 from tests.support.fake_openai import Behavior, FakeOpenAI
 from tests.support.gateway_process import GatewayProcess, gateway_process
 from tests.support.postgres import fresh_database, postgres_server
+from tests.support.spend_rows import spend_rows
 
 MASTER = "sk-master-responses-e2e"
 MODEL = "gpt-4o-mini"
@@ -68,28 +69,6 @@ def _client(gw: GatewayProcess, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key=key, max_retries=0)
 
 
-def _rows(database_url: str, key_hash: str, count: int) -> list[asyncpg.Record]:
-    """The key's spend rows, oldest first, once ``count`` of them are written (in the background)."""
-
-    async def fetch() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                rows = await conn.fetch(
-                    "SELECT operation, prompt_tokens, completion_tokens, spend, cache_hit, status, stream"
-                    " FROM spend_logs WHERE key_hash = $1 ORDER BY start_time",
-                    key_hash,
-                )
-                if len(rows) >= count or time.monotonic() > deadline:
-                    return rows
-                await asyncio.sleep(0.1)
-        finally:
-            await conn.close()
-
-    return asyncio.run(fetch())
-
-
 def test_spend_rows_match_what_the_client_received_and_cache_hits_are_free(
     gateway: GatewayProcess, fake: FakeOpenAI, database_url: str
 ) -> None:
@@ -112,7 +91,7 @@ def test_spend_rows_match_what_the_client_received_and_cache_hits_are_free(
     assert len(fake.requests) == upstream_calls  # answered without the upstream
     assert again.parse().output_text == first.parse().output_text == "cached answer"
 
-    rows = _rows(database_url, created["token"], 4)
+    rows = spend_rows(database_url, created["token"], 4)
     assert [r["operation"] for r in rows] == ["responses"] * 4
     assert [r["status"] for r in rows] == ["success"] * 4
     assert [r["stream"] for r in rows] == [False, True, False, False]
