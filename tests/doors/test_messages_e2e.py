@@ -20,10 +20,11 @@ import pytest
 from gateway.doors.messages import estimate_input_tokens
 from providers.formats import anthropic_messages
 from tests.control_plane.conftest import MASTER_KEY, gateway_config
-from tests.control_plane.test_openai_doors import _admin, _rows
+from tests.control_plane.test_openai_doors import _admin
 from tests.support.fake_openai import Behavior, FakeOpenAI
 from tests.support.gateway_process import GatewayProcess, gateway_process
 from tests.support.postgres import fresh_database, postgres_server
+from tests.support.spend_rows import spend_rows
 
 MODEL = "gpt-4o-mini"
 USER = [{"role": "user", "content": "What is the weather in Oslo?"}]
@@ -252,7 +253,7 @@ def test_spend_rows_match_what_clients_received_and_cache_hits_are_free(
     assert texts == [["chunk0 chunk1 chunk2 "]] * 3
     assert replayed.usage.output_tokens == first.parse().usage.output_tokens
 
-    rows = _rows(database_url, created["token"], 4)
+    rows = spend_rows(database_url, created["token"], 4)
     assert [r["operation"] for r in rows] == ["messages"] * 4
     assert [r["cache_hit"] for r in rows] == [False, False, True, True]
     for row, message in zip(rows[:2], (first.parse(), streamed), strict=True):
