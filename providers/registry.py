@@ -137,6 +137,7 @@ class ProviderRegistry:
         # The engine team's in-process adapter; imported only when a `local/` model is configured
         # (its capabilities are spelled here so that listing them does not import torch).
         registry.register_lazy("local", "providers.local:LocalProvider", ("chat", "completions"))
+        registry.register_lazy("bedrock", "providers.bedrock:BedrockProvider", ("chat", "embeddings"))
         return registry
 
 

@@ -1,0 +1,134 @@
+"""Who the gateway is to AWS: a deployment's region and credentials, and SigV4 request signing.
+
+Reference: https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv-create-signed-request.html
+(signed with botocore's own ``SigV4Auth``, service name ``bedrock``) and
+https://docs.aws.amazon.com/bedrock/latest/userguide/api-keys-use.html (Bedrock API keys: a
+bearer token instead of a signature).
+
+Credentials, first found wins (LiteLLM's ``litellm_params`` names):
+
+1. ``aws_access_key_id`` + ``aws_secret_access_key`` (+ ``aws_session_token``) in the params;
+2. a Bedrock API key: ``api_key``, or ``AWS_BEARER_TOKEN_BEDROCK`` (sent as ``Authorization:
+   Bearer``, unsigned);
+3. botocore's standard chain (environment, ``aws_profile_name`` or the default profile, SSO,
+   container and instance roles), resolved once per profile and refreshed by botocore when
+   temporary credentials near expiry.
+
+Secrets stay in this module's objects: nothing here logs them or puts them in an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+from botocore.session import Session
+
+from providers.errors import ProviderError
+
+SERVICE = "bedrock"  # bedrock-runtime's signing name
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """How one request proves itself: SigV4 ``credentials``, or a Bedrock API key (``bearer``)."""
+
+    credentials: ReadOnlyCredentials | None = None
+    bearer: str | None = None
+
+    def secrets(self) -> list[str]:
+        """What must never leave the process (to scrub an upstream's echo)."""
+        if self.bearer is not None:
+            return [self.bearer]
+        if self.credentials is None:
+            return []
+        return [s for s in (self.credentials.secret_key, self.credentials.token) if s]
+
+
+def region_of(params: Mapping[str, Any]) -> str:
+    """The deployment's AWS region: ``aws_region_name`` / ``region_name``, else the environment or
+    the profile (``AWS_REGION``, ``AWS_DEFAULT_REGION``, the config file)."""
+    for key in ("aws_region_name", "region_name"):
+        value = params.get(key)
+        if isinstance(value, str) and value:
+            return value
+    profile = params.get("aws_profile_name")
+    region = os.environ.get("AWS_REGION") or _profile_region(profile if isinstance(profile, str) else None)
+    if not region:
+        raise ProviderError(
+            500,
+            "no AWS region for this Bedrock deployment: set aws_region_name in its params (or AWS_REGION)",
+            "api_error",
+            "provider_misconfigured",
+        )
+    return str(region)
+
+
+@functools.lru_cache(maxsize=32)
+def _profile_region(profile: str | None) -> str | None:
+    # AWS_DEFAULT_REGION or the profile's region in ~/.aws/config (read once: a Session is costly).
+    return Session(profile=profile or None).get_config_variable("region")
+
+
+class CredentialSource:
+    """Resolves each deployment's ``Identity``; the standard chain's result is kept per profile."""
+
+    def __init__(self) -> None:
+        self._chains: dict[str | None, Credentials] = {}
+
+    async def identity(self, params: Mapping[str, Any], api_key: str | None) -> Identity:
+        key_id, secret = params.get("aws_access_key_id"), params.get("aws_secret_access_key")
+        if key_id or secret:
+            if not (isinstance(key_id, str) and key_id and isinstance(secret, str) and secret):
+                raise _misconfigured("aws_access_key_id and aws_secret_access_key must be given together")
+            token = params.get("aws_session_token")
+            return Identity(ReadOnlyCredentials(key_id, secret, token if isinstance(token, str) else None))
+        bearer = api_key or os.environ.get("AWS_BEARER_TOKEN_BEDROCK")
+        if bearer:
+            return Identity(bearer=bearer)
+        profile = params.get("aws_profile_name")
+        profile = profile if isinstance(profile, str) and profile else None
+        creds = self._chains.get(profile)
+        if creds is None:
+            # The chain may read files or ask the instance metadata service: off the event loop.
+            creds = await asyncio.to_thread(_chain_credentials, profile)
+            if creds is None:
+                raise ProviderError(
+                    401,
+                    "no AWS credentials found for this Bedrock deployment (set aws_access_key_id/"
+                    "aws_secret_access_key, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role)",
+                    "authentication_error",
+                    "missing_credentials",
+                )
+            self._chains[profile] = creds
+        if isinstance(creds, RefreshableCredentials) and creds.refresh_needed():
+            return Identity(await asyncio.to_thread(creds.get_frozen_credentials))
+        return Identity(creds.get_frozen_credentials())
+
+
+def _chain_credentials(profile: str | None) -> Credentials | None:
+    return Session(profile=profile).get_credentials()
+
+
+def _misconfigured(message: str) -> ProviderError:
+    return ProviderError(500, message, "api_error", "provider_misconfigured")
+
+
+def sign(identity: Identity, region: str, url: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` plus the authentication for a POST of ``body`` to ``url``.
+
+    ``url`` must be exactly what goes on the wire (the model id already percent-encoded): the
+    signature covers the path as sent.
+    """
+    if identity.bearer is not None:
+        return {**headers, "authorization": f"Bearer {identity.bearer}"}
+    request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+    SigV4Auth(identity.credentials, SERVICE, region).add_auth(request)
+    return dict(request.headers.items())
