@@ -75,7 +75,7 @@ def create_app(config: GatewayConfig | None = None, *, builder: ServicesBuilder 
         hot.append(Route(f"{prefix}/messages/count_tokens", count, methods=["POST"]))
     for path in ("/v1/models", "/models"):
         hot.append(Route(path, list_models, methods=["GET"]))
-        hot.append(Route(path + "/{model}", retrieve_model, methods=["GET"]))
+        hot.append(Route(path + "/{model:path}", retrieve_model, methods=["GET"]))  # ids hold "/"
     responses = Endpoint(ResponsesDoor())
     for prefix in ("/v1", ""):  # the Responses API (gateway/doors/responses.py)
         hot.append(Route(f"{prefix}/responses", responses, methods=["POST"]))
