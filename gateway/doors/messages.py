@@ -9,15 +9,17 @@ sequence. Errors on this door are Anthropic's ``{"type": "error", "error": {"typ
 Auth: the ``anthropic`` SDK sends its key as ``x-api-key``; bearer auth is accepted too.
 ``anthropic-version`` is accepted and not checked (one version of the API is spoken).
 
-``count_tokens`` does not reach a provider: it authenticates, checks model access and answers the
-stated estimate below (no tokenizer runs in the gateway), in this door's error shape.
+``count_tokens`` authenticates and checks model access like the door, then counts: exactly when
+the model's deployments are served by an adapter that counts (``TokenCounter``: the local engine,
+with its own chat template and tokenizer), else the stated estimate below. It generates nothing,
+is not admitted against limits and spends nothing.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import orjson
 
@@ -27,6 +29,7 @@ from gateway.limits.estimate import MAX_COMPLETION_TOKENS
 from gateway.pipeline.conductor import check_model
 from gateway.pipeline.respond import Receive, Scope, Send, send_body, send_error
 from gateway.server.body import ClientGone, check_json_depth, read_body
+from providers.contract import ProviderCall
 from providers.formats import anthropic_messages
 from providers.formats.errors import FormatError
 from providers.schema import (
@@ -41,6 +44,10 @@ from providers.schema import (
     ToolCallDelta,
     UsageReport,
 )
+
+if TYPE_CHECKING:
+    from gateway.routing.deployment import Deployment
+    from gateway.routing.router import Router
 
 # Anthropic's error type for each status (https://docs.anthropic.com/en/api/errors).
 _ERROR_TYPES = {
@@ -81,7 +88,7 @@ def gateway_error_body(err: GatewayError) -> bytes:
 
 
 # Rough but stated: ~4 characters a token plus a few per message, as the limiter's admission
-# estimate does. Used where no tokenizer for the model runs in the gateway.
+# estimate does. Used where no adapter of the model counts (``TokenCounter`` below).
 _CHARS_PER_TOKEN = 4
 _PER_MESSAGE = 4
 
@@ -178,18 +185,53 @@ class MessagesDoor(Door):
         return out + writer.end()
 
 
-def count_tokens(raw: bytes) -> tuple[str, bytes]:
-    """The model named and the ``count_tokens`` answer, ``{"input_tokens": N}`` (the estimate above)."""
-    req = _read(_parse(raw), require_max_tokens=False)
-    return req.model, orjson.dumps({"input_tokens": estimate_input_tokens(req)})
+def read_count_request(raw: bytes) -> GenerationRequest:
+    """A ``count_tokens`` body as the typed request (the ``messages`` body without ``max_tokens``)."""
+    return _read(_parse(raw), require_max_tokens=False)
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """An adapter that counts a prompt's tokens as its upstream does (``LocalProvider``: the engine's
+    chat template and tokenizer).
+
+    Only the local engine counts today. Every other adapter gets the estimate, including Anthropic
+    models behind an OpenAI-compatible upstream. NOTE for the native anthropic adapter: Anthropic's
+    real ``POST /v1/messages/count_tokens`` is reachable only through it; giving it this method
+    (calling that endpoint) makes this door answer Anthropic's own count, with no change here.
+    """
+
+    async def count_tokens(self, request: GenerationRequest, call: ProviderCall) -> int: ...
+
+
+def exact_counter(router: Router, model: str) -> tuple[TokenCounter, Deployment] | None:
+    """The adapter and deployment that count ``model``'s prompts: its first deployment's (config
+    order) when every deployment's adapter counts; None when any would be estimated, as the
+    router may send the request to that one.
+    """
+    states = router.groups[model].deployments
+    adapters = [router.providers.get(state.deployment.provider) for state in states]
+    counters = [adapter for adapter in adapters if isinstance(adapter, TokenCounter)]
+    if len(counters) < len(adapters):
+        return None
+    return counters[0], states[0].deployment
+
+
+async def count_input_tokens(router: Router, req: GenerationRequest, request_id: str) -> int:
+    """``req``'s prompt tokens: counted by the model's adapter where it counts, else estimated."""
+    counter = exact_counter(router, req.model)
+    if counter is None:
+        return estimate_input_tokens(req)
+    adapter, deployment = counter
+    return await adapter.count_tokens(req, deployment.provider_call({}, request_id))
 
 
 class CountTokens:
     """``POST /v1/messages/count_tokens`` (an ASGI app: Starlette would wrap a plain function as a
-    request handler): authenticate, read, check model access, answer.
+    request handler): authenticate, read, check model access, count (``count_input_tokens``).
 
-    No provider is called and nothing is admitted or spent (Anthropic counts it apart from
-    messages too); a key still needs access to the model it asks about.
+    Nothing is generated, admitted or spent (Anthropic counts it apart from messages too); a key
+    still needs access to the model it asks about, checked before any model is loaded to count.
     """
 
     __slots__ = ("door",)
@@ -206,8 +248,10 @@ class CountTokens:
             principal = await services.auth.authenticate(self.door.token(headers))
             limit = services.config.max_request_body_bytes
             raw = await read_body(receive, headers.get(b"content-length"), limit)
-            model, answer = count_tokens(raw)
-            check_model(services, principal, model, self.door)
+            req = read_count_request(raw)
+            check_model(services, principal, req.model, self.door)
+            counted = await count_input_tokens(services.router, req, request_id)
+            answer = orjson.dumps({"input_tokens": counted})
             ok = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
             await send_body(send, 200, answer, ok)
         except ClientGone:

@@ -25,7 +25,7 @@ from local_engine.server.protocol import OpenAIError
 from local_engine.server.serving import OpenAIServing
 from providers.contract import Operation, ProviderCall, ProviderResponse
 from providers.errors import ContextWindowExceededError, ProviderError
-from providers.openai_compat.typed import generate_stream_via_chat, generate_via_chat
+from providers.openai_compat.typed import generate_stream_via_chat, generate_via_chat, openai_call
 from providers.schema import GenerationRequest, GenerationResponse, StreamEvent
 from providers.usage import Usage
 
@@ -124,6 +124,21 @@ class LocalProvider:
 
     def generate_stream(self, request: GenerationRequest, call: ProviderCall) -> AsyncIterator[StreamEvent]:
         return generate_stream_via_chat(self, request, call)
+
+    async def count_tokens(self, request: GenerationRequest, call: ProviderCall) -> int:
+        """The prompt tokens ``request`` takes on this deployment, exactly: its messages and tools
+        through the engine's chat template and tokenizer, as a generation of it counts them in
+        ``usage.prompt_tokens`` (the same ``prepare_chat``). Loads the model when no request has.
+        A prompt over the model's context window is refused as its generation would be (400
+        ``context_length_exceeded``): the engine has no count for what it would not run.
+        """
+        serving = await self._serving(call)
+        body = self._body(openai_call(request, call, stream=False))
+        try:
+            _, prepared = serving.prepare_chat(body)
+        except OpenAIError as exc:
+            raise _provider_error(exc) from None
+        return len(prepared.prompts[0])
 
     async def _complete(self, call: ProviderCall, operation: Operation) -> ProviderResponse:
         serving = await self._serving(call)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from decimal import Decimal
-from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from gateway.db import Database, open_database
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.gateway_process import GatewayProcess, gateway_process
+from tests.support.gateway_app import MASTER_KEY, UNIT_COST, gateway_config, keyed_gateway
+from tests.support.gateway_process import GatewayProcess
 from tests.support.postgres import fresh_database, postgres_server
+
+# The shared gateway builder's names, re-exported: the control-plane tests import them from here.
+__all__ = ["MASTER_KEY", "UNIT_COST", "gateway_config"]
 
 
 @pytest.fixture(scope="session")
@@ -36,38 +38,6 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 
 # ---- a real gateway process against a fake OpenAI upstream -------------------------------------------
 
-MASTER_KEY = "sk-master-control-plane-test"
-# What the fake upstream reports per request (7 prompt + 3 completion tokens) at the configured prices.
-INPUT_COST, OUTPUT_COST = 1e-6, 2e-6
-UNIT_COST = Decimal("0.000013")
-
-
-def gateway_config(fake_base_url: str) -> dict[str, Any]:
-    params = {"api_base": fake_base_url, "api_key": "sk-upstream-fake"}
-    return {
-        "model_list": [
-            {
-                "model_name": "gpt-4o-mini",
-                "litellm_params": {
-                    "model": "openai/gpt-4o-mini",
-                    **params,
-                    "input_cost_per_token": INPUT_COST,
-                    "output_cost_per_token": OUTPUT_COST,
-                },
-            },
-            {
-                "model_name": "gpt-4o",
-                "litellm_params": {
-                    "model": "openai/gpt-4o",
-                    **params,
-                    "input_cost_per_token": INPUT_COST,
-                    "output_cost_per_token": OUTPUT_COST,
-                },
-            },
-        ],
-        "general_settings": {"master_key": MASTER_KEY, "spend_flush_interval_s": 0.1},
-    }
-
 
 @pytest.fixture(scope="module")
 def fake_upstream() -> Iterator[FakeOpenAI]:
@@ -77,5 +47,5 @@ def fake_upstream() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture(scope="module")
 def gateway(fake_upstream: FakeOpenAI, database_url: str) -> Iterator[GatewayProcess]:
-    with gateway_process(gateway_config(fake_upstream.base_url), env={"DATABASE_URL": database_url}) as gw:
+    with keyed_gateway(gateway_config(fake_upstream.base_url), database_url) as gw:
         yield gw

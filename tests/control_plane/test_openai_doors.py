@@ -10,34 +10,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.control_plane.conftest import MASTER_KEY, gateway_config
 from tests.support.fake_openai import EMBEDDING_DIMENSIONS, FakeOpenAI, fake_embedding
-from tests.support.gateway_process import GatewayProcess, gateway_process
+from tests.support.gateway_app import DEFAULT_MODELS, MASTER_KEY, gateway_config, keyed_gateway, new_key
+from tests.support.gateway_process import GatewayProcess
 from tests.support.spend_rows import spend_rows
 
 MODEL = "gpt-4o-mini"
+# Model names as LiteLLM configs write them: a provider prefix, and a wildcard-style name.
+SLASHED = ("openai/gpt-4o", "anthropic/claude-3", "openai/*")
 
 
 @pytest.fixture(scope="module")
 def doors_gateway(fake_upstream: FakeOpenAI, database_url: str) -> Iterator[GatewayProcess]:
-    config = gateway_config(fake_upstream.base_url)
-    config["cache_settings"] = {"enabled": True}
-    with gateway_process(config, env={"DATABASE_URL": database_url}) as gw:
+    config = gateway_config(fake_upstream.base_url, models=DEFAULT_MODELS + SLASHED, cache=True)
+    with keyed_gateway(config, database_url) as gw:
         yield gw
-
-
-def _admin(gw: GatewayProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    r = httpx.post(
-        gw.base_url + path, json=body, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30
-    )
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def _client(gw: GatewayProcess, key: str) -> openai.OpenAI:
@@ -87,16 +79,48 @@ def test_models_retrieve(doors_gateway: GatewayProcess) -> None:
     with pytest.raises(openai.NotFoundError) as exc:
         client.models.retrieve("no-such-model")
     assert exc.value.body["code"] == "model_not_found"  # type: ignore[index]
-    key = _admin(doors_gateway, "/key/generate", {"models": ["gpt-4o"]})["key"]
+    key = new_key(doors_gateway, models=["gpt-4o"])["key"]
     with pytest.raises(openai.NotFoundError):
         _client(doors_gateway, key).models.retrieve(MODEL)  # exists, but not for this key
     assert _client(doors_gateway, key).models.retrieve("gpt-4o").id == "gpt-4o"
 
 
+def test_models_retrieve_ids_with_slashes(doors_gateway: GatewayProcess) -> None:
+    client = _client(doors_gateway, MASTER_KEY)
+    for name in SLASHED:  # the SDK sends "/" in an id as %2F
+        model = client.models.retrieve(name)
+        assert (model.id, model.object, model.owned_by) == (name, "model", "switchyard")
+    # A URL written by hand, with the "/" as it is, names the same model.
+    auth = {"Authorization": f"Bearer {MASTER_KEY}"}
+    plain = httpx.get(doors_gateway.base_url + "/v1/models/anthropic/claude-3", headers=auth, timeout=30)
+    assert plain.status_code == 200 and plain.json()["id"] == "anthropic/claude-3"
+    missing = httpx.get(doors_gateway.base_url + "/v1/models/openai/no-such/model", headers=auth, timeout=30)
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error": {
+            "message": "The model 'openai/no-such/model' does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.models.retrieve("openai/gpt-4o/extra")
+    assert exc.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+    # A key sees only the models it may use, in the list and one by one.
+    scoped = _client(doors_gateway, new_key(doors_gateway, models=["openai/gpt-4o"])["key"])
+    assert [m.id for m in scoped.models.list()] == ["openai/gpt-4o"]
+    assert scoped.models.retrieve("openai/gpt-4o").id == "openai/gpt-4o"
+    for hidden in ("anthropic/claude-3", "openai/*", MODEL):
+        with pytest.raises(openai.NotFoundError):
+            scoped.models.retrieve(hidden)
+
+
 def test_spend_rows_match_what_clients_received_and_cache_hits_are_free(
     doors_gateway: GatewayProcess, fake_upstream: FakeOpenAI, database_url: str
 ) -> None:
-    created = _admin(doors_gateway, "/key/generate", {})
+    created = new_key(doors_gateway)
     client = _client(doors_gateway, created["key"])
     text = f"cache me {time.monotonic_ns()}"
     first = client.embeddings.with_raw_response.create(model=MODEL, input=text, encoding_format="float")
@@ -129,13 +153,13 @@ def test_limits_count_and_budgets_refuse_on_every_door(doors_gateway: GatewayPro
         else:
             client.completions.create(model=MODEL, prompt=f"limit {i}", max_tokens=3)
 
-    limited = _client(doors_gateway, _admin(doors_gateway, "/key/generate", {"rpm_limit": 2})["key"])
+    limited = _client(doors_gateway, new_key(doors_gateway, rpm_limit=2)["key"])
     call(limited, 0)
     call(limited, 1)
     with pytest.raises(openai.RateLimitError):
         call(limited, 2)
 
-    broke = _client(doors_gateway, _admin(doors_gateway, "/key/generate", {"max_budget": 0.000001})["key"])
+    broke = _client(doors_gateway, new_key(doors_gateway, max_budget=0.000001)["key"])
     call(broke, 0)  # spends more than the budget
     deadline = time.monotonic() + 30
     with pytest.raises(openai.BadRequestError) as exc:

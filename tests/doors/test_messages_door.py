@@ -15,7 +15,13 @@ from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import RawMessageStreamEvent
 
 from gateway.doors.base import DoorCall
-from gateway.doors.messages import MessagesDoor, count_tokens, error_body, error_type
+from gateway.doors.messages import (
+    MessagesDoor,
+    error_body,
+    error_type,
+    estimate_input_tokens,
+    read_count_request,
+)
 from gateway.errors import GatewayError
 from providers.formats import openai_chat
 from providers.formats.sse import SSEDecoder
@@ -154,5 +160,5 @@ def test_error_shapes_and_auth() -> None:
 
 def test_count_tokens_estimate() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}
-    model, answer = count_tokens(orjson.dumps(body))
-    assert (model, orjson.loads(answer)) == ("m", {"input_tokens": 104})
+    req = read_count_request(orjson.dumps(body))
+    assert (req.model, estimate_input_tokens(req)) == ("m", 104)

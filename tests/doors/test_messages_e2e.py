@@ -3,8 +3,9 @@
 A real gateway process (virtual keys in Postgres, in-process limits and cache) in front of the
 fake OpenAI upstream: the door translates Anthropic's Messages API to OpenAI Chat and back, and
 goes through the one pipeline like every door (budgets, limits, spend rows with the operation
-"messages", free cache hits). Errors arrive in Anthropic's shape. The last test routes the door to
-the local engine (the bundled SmolLM2; skipped only when its package is absent).
+"messages", free cache hits). Errors arrive in Anthropic's shape. The last tests route the door to
+the local engine (the bundled SmolLM2; skipped only when its package is absent), where
+count_tokens counts with the engine's tokenizer instead of estimating.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import httpx
 import pytest
 
 from gateway.doors.messages import estimate_input_tokens
+from local_engine.loader.gguf import GGUFFile, build_tokenizer
+from local_engine.models.default import DefaultModelMissing, default_model_path
 from providers.formats import anthropic_messages
-from tests.control_plane.conftest import MASTER_KEY, gateway_config
-from tests.control_plane.test_openai_doors import _admin
 from tests.support.fake_openai import Behavior, FakeOpenAI
+from tests.support.gateway_app import MASTER_KEY, gateway_config, keyed_gateway, new_key
 from tests.support.gateway_process import GatewayProcess, gateway_process
-from tests.support.postgres import fresh_database, postgres_server
 from tests.support.spend_rows import spend_rows
 
 MODEL = "gpt-4o-mini"
@@ -36,22 +37,24 @@ WEATHER = {
 
 
 @pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
-    with postgres_server() as server, fresh_database(server, "switchyard_messages_e2e") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def fake_upstream() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def gw(fake_upstream: FakeOpenAI, database_url: str) -> Iterator[GatewayProcess]:
-    config = gateway_config(fake_upstream.base_url)
-    config["cache_settings"] = {"enabled": True}
-    with gateway_process(config, env={"DATABASE_URL": database_url}) as gateway:
+    with keyed_gateway(gateway_config(fake_upstream.base_url, cache=True), database_url) as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="module")
+def local_gw() -> Iterator[GatewayProcess]:
+    """A gateway serving the local engine (the bundled SmolLM2; skipped only when its package is absent)."""
+    try:
+        default_model_path()
+    except DefaultModelMissing as exc:
+        pytest.skip(str(exc))
+    config = {
+        "model_list": [
+            {"model_name": "smollm2", "litellm_params": {"model": "local/smollm2", "max_model_len": 512}}
+        ]
+    }
+    with gateway_process(config) as gateway:
         yield gateway
 
 
@@ -62,13 +65,9 @@ def _plain_upstream(fake_upstream: FakeOpenAI) -> Iterator[None]:
     fake_upstream.reset()
 
 
-def _client(gw: GatewayProcess, key: str = MASTER_KEY) -> anthropic.Anthropic:
+def _client(gw: GatewayProcess, key: str = MASTER_KEY, timeout: float = 60) -> anthropic.Anthropic:
     # The SDK posts to {base_url}/v1/messages with the key in x-api-key.
-    return anthropic.Anthropic(base_url=gw.base_url, api_key=key, max_retries=0, timeout=60)
-
-
-def _key(gw: GatewayProcess, **body: Any) -> dict[str, Any]:
-    return _admin(gw, "/key/generate", body)
+    return anthropic.Anthropic(base_url=gw.base_url, api_key=key, max_retries=0, timeout=timeout)
 
 
 def test_create_plain_translates_both_ways(gw: GatewayProcess, fake_upstream: FakeOpenAI) -> None:
@@ -154,7 +153,7 @@ def test_count_tokens_needs_a_key_and_model_access(gw: GatewayProcess) -> None:
     with pytest.raises(anthropic.AuthenticationError) as denied:
         _client(gw, "sk-wrong").messages.count_tokens(**body)
     assert denied.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
-    limited = _key(gw, models=["gpt-4o"])["key"]
+    limited = new_key(gw, models=["gpt-4o"])["key"]
     with pytest.raises(anthropic.PermissionDeniedError):
         _client(gw, limited).messages.count_tokens(**body)
     with pytest.raises(anthropic.NotFoundError):
@@ -209,7 +208,7 @@ def test_a_stream_broken_upstream_ends_with_an_error_event(
 
 
 def test_limits_count_and_a_key_over_budget_is_refused(gw: GatewayProcess) -> None:
-    limited = _client(gw, _key(gw, rpm_limit=2)["key"])
+    limited = _client(gw, new_key(gw, rpm_limit=2)["key"])
     for _ in range(2):
         limited.messages.create(model=MODEL, max_tokens=5, messages=USER)
     with pytest.raises(anthropic.RateLimitError) as slow:
@@ -217,7 +216,7 @@ def test_limits_count_and_a_key_over_budget_is_refused(gw: GatewayProcess) -> No
     assert slow.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     assert int(slow.value.response.headers["retry-after"]) >= 1
 
-    broke = _client(gw, _key(gw, max_budget=0.000001)["key"])
+    broke = _client(gw, new_key(gw, max_budget=0.000001)["key"])
     broke.messages.create(model=MODEL, max_tokens=5, messages=USER)  # spends more than the budget
     deadline = time.monotonic() + 30
     with pytest.raises(anthropic.BadRequestError) as refused:
@@ -230,7 +229,7 @@ def test_limits_count_and_a_key_over_budget_is_refused(gw: GatewayProcess) -> No
 def test_spend_rows_match_what_clients_received_and_cache_hits_are_free(
     gw: GatewayProcess, fake_upstream: FakeOpenAI, database_url: str
 ) -> None:
-    created = _key(gw)
+    created = new_key(gw)
     client = _client(gw, created["key"])
     # Cached only at temperature 0; this SDK takes ``temperature`` as an extra (no parameter).
     ask: dict[str, Any] = {
@@ -263,33 +262,45 @@ def test_spend_rows_match_what_clients_received_and_cache_hits_are_free(
     assert [(float(r["spend"]), r["prompt_tokens"]) for r in rows[2:]] == [(0.0, 0), (0.0, 0)]
 
 
-def test_routed_to_the_local_engine() -> None:
-    from local_engine.models.default import DefaultModelMissing, default_model_path
-
-    try:
-        default_model_path()
-    except DefaultModelMissing as exc:
-        pytest.skip(str(exc))
-    config = {
-        "model_list": [
-            {"model_name": "smollm2", "litellm_params": {"model": "local/smollm2", "max_model_len": 512}}
-        ]
+def test_routed_to_the_local_engine(local_gw: GatewayProcess) -> None:
+    client = _client(local_gw, "unused", timeout=240)
+    ask: dict[str, Any] = {
+        "model": "smollm2",
+        "max_tokens": 4,
+        "extra_body": {"temperature": 0},  # greedy (the SDK takes it as an extra)
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
     }
-    with gateway_process(config) as local:
-        client = anthropic.Anthropic(base_url=local.base_url, api_key="unused", max_retries=0, timeout=240)
-        ask: dict[str, Any] = {
-            "model": "smollm2",
-            "max_tokens": 4,
-            "extra_body": {"temperature": 0},  # greedy (the SDK takes it as an extra)
-            "messages": [{"role": "user", "content": "What is the capital of France?"}],
-        }
-        plain = client.messages.create(**ask)
-        assert plain.content[0].type == "text" and plain.content[0].text  # type: ignore[union-attr]
-        assert plain.stop_reason in ("end_turn", "max_tokens")
-        assert plain.usage.input_tokens > 0 and 0 < plain.usage.output_tokens <= 4
-        with client.messages.stream(**ask) as stream:
-            text = "".join(stream.text_stream)
-            final = stream.get_final_message()
-        # Greedy decoding: the stream says what the plain answer said.
-        assert text == plain.content[0].text  # type: ignore[union-attr]
-        assert final.usage.output_tokens == plain.usage.output_tokens
+    plain = client.messages.create(**ask)
+    assert plain.content[0].type == "text" and plain.content[0].text  # type: ignore[union-attr]
+    assert plain.stop_reason in ("end_turn", "max_tokens")
+    assert plain.usage.input_tokens > 0 and 0 < plain.usage.output_tokens <= 4
+    with client.messages.stream(**ask) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    # Greedy decoding: the stream says what the plain answer said.
+    assert text == plain.content[0].text  # type: ignore[union-attr]
+    assert final.usage.output_tokens == plain.usage.output_tokens
+
+
+def test_count_tokens_on_the_local_engine_is_its_tokenizer_count(local_gw: GatewayProcess) -> None:
+    client = _client(local_gw, "unused", timeout=240)
+    system, question = "Answer in one word.", "Which city is the capital of Norway, and why is it there?"
+    asked: dict[str, Any] = {
+        "model": "smollm2",
+        "system": system,
+        "messages": [{"role": "user", "content": question}],
+    }
+    counted = client.messages.count_tokens(**asked).input_tokens
+
+    # The engine's own tokenizer and chat template, read from the model file.
+    tokenizer = build_tokenizer(GGUFFile(default_model_path()))
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": question}],
+        add_generation_prompt=True,
+    )
+    assert counted == len(tokenizer.encode(prompt))
+    # What a generation of the same message reports as its input.
+    created = client.messages.create(**asked, max_tokens=1)
+    assert created.usage.input_tokens == counted
+    # Not the estimate other upstreams get (so the check above tells the two apart).
+    assert counted != estimate_input_tokens(anthropic_messages.parse_request(asked, require_max_tokens=False))

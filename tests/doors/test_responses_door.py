@@ -23,10 +23,9 @@ from gateway.responses_store import ResponseStore
 from providers.formats import openai_chat
 from providers.formats.sse import SSEDecoder
 from tests.support.fake_openai import Behavior, FakeOpenAI
-from tests.support.gateway_process import GatewayProcess, gateway_process
-from tests.support.postgres import fresh_database, postgres_server
+from tests.support.gateway_app import MASTER_KEY, admin, gateway_config, keyed_gateway
+from tests.support.gateway_process import GatewayProcess
 
-MASTER = "sk-master-responses-test"
 MODEL = "gpt-4o-mini"
 TOOL = {
     "type": "function",
@@ -37,42 +36,19 @@ TOOL = {
 
 
 @pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
-    with postgres_server() as server, fresh_database(server) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as upstream:
-        yield upstream
-
-
-@pytest.fixture(scope="module")
-def gateway(fake: FakeOpenAI, database_url: str) -> Iterator[GatewayProcess]:
-    params = {"model": f"openai/{MODEL}", "api_base": fake.base_url, "api_key": "sk-up"}
-    config = {
-        "model_list": [{"model_name": MODEL, "litellm_params": params}],
-        "general_settings": {"master_key": MASTER, "spend_flush_interval_s": 0.1},
-    }
-    with gateway_process(config, env={"DATABASE_URL": database_url}) as gw:
+def gateway(fake_upstream: FakeOpenAI, database_url: str) -> Iterator[GatewayProcess]:
+    with keyed_gateway(gateway_config(fake_upstream.base_url, models=[MODEL]), database_url) as gw:
         yield gw
-
-
-def _admin(gw: GatewayProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    resp = httpx.post(f"{gw.base_url}{path}", json=body, headers={"Authorization": f"Bearer {MASTER}"})
-    assert resp.status_code == 200, resp.text
-    return resp.json()
 
 
 @pytest.fixture(scope="module")
 def team_keys(gateway: GatewayProcess) -> tuple[str, str, str]:
     """Two keys of team A and one of team B."""
-    a = _admin(gateway, "/team/new", {"team_alias": "resp-a"})["team_id"]
-    b = _admin(gateway, "/team/new", {"team_alias": "resp-b"})["team_id"]
-    a1 = _admin(gateway, "/key/generate", {"team_id": a})["key"]
-    a2 = _admin(gateway, "/key/generate", {"team_id": a})["key"]
-    b1 = _admin(gateway, "/key/generate", {"team_id": b})["key"]
+    a = admin(gateway, "/team/new", {"team_alias": "resp-a"})["team_id"]
+    b = admin(gateway, "/team/new", {"team_alias": "resp-b"})["team_id"]
+    a1 = admin(gateway, "/key/generate", {"team_id": a})["key"]
+    a2 = admin(gateway, "/key/generate", {"team_id": a})["key"]
+    b1 = admin(gateway, "/key/generate", {"team_id": b})["key"]
     return a1, a2, b1
 
 
@@ -96,7 +72,7 @@ def test_stored_response_routes_are_scoped_to_the_team(
 ) -> None:
     a1, a2, b1 = team_keys
     team_a = httpx.get(
-        f"{gateway.base_url}/key/info", params={"key": a1}, headers={"Authorization": f"Bearer {MASTER}"}
+        f"{gateway.base_url}/key/info", params={"key": a1}, headers={"Authorization": f"Bearer {MASTER_KEY}"}
     )
     team_id = team_a.json()["info"]["team_id"]
     items = [
@@ -162,16 +138,16 @@ def _events(gw: GatewayProcess, key: str, body: dict[str, Any]) -> list[dict[str
 
 
 def test_create_plain_and_retrieve(
-    gateway: GatewayProcess, fake: FakeOpenAI, team_keys: tuple[str, str, str]
+    gateway: GatewayProcess, fake_upstream: FakeOpenAI, team_keys: tuple[str, str, str]
 ) -> None:
     a1, a2, b1 = team_keys
-    fake.enqueue(Behavior(content="Paris is the capital.", prompt_tokens=11))
+    fake_upstream.enqueue(Behavior(content="Paris is the capital.", prompt_tokens=11))
     client = _client(gateway, a1)
     resp = client.responses.create(model=MODEL, instructions="Be brief.", input="Capital of France?")
     assert resp.output_text == "Paris is the capital."
     assert resp.status == "completed" and resp.id.startswith("resp_")
     assert resp.usage is not None and (resp.usage.input_tokens, resp.usage.output_tokens) == (11, 3)
-    sent = fake.requests[-1].body
+    sent = fake_upstream.requests[-1].body
     assert sent["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Capital of France?"},
@@ -183,18 +159,20 @@ def test_create_plain_and_retrieve(
     with pytest.raises(openai.NotFoundError):
         _client(gateway, b1).responses.retrieve(resp.id)
     # store: false keeps nothing.
-    fake.enqueue(Behavior(content="x"))
+    fake_upstream.enqueue(Behavior(content="x"))
     unstored = client.responses.create(model=MODEL, input="hi", store=False)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(unstored.id)
 
 
 def test_function_tool_round_trip_streamed_with_previous_response_id(
-    gateway: GatewayProcess, fake: FakeOpenAI, team_keys: tuple[str, str, str]
+    gateway: GatewayProcess, fake_upstream: FakeOpenAI, team_keys: tuple[str, str, str]
 ) -> None:
     a1, _, b1 = team_keys
     client = _client(gateway, a1)
-    fake.enqueue(Behavior(content="", tool_calls=[("call_w1", "weather", '{"city": "Oslo"}')], chunks=3))
+    fake_upstream.enqueue(
+        Behavior(content="", tool_calls=[("call_w1", "weather", '{"city": "Oslo"}')], chunks=3)
+    )
     with client.responses.stream(model=MODEL, input="Weather in Oslo?", tools=[TOOL]) as stream:  # type: ignore[list-item]
         kinds = [event.type for event in stream]
         first = stream.get_final_response()
@@ -202,10 +180,10 @@ def test_function_tool_round_trip_streamed_with_previous_response_id(
     assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
     calls = [item for item in first.output if item.type == "function_call"]
     assert [(c.call_id, c.name, c.arguments) for c in calls] == [("call_w1", "weather", '{"city": "Oslo"}')]
-    assert fake.requests[-1].body["tools"][0]["function"]["name"] == "weather"
+    assert fake_upstream.requests[-1].body["tools"][0]["function"]["name"] == "weather"
 
     # The tool's result, chained on the stored conversation.
-    fake.enqueue(Behavior(content="It is sunny in Oslo."))
+    fake_upstream.enqueue(Behavior(content="It is sunny in Oslo."))
     second = client.responses.create(
         model=MODEL,
         previous_response_id=first.id,
@@ -214,7 +192,7 @@ def test_function_tool_round_trip_streamed_with_previous_response_id(
     )
     assert second.output_text == "It is sunny in Oslo."
     assert second.previous_response_id == first.id
-    upstream = fake.requests[-1].body["messages"]
+    upstream = fake_upstream.requests[-1].body["messages"]
     assert upstream == [
         {"role": "user", "content": "Weather in Oslo?"},
         {
@@ -237,10 +215,10 @@ def test_function_tool_round_trip_streamed_with_previous_response_id(
 
 
 def test_stream_events_and_text(
-    gateway: GatewayProcess, fake: FakeOpenAI, team_keys: tuple[str, str, str]
+    gateway: GatewayProcess, fake_upstream: FakeOpenAI, team_keys: tuple[str, str, str]
 ) -> None:
     a1, _, _ = team_keys
-    fake.enqueue(Behavior(content="Hello there", chunks=2, prompt_tokens=5))
+    fake_upstream.enqueue(Behavior(content="Hello there", chunks=2, prompt_tokens=5))
     events = _events(gateway, a1, {"model": MODEL, "input": "hi"})
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
@@ -268,7 +246,7 @@ def test_bad_bodies_are_openai_shaped_400s(gateway: GatewayProcess, team_keys: t
 
 
 def test_openai_agents_sdk_default_model_runs_a_tool_turn(
-    gateway: GatewayProcess, fake: FakeOpenAI, team_keys: tuple[str, str, str]
+    gateway: GatewayProcess, fake_upstream: FakeOpenAI, team_keys: tuple[str, str, str]
 ) -> None:
     """The Agents SDK's default model is the Responses API: one tool call, its result, an answer."""
     import agents
@@ -284,13 +262,13 @@ def test_openai_agents_sdk_default_model_runs_a_tool_turn(
 
     agents.set_default_openai_client(openai.AsyncOpenAI(base_url=f"{gateway.base_url}/v1", api_key=a1))
     agents.set_tracing_disabled(True)
-    fake.enqueue(Behavior(content="", tool_calls=[("call_a1", "weather", '{"city": "Oslo"}')]))
-    fake.enqueue(Behavior(content="It is sunny in Oslo."))
+    fake_upstream.enqueue(Behavior(content="", tool_calls=[("call_a1", "weather", '{"city": "Oslo"}')]))
+    fake_upstream.enqueue(Behavior(content="It is sunny in Oslo."))
     agent = agents.Agent(name="assistant", instructions="Use tools.", tools=[weather], model=MODEL)
     result = agents.Runner.run_sync(agent, "Weather in Oslo?")
     assert seen == ["Oslo"]
     assert result.final_output == "It is sunny in Oslo."
-    last = fake.requests[-1].body["messages"]
+    last = fake_upstream.requests[-1].body["messages"]
     assert last[-1] == {"role": "tool", "tool_call_id": "call_a1", "content": "sunny in Oslo"}
 
 

@@ -12,57 +12,24 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import asyncpg
-import httpx
 import openai
 import pytest
 
 from tests.support.fake_openai import Behavior, FakeOpenAI
-from tests.support.gateway_process import GatewayProcess, gateway_process
-from tests.support.postgres import fresh_database, postgres_server
+from tests.support.gateway_app import INPUT_COST, OUTPUT_COST, gateway_config, keyed_gateway, new_key
+from tests.support.gateway_process import GatewayProcess
 from tests.support.spend_rows import spend_rows
 
-MASTER = "sk-master-responses-e2e"
 MODEL = "gpt-4o-mini"
-INPUT_COST, OUTPUT_COST = 1e-6, 2e-6
 
 
 @pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
-    with postgres_server() as server, fresh_database(server) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as upstream:
-        yield upstream
-
-
-@pytest.fixture(scope="module")
-def gateway(fake: FakeOpenAI, database_url: str) -> Iterator[GatewayProcess]:
-    params = {
-        "model": f"openai/{MODEL}",
-        "api_base": fake.base_url,
-        "api_key": "sk-up",
-        "input_cost_per_token": INPUT_COST,
-        "output_cost_per_token": OUTPUT_COST,
-    }
-    config = {
-        "model_list": [{"model_name": MODEL, "litellm_params": params}],
-        "general_settings": {"master_key": MASTER, "spend_flush_interval_s": 0.1},
-        "cache_settings": {"enabled": True},
-    }
-    with gateway_process(config, env={"DATABASE_URL": database_url}) as gw:
+def gateway(fake_upstream: FakeOpenAI, database_url: str) -> Iterator[GatewayProcess]:
+    config = gateway_config(fake_upstream.base_url, models=[MODEL], cache=True)
+    with keyed_gateway(config, database_url) as gw:
         yield gw
-
-
-def _new_key(gw: GatewayProcess, **body: Any) -> dict[str, Any]:
-    resp = httpx.post(f"{gw.base_url}/key/generate", json=body, headers={"Authorization": f"Bearer {MASTER}"})
-    assert resp.status_code == 200, resp.text
-    return resp.json()
 
 
 def _client(gw: GatewayProcess, key: str) -> openai.OpenAI:
@@ -70,25 +37,25 @@ def _client(gw: GatewayProcess, key: str) -> openai.OpenAI:
 
 
 def test_spend_rows_match_what_the_client_received_and_cache_hits_are_free(
-    gateway: GatewayProcess, fake: FakeOpenAI, database_url: str
+    gateway: GatewayProcess, fake_upstream: FakeOpenAI, database_url: str
 ) -> None:
-    created = _new_key(gateway)
+    created = new_key(gateway)
     client = _client(gateway, created["key"])
-    fake.enqueue(Behavior(content="plain answer", chunks=2, prompt_tokens=11))
+    fake_upstream.enqueue(Behavior(content="plain answer", chunks=2, prompt_tokens=11))
     plain = client.responses.create(model=MODEL, input="count me")
-    fake.enqueue(Behavior(content="streamed answer", chunks=4, prompt_tokens=13))
+    fake_upstream.enqueue(Behavior(content="streamed answer", chunks=4, prompt_tokens=13))
     with client.responses.stream(model=MODEL, input="count me too") as stream:
         streamed = stream.get_final_response()
 
     # store: false without previous_response_id is cacheable (at temperature 0, as on every
     # door): the second call is a free hit.
     ask = {"model": MODEL, "input": f"cache me {time.monotonic_ns()}", "store": False, "temperature": 0}
-    fake.enqueue(Behavior(content="cached answer", chunks=3, prompt_tokens=5))
+    fake_upstream.enqueue(Behavior(content="cached answer", chunks=3, prompt_tokens=5))
     first = client.responses.with_raw_response.create(**ask)
-    upstream_calls = len(fake.requests)
+    upstream_calls = len(fake_upstream.requests)
     again = client.responses.with_raw_response.create(**ask)
     assert again.headers.get("x-switchyard-cache") == "hit"
-    assert len(fake.requests) == upstream_calls  # answered without the upstream
+    assert len(fake_upstream.requests) == upstream_calls  # answered without the upstream
     assert again.parse().output_text == first.parse().output_text == "cached answer"
 
     rows = spend_rows(database_url, created["token"], 4)
@@ -112,14 +79,14 @@ def test_spend_rows_match_what_the_client_received_and_cache_hits_are_free(
 
 
 def test_limits_count_and_a_key_over_budget_is_refused(gateway: GatewayProcess) -> None:
-    limited = _client(gateway, _new_key(gateway, rpm_limit=2)["key"])
+    limited = _client(gateway, new_key(gateway, rpm_limit=2)["key"])
     limited.responses.create(model=MODEL, input="one")
     limited.responses.create(model=MODEL, input="two", stream=True).close()
     with pytest.raises(openai.RateLimitError) as limit:
         limited.responses.create(model=MODEL, input="three")
     assert limit.value.body["type"] == "requests"  # type: ignore[index]  # the RPM limit, as OpenAI names it
 
-    broke = _client(gateway, _new_key(gateway, max_budget=0.000001)["key"])
+    broke = _client(gateway, new_key(gateway, max_budget=0.000001)["key"])
     broke.responses.create(model=MODEL, input="spend more than the budget")
     deadline = time.monotonic() + 30
     with pytest.raises(openai.BadRequestError) as refused:
@@ -155,7 +122,7 @@ async def test_the_response_is_stored_before_the_client_receives_it(
     """Holding a lock that blocks the store's INSERT, the client must not have the answer (the
     plain body, or a stream's ``response.completed``) until the row is written: a client calling
     retrieve or previous_response_id right after create must find it."""
-    key = _new_key(gateway)["key"]
+    key = new_key(gateway)["key"]
     received: list[str] = []  # the stream's event types, as they arrive
     answered = threading.Event()  # the plain body, or the stream's response.completed, arrived
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,15 +11,8 @@ import pytest_asyncio
 from gateway.db import Database, open_database
 from gateway.pipeline import Principal
 from gateway.responses_store import ResponseStore, scope_of
-from tests.support.postgres import fresh_database, postgres_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
-    with postgres_server() as server, fresh_database(server) as url:
-        yield url
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
