@@ -50,6 +50,7 @@ DEFAULT_API_BASES: dict[str, str] = {
     "xai": "https://api.x.ai/v1",
     "cerebras": "https://api.cerebras.ai/v1",
     "sambanova": "https://api.sambanova.ai/v1",
+    "anthropic": "https://api.anthropic.com",
 }
 
 
@@ -137,6 +138,7 @@ class ProviderRegistry:
         # The engine team's in-process adapter; imported only when a `local/` model is configured
         # (its capabilities are spelled here so that listing them does not import torch).
         registry.register_lazy("local", "providers.local:LocalProvider", ("chat", "completions"))
+        registry.register_lazy("anthropic", "providers.anthropic:AnthropicProvider", ("chat",))
         registry.register_lazy("bedrock", "providers.bedrock:BedrockProvider", ("chat", "embeddings"))
         return registry
 

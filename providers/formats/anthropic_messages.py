@@ -15,6 +15,14 @@ Translation choices:
   plain response rather than dropped (streams pass the text through as ``input_json_delta``).
 - Thinking blocks in the conversation history are dropped on parse: ``Message`` has no slot and
   other upstreams would not take them; a thinking answer is ``reasoning``.
+- Upstream direction: ``response_format`` (JSON output) has no Messages field, so it is asked for
+  as a tool, ``json_tool_call``, whose ``input_schema`` is the wanted schema (any object for
+  ``json_object``), forced with ``tool_choice`` when the caller gave no tools of its own and no
+  extended thinking (which refuses forced tool use). With ``json_mode`` the parsers read that
+  tool's input back as the answer's text, and its ``tool_use`` stop as ``stop``.
+- OpenAI's reasoning effort becomes extended thinking with a budget (``THINKING_BUDGETS``); a
+  body with thinking and no ``max_tokens`` gets the budget plus ``DEFAULT_MAX_TOKENS`` (the API
+  wants ``max_tokens`` above the budget).
 """
 
 from __future__ import annotations
@@ -50,6 +58,13 @@ FORMAT = "anthropic_messages"
 
 # Anthropic requires max_tokens; used when building a body from a request that set none.
 DEFAULT_MAX_TOKENS = 4096
+
+# The tool that carries a JSON-output answer (``response_format``), as LiteLLM names it.
+JSON_TOOL = "json_tool_call"
+_JSON_TOOL_DESCRIPTION = "Respond with a JSON object that follows this schema."
+
+# OpenAI ``reasoning_effort`` -> thinking ``budget_tokens`` (1024 is the API's minimum budget).
+THINKING_BUDGETS: dict[str, int] = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096}
 
 _KNOWN = frozenset(
     {
@@ -271,7 +286,7 @@ def build_request(req: GenerationRequest) -> dict[str, Any]:
 
     System messages (wherever they stand) become the top-level ``system``; tool messages become
     ``tool_result`` blocks of a user turn; consecutive turns of one role are merged, as the API
-    requires alternation. ``response_format`` has no equivalent and is not sent.
+    requires alternation. ``response_format`` becomes the ``json_tool_call`` tool (module doc).
     """
     system: list[TextPart] = []
     turns: list[dict[str, Any]] = []
@@ -285,11 +300,12 @@ def build_request(req: GenerationRequest) -> dict[str, Any]:
             turns[-1]["content"] += blocks
         else:
             turns.append({"role": role, "content": blocks})
-    body: dict[str, Any] = {
-        "model": req.model,
-        "max_tokens": req.max_tokens if req.max_tokens is not None else DEFAULT_MAX_TOKENS,
-        "messages": turns,
-    }
+    thinking = _thinking_json(req.reasoning)
+    max_tokens = req.max_tokens
+    if max_tokens is None:
+        budget = thinking.get("budget_tokens") if thinking else None
+        max_tokens = DEFAULT_MAX_TOKENS + (budget if isinstance(budget, int) else 0)
+    body: dict[str, Any] = {"model": req.model, "max_tokens": max_tokens, "messages": turns}
     if system:
         if len(system) == 1 and system[0].cache_control is None:
             body["system"] = system[0].text
@@ -303,19 +319,44 @@ def build_request(req: GenerationRequest) -> dict[str, Any]:
         body["top_p"] = req.top_p
     if req.stop:
         body["stop_sequences"] = list(req.stop)
-    if req.tools:
-        body["tools"] = [_tool_json(t) for t in req.tools]
+    tools = [_tool_json(t) for t in req.tools]
     choice = _tool_choice_json(req.tool_choice, req.parallel_tool_calls)
+    fmt = req.response_format
+    if fmt is not None and fmt.type != "text":
+        schema = fmt.schema if fmt.schema is not None else {"type": "object"}
+        tools.append({"name": JSON_TOOL, "description": _JSON_TOOL_DESCRIPTION, "input_schema": schema})
+        if not req.tools and not (thinking and thinking.get("type") == "enabled"):
+            choice = {"type": "tool", "name": JSON_TOOL}
+    if tools:
+        body["tools"] = tools
     if choice is not None:
         body["tool_choice"] = choice
-    if req.reasoning and req.reasoning.get("type") in ("enabled", "disabled"):
-        body["thinking"] = req.reasoning
+    if thinking is not None:
+        body["thinking"] = thinking
     if req.user is not None:
         body["metadata"] = {"user_id": req.user}
     if req.source_format == FORMAT:
         for key, value in req.extra.items():
             body.setdefault(key, value)
     return body
+
+
+def _thinking_json(reasoning: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Anthropic's ``thinking`` from the request's reasoning (its own shape, or OpenAI's effort)."""
+    if not reasoning:
+        return None
+    if reasoning.get("type") in ("enabled", "disabled"):
+        return dict(reasoning)
+    effort = reasoning.get("effort")
+    if effort is None or effort == "none":
+        return None
+    budget = THINKING_BUDGETS.get(str(effort))
+    if budget is None:
+        raise FormatError(
+            f"'reasoning_effort' must be one of {', '.join(THINKING_BUDGETS)} or none for this model",
+            "reasoning_effort",
+        )
+    return {"type": "enabled", "budget_tokens": budget}
 
 
 def _text_block(part: TextPart) -> dict[str, Any]:
@@ -454,11 +495,17 @@ def _answer_input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_raw_arguments": arguments}
 
 
-def parse_response(body: Mapping[str, Any], *, created: int = 0) -> GenerationResponse:
-    """A ``message`` body as a ``GenerationResponse`` (Anthropic gives no timestamp: ``created``)."""
+def parse_response(
+    body: Mapping[str, Any], *, created: int = 0, json_mode: bool = False
+) -> GenerationResponse:
+    """A ``message`` body as a ``GenerationResponse`` (Anthropic gives no timestamp: ``created``).
+
+    ``json_mode``: the request asked for JSON output, so a ``json_tool_call`` is the answer's text.
+    """
     text: list[str] = []
     reasoning: list[str] = []
     calls: list[ToolCall] = []
+    answered_json = False
     for i, raw in enumerate(req_list(body.get("content"), "content")):
         block = req_obj(raw, f"content.{i}")
         kind = block.get("type")
@@ -466,6 +513,9 @@ def parse_response(body: Mapping[str, Any], *, created: int = 0) -> GenerationRe
             text.append(req_str(block.get("text"), f"content.{i}.text"))
         elif kind == "thinking":
             reasoning.append(req_str(block.get("thinking"), f"content.{i}.thinking"))
+        elif kind == "tool_use" and json_mode and block.get("name") == JSON_TOOL:
+            text.append(orjson.dumps(block.get("input") or {}).decode())
+            answered_json = True
         elif kind == "tool_use":
             calls.append(
                 ToolCall(
@@ -474,6 +524,9 @@ def parse_response(body: Mapping[str, Any], *, created: int = 0) -> GenerationRe
                     arguments=orjson.dumps(block.get("input") or {}).decode(),
                 )
             )
+    finish = STOP_REASON_IN.get(str(body.get("stop_reason")), "stop")
+    if finish == "tool_calls" and answered_json and not calls:
+        finish = "stop"
     return GenerationResponse(
         id=str(body.get("id") or ""),
         model=str(body.get("model") or ""),
@@ -481,7 +534,7 @@ def parse_response(body: Mapping[str, Any], *, created: int = 0) -> GenerationRe
         text="".join(text),
         reasoning="".join(reasoning) if reasoning else None,
         tool_calls=calls,
-        finish_reason=STOP_REASON_IN.get(str(body.get("stop_reason")), "stop"),
+        finish_reason=finish,
         usage=parse_usage(body.get("usage")),
     )
 
@@ -606,15 +659,18 @@ class StreamParser:
 
     Usage is reported once, at message_stop, with message_start's input counts and
     message_delta's output count. A tool_use block whose input never streamed a fragment gets
-    ``{}`` as its arguments at content_block_stop.
+    ``{}`` as its arguments at content_block_stop. Tool calls are numbered 0, 1, ... in the
+    order their blocks start. With ``json_mode`` the ``json_tool_call`` block streams as text.
     """
 
-    __slots__ = ("_blocks", "_created", "_tools", "_usage")
+    __slots__ = ("_calls", "_created", "_json_mode", "_tools", "_usage")
 
-    def __init__(self, *, created: int = 0) -> None:
+    def __init__(self, *, created: int = 0, json_mode: bool = False) -> None:
         self._created = created
-        self._blocks: dict[int, str] = {}  # block index -> type
-        self._tools: dict[int, list[int | bool]] = {}  # block index -> [our tool index, has input]
+        self._json_mode = json_mode
+        # block index -> [our tool index (-1: the JSON-output tool), whether input has streamed]
+        self._tools: dict[int, list[int | bool]] = {}
+        self._calls = 0  # tool calls (not counting the JSON-output tool) started so far
         self._usage = Usage()
 
     def feed_data(self, data: str | bytes) -> list[StreamEvent]:
@@ -632,24 +688,29 @@ class StreamParser:
             if dtype == "text_delta":
                 return [TextDelta(delta.get("text") or "")]
             if dtype == "input_json_delta":
-                tool = self._tools[event.get("index", 0)]
+                tool = self._tools.get(event.get("index", 0))
+                if tool is None:
+                    raise FormatError("input_json_delta for a block that is not a tool_use")
                 fragment = delta.get("partial_json") or ""
                 if not fragment:
                     return []
                 tool[1] = True
-                return [ToolCallDelta(int(tool[0]), fragment)]
+                return [self._tool_piece(tool, fragment)]
             if dtype == "thinking_delta":
                 return [ReasoningDelta(delta.get("thinking") or "")]
             return []  # signature_delta, citations_delta: no slot
         if kind == "content_block_start":
             block = event.get("content_block") or {}
             index = event.get("index", 0)
-            self._blocks[index] = block.get("type")
             if block.get("type") == "tool_use":
-                ours = len(self._tools)
                 given = block.get("input")
-                self._tools[index] = [ours, bool(given)]
                 first = orjson.dumps(given).decode() if given else ""
+                if self._json_mode and block.get("name") == JSON_TOOL:
+                    self._tools[index] = [-1, bool(given)]
+                    return [TextDelta(first)] if first else []
+                ours = self._calls
+                self._calls += 1
+                self._tools[index] = [ours, bool(given)]
                 return [ToolCallDelta(ours, first, block.get("id") or "", block.get("name") or "")]
             if block.get("type") == "text" and block.get("text"):
                 return [TextDelta(block["text"])]
@@ -658,7 +719,7 @@ class StreamParser:
             tool = self._tools.get(event.get("index", 0))
             if tool is not None and not tool[1]:
                 tool[1] = True
-                return [ToolCallDelta(int(tool[0]), "{}")]
+                return [self._tool_piece(tool, "{}")]
             return []
         if kind == "message_start":
             message = event.get("message") or {}
@@ -669,13 +730,23 @@ class StreamParser:
         if kind == "message_delta":
             self._merge_usage(event.get("usage"))
             reason = (event.get("delta") or {}).get("stop_reason")
-            return [Finish(STOP_REASON_IN.get(str(reason), "stop"))] if reason else []
+            if not reason:
+                return []
+            finish = STOP_REASON_IN.get(str(reason), "stop")
+            if finish == "tool_calls" and self._tools and not self._calls:
+                finish = "stop"  # only the JSON-output tool was called: a plain answer
+            return [Finish(finish)]
         if kind == "message_stop":
             return [UsageReport(self._usage)]
         if kind == "error":
             err = event.get("error") or {}
             raise StreamError(str(err.get("message") or "upstream error"), err.get("type"))
         return []  # ping, and event types added later
+
+    @staticmethod
+    def _tool_piece(tool: list[int | bool], fragment: str) -> StreamEvent:
+        ours = int(tool[0])
+        return TextDelta(fragment) if ours == -1 else ToolCallDelta(ours, fragment)
 
     def _merge_usage(self, raw: Any) -> None:
         if not isinstance(raw, Mapping):

@@ -154,7 +154,7 @@ def _parse_content(content: Any, param: str) -> list[Part]:
         part = req_obj(raw, f"{param}.{i}")
         kind = part.get("type")
         if kind == "text":
-            parts.append(TextPart(req_str(part.get("text"), f"{param}.{i}.text")))
+            parts.append(TextPart(req_str(part.get("text"), f"{param}.{i}.text"), part.get("cache_control")))
         elif kind == "image_url":
             image = req_obj(part.get("image_url"), f"{param}.{i}.image_url")
             url = req_str(image.get("url"), f"{param}.{i}.image_url.url")

@@ -20,6 +20,7 @@ from providers.schema import (
     ImagePart,
     Message,
     ReasoningDelta,
+    ResponseFormat,
     StreamStart,
     TextDelta,
     TextPart,
@@ -412,3 +413,115 @@ def test_error_event() -> None:
     assert am.error_event("api_error", "boom") == (
         b'event: error\ndata: {"type":"error","error":{"type":"api_error","message":"boom"}}\n\n'
     )
+
+
+# ---- upstream direction: JSON output, reasoning effort ---------------------------------------
+
+JSON_SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}}
+
+
+def _json_request(**kw: object) -> GenerationRequest:
+    fields: dict = {"response_format": ResponseFormat("json_schema", "count", JSON_SCHEMA), **kw}
+    return GenerationRequest(model="m", messages=[Message("user", [TextPart("count")])], **fields)
+
+
+def test_json_output_is_a_forced_tool() -> None:
+    assert am.build_request(_json_request()) == {
+        "model": "m",
+        "max_tokens": am.DEFAULT_MAX_TOKENS,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "count"}]}],
+        "tools": [
+            {
+                "name": "json_tool_call",
+                "description": "Respond with a JSON object that follows this schema.",
+                "input_schema": JSON_SCHEMA,
+            }
+        ],
+        "tool_choice": {"type": "tool", "name": "json_tool_call"},
+    }
+    plain = am.build_request(_json_request(response_format=ResponseFormat("json_object")))
+    assert plain["tools"][0]["input_schema"] == {"type": "object"}
+
+
+def test_json_tool_is_offered_not_forced_beside_caller_tools_or_thinking() -> None:
+    with_tools = am.build_request(_json_request(tools=[Tool("f")], tool_choice="auto"))
+    assert [t["name"] for t in with_tools["tools"]] == ["f", "json_tool_call"]
+    assert with_tools["tool_choice"] == {"type": "auto"}
+    thinking = am.build_request(_json_request(reasoning={"type": "enabled", "budget_tokens": 1024}))
+    assert "tool_choice" not in thinking
+    assert thinking["max_tokens"] == am.DEFAULT_MAX_TOKENS + 1024
+
+
+def test_json_tool_answer_reads_back_as_text() -> None:
+    body = {
+        "id": "msg_1",
+        "model": "m",
+        "content": [{"type": "tool_use", "id": "t", "name": "json_tool_call", "input": {"n": 3}}],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 1, "output_tokens": 2},
+    }
+    answer = am.parse_response(body, json_mode=True)
+    assert (answer.text, answer.tool_calls, answer.finish_reason) == ('{"n":3}', [], "stop")
+    # Without json_mode a tool of that name is an ordinary call.
+    assert am.parse_response(body).tool_calls == [ToolCall("t", "json_tool_call", '{"n":3}')]
+
+
+def test_json_tool_streams_as_text_and_other_calls_keep_their_numbers() -> None:
+    parser = am.StreamParser(json_mode=True)
+
+    def start(i: int, name: str) -> dict:
+        block = {"type": "tool_use", "id": f"t{i}", "name": name, "input": {}}
+        return {"type": "content_block_start", "index": i, "content_block": block}
+
+    def piece(i: int, text: str) -> dict:
+        delta = {"type": "input_json_delta", "partial_json": text}
+        return {"type": "content_block_delta", "index": i, "delta": delta}
+
+    def stop(i: int) -> dict:
+        return {"type": "content_block_stop", "index": i}
+
+    fed = [
+        start(0, "json_tool_call"), piece(0, '{"n":'), piece(0, "3}"), stop(0),
+        start(1, "f"), stop(1),
+    ]  # fmt: skip
+    out = [e for event in fed for e in parser.feed(event)]
+    assert out == [
+        TextDelta('{"n":'),
+        TextDelta("3}"),
+        ToolCallDelta(0, "", "t1", "f"),
+        ToolCallDelta(0, "{}"),
+    ]
+    finish = parser.feed({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {}})
+    assert finish == [Finish("tool_calls")]  # a real call was made too
+    only_json = am.StreamParser(json_mode=True)
+    only_json.feed(start(0, "json_tool_call"))
+    assert only_json.feed(stop(0)) == [TextDelta("{}")]
+    assert only_json.feed({"type": "message_delta", "delta": {"stop_reason": "tool_use"}}) == [Finish("stop")]
+
+
+@pytest.mark.parametrize(
+    ("effort", "budget"), [("minimal", 1024), ("low", 1024), ("medium", 2048), ("high", 4096), ("none", None)]
+)
+def test_reasoning_effort_becomes_a_thinking_budget(effort: str, budget: int | None) -> None:
+    body = am.build_request(
+        GenerationRequest("m", [Message("user", [TextPart("x")])], reasoning={"effort": effort})
+    )
+    if budget is None:
+        assert "thinking" not in body and body["max_tokens"] == am.DEFAULT_MAX_TOKENS
+    else:
+        assert body["thinking"] == {"type": "enabled", "budget_tokens": budget}
+        assert body["max_tokens"] == am.DEFAULT_MAX_TOKENS + budget
+
+
+def test_unknown_reasoning_effort_names_the_field() -> None:
+    with pytest.raises(FormatError) as exc:
+        am.build_request(
+            GenerationRequest("m", [Message("user", [TextPart("x")])], reasoning={"effort": "max"})
+        )
+    assert exc.value.param == "reasoning_effort"
+
+
+def test_input_fragment_for_a_block_that_is_no_tool_is_a_format_error() -> None:
+    delta = {"type": "input_json_delta", "partial_json": "{}"}
+    with pytest.raises(FormatError):
+        am.StreamParser().feed({"type": "content_block_delta", "index": 4, "delta": delta})

@@ -1,0 +1,145 @@
+"""One Messages API request from a ``GenerationRequest`` and a deployment: URL, headers, body.
+
+Wire format: https://docs.anthropic.com/en/api/messages (``POST /v1/messages``, ``x-api-key``,
+``anthropic-version``, optional ``anthropic-beta``). The body is written by
+``providers.formats.anthropic_messages.build_request``; this module adds what comes from the
+deployment rather than the caller:
+
+- ``api_base`` defaults to https://api.anthropic.com; a base given as ``.../v1`` or as the full
+  ``.../v1/messages`` URL (LiteLLM's spelling) is taken as it is meant.
+- Deployment defaults (``max_tokens``, ``temperature``, ``top_p``, ``stop`` in the params) fill
+  what the caller left unset. Anthropic requires ``max_tokens``: with neither, the codec's
+  ``DEFAULT_MAX_TOKENS`` (4096) is sent.
+- ``anthropic_beta`` (a string or a list) in the params and ``anthropic-beta`` in
+  ``extra_headers`` are joined into one ``anthropic-beta`` header.
+- The key is the deployment's ``api_key``, else ``ANTHROPIC_API_KEY`` from the environment.
+
+OpenAI Chat callers may send ``top_k`` and ``thinking`` (LiteLLM's Anthropic parameters); they
+are forwarded. ``seed`` has no Anthropic equivalent: a 400 naming it, or dropped with
+``drop_params``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from providers.contract import ProviderCall
+from providers.errors import ProviderError
+from providers.formats import anthropic_messages, openai_chat
+from providers.formats.errors import FormatError
+from providers.redaction import Scrubber, call_scrubber
+from providers.schema import GenerationRequest
+
+DEFAULT_API_BASE = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+# OpenAI Chat fields (``GenerationRequest.extra``) sent on as Anthropic body fields.
+OPENAI_EXTRAS = frozenset({"top_k", "thinking"})
+
+_urls: dict[str, httpx.URL] = {}
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """What to send, and how to read the answer."""
+
+    url: httpx.URL
+    headers: dict[str, str]
+    payload: bytes
+    json_mode: bool  # response_format was asked for: the json_tool_call answer is the text
+    clean: Scrubber  # scrubs this call's secrets from anything the upstream echoes
+
+
+def messages_url(api_base: str | None) -> httpx.URL:
+    """``{api_base}/v1/messages`` (parsed once per base)."""
+    base = api_base or DEFAULT_API_BASE
+    url = _urls.get(base)
+    if url is None:
+        trimmed = base.rstrip("/")
+        if trimmed.endswith("/v1/messages"):
+            full = trimmed
+        elif trimmed.endswith("/v1"):
+            full = trimmed + "/messages"
+        else:
+            full = trimmed + "/v1/messages"
+        url = _urls[base] = httpx.URL(full)
+    return url
+
+
+def prepare(request: GenerationRequest, call: ProviderCall, *, stream: bool) -> UpstreamRequest:
+    """The upstream request for ``request`` (never mutated: a retry may send it elsewhere)."""
+    params = call.params
+    if request.seed is not None and not params.get("drop_params"):
+        raise ProviderError(
+            400,
+            "Unsupported parameter 'seed' for this model's provider (Anthropic has no seed); "
+            "remove it, or set drop_params: true to drop it",
+            "invalid_request_error",
+            "unsupported_parameter",
+            "seed",
+        )
+    req = dataclasses.replace(
+        request,
+        model=call.upstream_model,
+        stream=stream,
+        max_tokens=_default(request.max_tokens, params.get("max_tokens")),
+        temperature=_default(request.temperature, params.get("temperature")),
+        top_p=_default(request.top_p, params.get("top_p")),
+        stop=request.stop or _stops(params.get("stop")),
+    )
+    try:
+        body = anthropic_messages.build_request(req)
+    except FormatError as exc:
+        raise ProviderError(400, exc.message, "invalid_request_error", param=exc.param) from None
+    if req.source_format == openai_chat.FORMAT:
+        for key in OPENAI_EXTRAS:
+            if key in req.extra:
+                body.setdefault(key, req.extra[key])
+    key = call.api_key or os.environ.get("ANTHROPIC_API_KEY")
+    return UpstreamRequest(
+        url=messages_url(call.api_base),
+        headers=_headers(key, params, call.extra_headers),
+        payload=orjson.dumps(body),
+        json_mode=req.response_format is not None and req.response_format.type != "text",
+        clean=call_scrubber(key, params, call.extra_headers),
+    )
+
+
+def _default(given: Any, configured: Any) -> Any:
+    return configured if given is None else given
+
+
+def _stops(configured: Any) -> list[str]:
+    if isinstance(configured, str):
+        return [configured]
+    if isinstance(configured, list):
+        return [str(s) for s in configured]
+    return []
+
+
+def _headers(key: str | None, params: Mapping[str, Any], call_headers: Mapping[str, str]) -> dict[str, str]:
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json",
+        "anthropic-version": API_VERSION,
+    }
+    if key:
+        headers["x-api-key"] = key
+    betas = params.get("anthropic_beta")
+    beta_list = [betas] if isinstance(betas, str) else [str(b) for b in betas or ()]
+    extra = params.get("extra_headers")
+    for source in (extra if isinstance(extra, Mapping) else {}, call_headers):
+        for name, value in source.items():
+            if str(name).lower() == "anthropic-beta":
+                beta_list += [b.strip() for b in str(value).split(",") if b.strip()]
+            else:
+                headers[str(name).lower()] = str(value)
+    if beta_list:
+        headers["anthropic-beta"] = ",".join(dict.fromkeys(beta_list))
+    return headers
