@@ -71,7 +71,11 @@ class BedrockProvider(NativeProvider):
         body, headers = await self._post(call, "converse", payload)
         try:
             return converse.parse_response(
-                body, id=_answer_id(headers), model=call.upstream_model, created=int(time.time())
+                body,
+                id=_answer_id(headers),
+                model=call.upstream_model,
+                created=int(time.time()),
+                json_tool=converse.wants_json(request),
             )
         except FormatError as exc:
             raise errors.malformed(f"upstream answer is malformed: {exc.message}") from None
@@ -105,7 +109,10 @@ class BedrockProvider(NativeProvider):
                 raise _http_error(call, identity, resp.status_code, error_body, resp.headers)
             decoder = EventStreamDecoder()
             parser = StreamParser(
-                id=_answer_id(resp.headers), model=call.upstream_model, created=int(time.time())
+                id=_answer_id(resp.headers),
+                model=call.upstream_model,
+                created=int(time.time()),
+                json_tool=converse.wants_json(request),
             )
             finished = False
             try:
@@ -242,8 +249,6 @@ def _refuse_unsendable(request: GenerationRequest, call: ProviderCall) -> None:
         return
     if request.seed is not None:
         raise _unsupported("seed", "Bedrock Converse has no seed")
-    if request.response_format is not None and request.response_format.type != "text":
-        raise _unsupported("response_format", "Bedrock Converse has no JSON output mode")
 
 
 def _scrubber(call: ProviderCall, identity: Identity) -> Scrubber:

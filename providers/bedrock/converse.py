@@ -9,6 +9,10 @@ Bedrock wants strict alternation starting with a user turn: system messages (whe
 become the top-level ``system``, tool results travel as ``toolResult`` blocks of a user turn, and
 consecutive turns of one role are merged. Images go inline only (``bytes``, base64 in JSON) or
 by ``s3://`` location: the gateway does not fetch URLs on a caller's behalf.
+
+Converse has no JSON output mode. ``response_format`` (json_object / json_schema) is sent as
+LiteLLM sends it: one tool, ``json_tool_call``, whose input schema is the wanted schema, forced
+with ``toolChoice``; its input comes back as the answer's text (``finish_reason`` stop).
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ _EFFORT_BUDGET = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096}
 _MODEL_FIELDS = ("top_k",)
 # Converse's own top-level fields an OpenAI body may carry as extras (LiteLLM passes them on).
 PASSTHROUGH_FIELDS = ("guardrailConfig", "performanceConfig", "requestMetadata", "promptVariables")
+# The tool that carries a response_format's JSON (LiteLLM's name for it).
+JSON_TOOL = "json_tool_call"
 ACCEPTED_EXTRA = frozenset({*_MODEL_FIELDS, *PASSTHROUGH_FIELDS, "additionalModelRequestFields"})
 
 
@@ -103,7 +109,9 @@ def build_request(req: GenerationRequest) -> dict[str, Any]:
         inference["stopSequences"] = list(req.stop)
     if inference:
         body["inferenceConfig"] = inference
-    tool_config = _tool_config(req.tools, req.tool_choice, uses_tools)
+    tool_config = (
+        _json_tool_config(req) if wants_json(req) else _tool_config(req.tools, req.tool_choice, uses_tools)
+    )
     if tool_config is not None:
         body["toolConfig"] = tool_config
     additional = _additional_fields(req)
@@ -212,6 +220,23 @@ def _tool_config(tools: list[Tool], choice: str | None, history_uses_tools: bool
     return config
 
 
+def wants_json(req: GenerationRequest) -> bool:
+    """Whether the answer is JSON carried by ``JSON_TOOL``."""
+    return req.response_format is not None and req.response_format.type != "text"
+
+
+def _json_tool_config(req: GenerationRequest) -> dict[str, Any]:
+    if req.tools:
+        raise FormatError(
+            "Bedrock cannot combine response_format with tools (JSON output is itself a forced tool call)",
+            "response_format",
+        )
+    fmt = req.response_format
+    schema = (fmt.schema if fmt is not None else None) or {"type": "object"}
+    spec = {"name": JSON_TOOL, "description": "Respond with a JSON object.", "inputSchema": {"json": schema}}
+    return {"tools": [{"toolSpec": spec}], "toolChoice": {"tool": {"name": JSON_TOOL}}}
+
+
 def _additional_fields(req: GenerationRequest) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if req.source_format in (openai_chat.FORMAT, anthropic_messages.FORMAT):
@@ -252,8 +277,13 @@ def finish_reason(stop_reason: Any) -> FinishReason:
     return STOP_REASONS.get(str(stop_reason), "stop")
 
 
-def parse_response(body: Mapping[str, Any], *, id: str, model: str, created: int) -> GenerationResponse:
-    """A Converse answer as a ``GenerationResponse`` (Bedrock names neither id nor time: given)."""
+def parse_response(
+    body: Mapping[str, Any], *, id: str, model: str, created: int, json_tool: bool = False
+) -> GenerationResponse:
+    """A Converse answer as a ``GenerationResponse`` (Bedrock names neither id nor time: given).
+
+    With ``json_tool`` (the request wanted JSON), ``JSON_TOOL``'s input is the answer's text.
+    """
     output = req_obj(body.get("output"), "output")
     message = req_obj(output.get("message"), "output.message")
     text: list[str] = []
@@ -277,6 +307,12 @@ def parse_response(body: Mapping[str, Any], *, id: str, model: str, created: int
             reasoning_text = content.get("reasoningText") if isinstance(content, Mapping) else None
             if isinstance(reasoning_text, Mapping) and isinstance(reasoning_text.get("text"), str):
                 reasoning.append(reasoning_text["text"])
+    finish = finish_reason(body.get("stopReason"))
+    if json_tool:
+        text += [c.arguments for c in calls if c.name == JSON_TOOL]
+        calls = [c for c in calls if c.name != JSON_TOOL]
+        if finish == "tool_calls" and not calls:
+            finish = "stop"
     return GenerationResponse(
         id=id,
         model=model,
@@ -284,6 +320,6 @@ def parse_response(body: Mapping[str, Any], *, id: str, model: str, created: int
         text="".join(text),
         reasoning="".join(reasoning) if reasoning else None,
         tool_calls=calls,
-        finish_reason=finish_reason(body.get("stopReason")),
+        finish_reason=finish,
         usage=parse_usage(body.get("usage")),
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from providers.bedrock.converse import finish_reason, parse_usage
+from providers.bedrock.converse import JSON_TOOL, finish_reason, parse_usage
 from providers.formats.errors import FormatError
 from providers.schema import (
     Finish,
@@ -27,14 +27,19 @@ from providers.schema import (
 
 class StreamParser:
     """One ConverseStream answer. Bedrock names neither the answer nor its time: ``StreamStart``
-    carries the ``id``/``model``/``created`` given here, before anything else."""
+    carries the ``id``/``model``/``created`` given here, before anything else.
 
-    __slots__ = ("_start", "_tools")
+    With ``json_tool`` (the request wanted JSON), ``JSON_TOOL``'s input streams as text.
+    """
 
-    def __init__(self, *, id: str, model: str, created: int) -> None:
+    __slots__ = ("_json_blocks", "_json_tool", "_start", "_tools")
+
+    def __init__(self, *, id: str, model: str, created: int, json_tool: bool = False) -> None:
         self._start: StreamStart | None = StreamStart(id, model, created)
         # contentBlockIndex of a tool call -> [our tool index, whether input has streamed]
         self._tools: dict[int, list[int | bool]] = {}
+        self._json_tool = json_tool
+        self._json_blocks: set[int] = set()
 
     def feed(self, event_type: str, payload: Mapping[str, Any]) -> list[StreamEvent]:
         out: list[StreamEvent] = []
@@ -45,7 +50,9 @@ class StreamParser:
             out += self._delta(payload)
         elif event_type == "contentBlockStart":
             use = (payload.get("start") or {}).get("toolUse")
-            if isinstance(use, Mapping):
+            if isinstance(use, Mapping) and self._json_tool and use.get("name") == JSON_TOOL:
+                self._json_blocks.add(_index(payload))
+            elif isinstance(use, Mapping):
                 ours = len(self._tools)
                 self._tools[_index(payload)] = [ours, False]
                 out.append(
@@ -58,7 +65,10 @@ class StreamParser:
                 tool[1] = True
                 out.append(ToolCallDelta(int(tool[0]), "{}"))
         elif event_type == "messageStop":
-            out.append(Finish(finish_reason(payload.get("stopReason"))))
+            reason = finish_reason(payload.get("stopReason"))
+            if reason == "tool_calls" and self._json_blocks and not self._tools:
+                reason = "stop"  # the only tool called was the JSON carrier: a plain answer
+            out.append(Finish(reason))
         elif event_type == "metadata":
             usage = parse_usage(payload.get("usage"))
             if usage is not None:
@@ -74,6 +84,9 @@ class StreamParser:
         if isinstance(text, str):
             return [TextDelta(text)] if text else []
         use = delta.get("toolUse")
+        if isinstance(use, Mapping) and _index(payload) in self._json_blocks:
+            fragment = use.get("input")
+            return [TextDelta(fragment)] if isinstance(fragment, str) and fragment else []
         if isinstance(use, Mapping):
             tool = self._tools.get(_index(payload))
             if tool is None:

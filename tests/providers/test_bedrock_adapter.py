@@ -471,6 +471,45 @@ async def test_parameters_bedrock_cannot_take(provider: BedrockProvider, fake: F
     assert (info.value.status_code, info.value.param) == (400, "messages.0.content.0")
 
 
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+JSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "result", "schema": SCHEMA}}
+
+
+def test_response_format_is_a_forced_json_tool() -> None:
+    body = {"model": "m", "messages": HI["messages"], "response_format": JSON_FORMAT}
+    assert converse.build_request(openai_chat.parse_request(body))["toolConfig"] == {
+        "tools": [
+            {
+                "toolSpec": {
+                    "name": "json_tool_call",
+                    "description": "Respond with a JSON object.",
+                    "inputSchema": {"json": SCHEMA},
+                }
+            }
+        ],
+        "toolChoice": {"tool": {"name": "json_tool_call"}},
+    }
+    plain = {"model": "m", "messages": HI["messages"], "response_format": {"type": "json_object"}}
+    config = converse.build_request(openai_chat.parse_request(plain))["toolConfig"]
+    assert config["tools"][0]["toolSpec"]["inputSchema"] == {"json": {"type": "object"}}
+
+
+async def test_json_answers_come_back_as_text(provider: BedrockProvider, fake: FakeBedrock) -> None:
+    fake.set_behavior(Behavior(forced_input='{"answer": 42}'))
+    resp = orjson.loads((await provider.chat(call(fake, {**HI, "response_format": JSON_FORMAT}))).body)
+    choice = resp["choices"][0]
+    assert (choice["message"]["content"], choice["finish_reason"]) == ('{"answer":42}', "stop")
+    assert "tool_calls" not in choice["message"]
+    chunks = await collect(provider, call(fake, {**HI, "response_format": JSON_FORMAT, "stream": True}))
+    deltas = [c["choices"][0] for c in chunks if c["choices"]]
+    assert "".join(d["delta"].get("content") or "" for d in deltas) == '{"answer": 42}'
+    assert not any("tool_calls" in d["delta"] for d in deltas)
+    assert deltas[-1]["finish_reason"] == "stop"
+    with pytest.raises(ProviderError) as info:
+        await provider.chat(call(fake, {**HI, "response_format": JSON_FORMAT, "tools": TOOLS}))
+    assert (info.value.status_code, info.value.param) == (400, "response_format")
+
+
 async def test_stream_text_and_tool_calls(provider: BedrockProvider, fake: FakeBedrock) -> None:
     args = '{"city": "Paris", "unit": "celsius"}'
     fake.enqueue(Behavior(tool_calls=[("tu_1", "get_weather", args), ("tu_2", "get_time", "{}")]))

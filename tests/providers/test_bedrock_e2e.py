@@ -230,6 +230,19 @@ def test_image_by_url_is_a_clear_400(gw: GatewayProcess, fake: FakeBedrock) -> N
     assert "inline" in str(info.value) and fake.requests == []
 
 
+def test_json_schema_output(gw: GatewayProcess, fake: FakeBedrock) -> None:
+    fake.enqueue(Behavior(forced_input='{"city": "Paris", "temp_c": 21}'))
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "temp_c": {"type": "integer"}}}
+    resp = client(gw).chat.completions.create(
+        model="claude",
+        messages=[{"role": "user", "content": "Weather in Paris as JSON"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "weather", "schema": schema}},
+    )
+    assert json.loads(resp.choices[0].message.content or "") == {"city": "Paris", "temp_c": 21}
+    assert resp.choices[0].finish_reason == "stop"
+    assert fake.requests[-1].body["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"] == {"json": schema}
+
+
 def test_throttling_is_a_429_with_retry_after(gw: GatewayProcess, fake: FakeBedrock) -> None:
     fake.enqueue(Behavior(error=fb.THROTTLED, headers={"retry-after": "7"}))
     with pytest.raises(openai.RateLimitError) as info:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import datetime
 import hashlib
 import hmac
@@ -125,6 +126,9 @@ class Behavior:
     chunks: int = 3  # text deltas in a stream
     # Tool calls (toolUseId, name, input JSON text), after the text; stopReason becomes tool_use.
     tool_calls: list[tuple[str, str, str]] = field(default_factory=list)
+    # The input of a tool the request forces (toolChoice.tool) when ``tool_calls`` is empty: as a
+    # model does, the fake then answers with that one call and no text.
+    forced_input: str = "{}"
     reasoning: str | None = None
     stop_reason: str | None = None  # default: end_turn, or tool_use with tool calls
     input_tokens: int = 11
@@ -418,7 +422,7 @@ class FakeBedrock:
             _validate_converse(recorded.model_id, recorded.body)
         except _Refused as refused:
             return self._error(refused.error)
-        behavior = self._behavior()
+        behavior = _answering(self._behavior(), recorded.body)
         if behavior.error is not None:
             return self._error(behavior.error, behavior.headers)
         content: list[dict[str, Any]] = []
@@ -451,7 +455,7 @@ class FakeBedrock:
             _validate_converse(recorded.model_id, recorded.body)
         except _Refused as refused:
             return self._error(refused.error)
-        behavior = self._behavior()
+        behavior = _answering(self._behavior(), recorded.body)
         if behavior.error is not None:
             return self._error(behavior.error, behavior.headers)
         frames = _stream_frames(behavior, _reply_text(behavior, recorded.body))
@@ -498,6 +502,14 @@ class FakeBedrock:
 
 
 # ---- answers ---------------------------------------------------------------------------------
+
+
+def _answering(behavior: Behavior, body: dict[str, Any]) -> Behavior:
+    forced = ((body.get("toolConfig") or {}).get("toolChoice") or {}).get("tool")
+    if forced is None or behavior.tool_calls:
+        return behavior
+    call = (f"tooluse_{uuid.uuid4().hex[:12]}", forced["name"], behavior.forced_input)
+    return dataclasses.replace(behavior, text="", tool_calls=[call])
 
 
 def _stop_reason(behavior: Behavior) -> str:
