@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
-import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -22,11 +20,10 @@ import pytest
 from gateway.server.body import MAX_JSON_DEPTH
 from gateway.server.bounds import MAX_HEADER_BYTES, MAX_HEADERS
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.gateway_process import GatewayProcess, gateway_process
-from tests.support.postgres import fresh_database, postgres_server
+from tests.support.gateway_app import MASTER_KEY, gateway_config, keyed_gateway, own_database
+from tests.support.gateway_process import GatewayProcess
 from tests.support.redis_server import redis_url
 
-MASTER_KEY = "sk-hostile-master"
 MODEL = "gpt-fake"
 MAX_BODY_MB = 0.05  # about 52 KB
 READ_TIMEOUT_S = 2  # both phases: short, so an unfinished request is refused within the test
@@ -38,29 +35,18 @@ __all__ = ["redis_url"]  # the session fixture, used by `gateway` below
 
 @pytest.fixture(scope="module")
 def gateway(redis_url: str) -> Iterator[GatewayProcess]:
-    with ExitStack() as stack:
-        server = stack.enter_context(postgres_server())
-        database_url = stack.enter_context(fresh_database(server, "switchyard_hostile"))
-        fake = stack.enter_context(FakeOpenAI())
-        config: dict[str, Any] = {
-            "model_list": [
-                {
-                    "model_name": MODEL,
-                    "params": {"model": "openai/fake", "api_base": fake.base_url, "api_key": "sk-up"},
-                }
-            ],
-            "general_settings": {
-                "master_key": MASTER_KEY,
-                "database_url": database_url,
-                "redis_url": redis_url,
-                "max_request_body_mb": MAX_BODY_MB,
-                "request_header_timeout_s": READ_TIMEOUT_S,
-                "request_body_timeout_s": READ_TIMEOUT_S,
-            },
-            # Every chat request reserves tokens in Redis (where a huge max_tokens used to overflow).
-            "limit_settings": {"key_prefix": f"sy-hostile-{uuid.uuid4().hex[:8]}", "key_tpm": 10**9},
-        }
-        yield stack.enter_context(gateway_process(config))
+    # Every chat request reserves tokens in Redis (where a huge max_tokens used to overflow).
+    with own_database("switchyard_hostile") as database_url, FakeOpenAI() as fake:
+        config = gateway_config(
+            fake.base_url,
+            models=[MODEL],
+            redis_url=redis_url,
+            max_request_body_mb=MAX_BODY_MB,
+            request_header_timeout_s=READ_TIMEOUT_S,
+            request_body_timeout_s=READ_TIMEOUT_S,
+        )
+        with keyed_gateway(config, database_url) as gw:
+            yield gw
 
 
 AUTH = {"authorization": f"Bearer {MASTER_KEY}"}

@@ -8,9 +8,7 @@ OpenAI error shape. After all of them the gateway must still be ready.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -22,11 +20,10 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig
 from gateway.openapi import ADMIN_BODIES
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.gateway_process import GatewayProcess, gateway_process
-from tests.support.postgres import fresh_database, postgres_server
+from tests.support.gateway_app import MASTER_KEY, gateway_config, keyed_gateway, own_database
+from tests.support.gateway_process import GatewayProcess
 from tests.support.redis_server import redis_url
 
-MASTER_KEY = "sk-schemathesis-master"
 MODEL = "gpt-fake"
 EXAMPLES = 25  # per operation: 33 operations in about 40 s on a 2-core box (8 missed a real 500)
 
@@ -35,28 +32,17 @@ __all__ = ["redis_url"]  # the session fixture, used by `gateway` below
 
 @pytest.fixture(scope="module")
 def gateway(redis_url: str) -> Iterator[GatewayProcess]:
-    with ExitStack() as stack:
-        server = stack.enter_context(postgres_server())
-        database_url = stack.enter_context(fresh_database(server, "switchyard_schemathesis"))
-        fake = stack.enter_context(FakeOpenAI())
-        config: dict[str, Any] = {
-            "model_list": [
-                {
-                    "model_name": MODEL,
-                    "params": {"model": "openai/fake", "api_base": fake.base_url, "api_key": "sk-up"},
-                }
-            ],
-            "general_settings": {
-                "master_key": MASTER_KEY,
-                "database_url": database_url,
-                "redis_url": redis_url,
-                "redis_timeout_s": 2.0,
-            },
-            # Every request goes through the Redis limiter with token accounting (large max_tokens...).
-            "limit_settings": {"key_prefix": f"sy-schema-{uuid.uuid4().hex[:8]}", "key_tpm": 10**9},
-            "cache_settings": {"enabled": True},
-        }
-        yield stack.enter_context(gateway_process(config))
+    # Every request goes through the Redis limiter with token accounting (large max_tokens...).
+    with own_database("switchyard_schemathesis") as database_url, FakeOpenAI() as fake:
+        config = gateway_config(
+            fake.base_url,
+            models=[MODEL],
+            redis_url=redis_url,
+            cache=True,
+            redis_timeout_s=2.0,
+        )
+        with keyed_gateway(config, database_url) as gw:
+            yield gw
 
 
 # Built in-process from the same code that serves /openapi.json (compared below): schemathesis's
@@ -144,7 +130,8 @@ def test_the_document_covers_every_route() -> None:
     documented = {(path, method.upper()) for path, item in doc["paths"].items() for method in item}
     served: set[tuple[str, str]] = set()
     for route in _flat(app.routes):
-        path = getattr(route, "path", None)
+        # The template as OpenAPI writes it: "/v1/models/{model}", not the route's "{model:path}".
+        path = getattr(route, "path_format", None)
         methods = getattr(route, "methods", None) or set()
         if path is None or path == app.openapi_url:
             continue
