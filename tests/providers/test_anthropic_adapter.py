@@ -19,7 +19,7 @@ from gateway.routing.deployment import Deployment
 from providers.anthropic import AnthropicProvider
 from providers.anthropic.chat import messages_url
 from providers.contract import ProviderCall
-from providers.errors import ContextWindowExceededError, ProviderError
+from providers.errors import ContextWindowExceededError, ProviderError, ProviderTimeoutError
 from providers.formats import anthropic_messages
 from providers.http import build_client
 from providers.registry import ProviderRegistry
@@ -539,6 +539,16 @@ async def test_echoed_key_is_scrubbed_and_a_missing_key_is_refused(
     assert (exc2.value.status_code, exc2.value.message) == (401, "x-api-key header is required")
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)  # the documented fallback
     await chat(provider, call(fake, api_key=None))
+
+
+async def test_a_slow_upstream_times_out_and_is_abandoned(
+    provider: AnthropicProvider, fake: FakeAnthropic
+) -> None:
+    fake.set_behavior(Behavior(delay_s=3.0))
+    with pytest.raises(ProviderTimeoutError) as exc:
+        await provider.chat(call(fake, timeout=0.3))
+    assert exc.value.retryable
+    assert await asyncio.to_thread(fake.wait_for_cancel, 10.0)
 
 
 async def test_unreachable_upstream(provider: AnthropicProvider) -> None:

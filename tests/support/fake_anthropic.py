@@ -74,6 +74,12 @@ _TOP_LEVEL = frozenset(
         "service_tier",
         "container",
         "mcp_servers",
+        "cache_control",
+        "output_config",
+        "inference_geo",
+        "speed",
+        "diagnostics",
+        "context_management",
     }
 )
 _MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
