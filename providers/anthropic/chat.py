@@ -14,8 +14,8 @@ deployment rather than the caller:
   ``extra_headers`` are joined into one ``anthropic-beta`` header.
 - The key is the deployment's ``api_key``, else ``ANTHROPIC_API_KEY`` from the environment.
 
-OpenAI Chat callers may send ``top_k`` and ``thinking`` (LiteLLM's Anthropic parameters); they
-are forwarded. ``seed`` has no Anthropic equivalent: a 400 naming it, or dropped with
+OpenAI Chat callers may send ``top_k`` and ``thinking`` (LiteLLM's Anthropic parameters): both
+are sent, ``thinking`` as the request's extended thinking (unless ``reasoning_effort`` set one). ``seed`` has no Anthropic equivalent: a 400 naming it, or dropped with
 ``drop_params``.
 """
 
@@ -84,6 +84,11 @@ def prepare(request: GenerationRequest, call: ProviderCall, *, stream: bool) -> 
             "unsupported_parameter",
             "seed",
         )
+    from_openai = request.source_format == openai_chat.FORMAT
+    reasoning = request.reasoning
+    if from_openai and reasoning is None and isinstance(request.extra.get("thinking"), dict):
+        # Read as the request's reasoning, so the codec sizes max_tokens above its budget.
+        reasoning = request.extra["thinking"]
     req = dataclasses.replace(
         request,
         model=call.upstream_model,
@@ -92,15 +97,14 @@ def prepare(request: GenerationRequest, call: ProviderCall, *, stream: bool) -> 
         temperature=_default(request.temperature, params.get("temperature")),
         top_p=_default(request.top_p, params.get("top_p")),
         stop=request.stop or _stops(params.get("stop")),
+        reasoning=reasoning,
     )
     try:
         body = anthropic_messages.build_request(req)
     except FormatError as exc:
         raise ProviderError(400, exc.message, "invalid_request_error", param=exc.param) from None
-    if req.source_format == openai_chat.FORMAT:
-        for key in OPENAI_EXTRAS:
-            if key in req.extra:
-                body.setdefault(key, req.extra[key])
+    if from_openai and "top_k" in req.extra:
+        body["top_k"] = req.extra["top_k"]
     key = call.api_key or os.environ.get("ANTHROPIC_API_KEY")
     return UpstreamRequest(
         url=messages_url(call.api_base),

@@ -331,11 +331,14 @@ async def test_extended_thinking_from_reasoning_effort_and_thinking(
     assert sent["max_tokens"] == anthropic_messages.DEFAULT_MAX_TOKENS + 2048
     message = answer["choices"][0]["message"]
     assert (message["content"], message["reasoning_content"]) == ("42", "Let me think.")
-    thinking = {"type": "enabled", "budget_tokens": 1500}
+    thinking = {"type": "enabled", "budget_tokens": 8000}
     await chat(
-        provider, call(fake, {"model": "p", "messages": USER, "max_tokens": 3000, "thinking": thinking})
+        provider, call(fake, {"model": "p", "messages": USER, "max_tokens": 9000, "thinking": thinking})
     )
     assert fake.last().body["thinking"] == thinking
+    # LiteLLM's ``thinking`` parameter without max_tokens: room is made above the budget.
+    await chat(provider, call(fake, {"model": "p", "messages": USER, "thinking": thinking}))
+    assert fake.last().body["max_tokens"] == anthropic_messages.DEFAULT_MAX_TOKENS + 8000
     # Streamed: thinking_delta events become reasoning, before the text.
     events = await events_of(provider, _typed("hi", reasoning={"effort": "low"}), call(fake))
     kinds = [type(e) for e in events if isinstance(e, ReasoningDelta | TextDelta)]
