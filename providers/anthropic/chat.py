@@ -15,8 +15,8 @@ deployment rather than the caller:
 - The key is the deployment's ``api_key``, else ``ANTHROPIC_API_KEY`` from the environment.
 
 OpenAI Chat callers may send ``top_k`` and ``thinking`` (LiteLLM's Anthropic parameters): both
-are sent, ``thinking`` as the request's extended thinking (unless ``reasoning_effort`` set one). ``seed`` has no Anthropic equivalent: a 400 naming it, or dropped with
-``drop_params``.
+are sent, ``thinking`` as the request's extended thinking (unless ``reasoning_effort`` set one).
+``seed`` has no Anthropic equivalent: a 400 naming it, or dropped with ``drop_params``.
 """
 
 from __future__ import annotations
