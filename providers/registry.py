@@ -140,6 +140,8 @@ class ProviderRegistry:
         registry.register_lazy("local", "providers.local:LocalProvider", ("chat", "completions"))
         registry.register_lazy("anthropic", "providers.anthropic:AnthropicProvider", ("chat",))
         registry.register_lazy("bedrock", "providers.bedrock:BedrockProvider", ("chat", "embeddings"))
+        registry.register_lazy("cohere", "providers.cohere:CohereProvider", ("chat", "embeddings"))
+        registry.register_lazy("cohere_chat", "providers.cohere:CohereProvider", ("chat", "embeddings"))
         return registry
 
 
