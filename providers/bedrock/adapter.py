@@ -27,7 +27,7 @@ import orjson
 
 from providers.bedrock import converse, embeddings, errors
 from providers.bedrock.converse_stream import StreamParser
-from providers.bedrock.eventstream import EventStreamDecoder, EventStreamError
+from providers.bedrock.eventstream import EventMessage, EventStreamDecoder, EventStreamError
 from providers.bedrock.signing import CredentialSource, Identity, region_of, sign
 from providers.contract import Operation, ProviderCall
 from providers.errors import ProviderError
@@ -118,23 +118,7 @@ class BedrockProvider(NativeProvider):
             try:
                 async for data in resp.aiter_bytes():
                     for message in decoder.feed(data):
-                        kind = message.headers.get(":message-type")
-                        if kind == "exception":
-                            raise errors.from_stream_exception(
-                                str(message.headers.get(":exception-type") or ""),
-                                errors.stream_payload_message(message.payload),
-                                _scrubber(call, identity),
-                            )
-                        if kind == "error":
-                            raise errors.from_stream_exception(
-                                str(message.headers.get(":error-code") or ""),
-                                str(message.headers.get(":error-message") or "upstream stream error"),
-                                _scrubber(call, identity),
-                            )
-                        payload_obj = orjson.loads(message.payload) if message.payload else {}
-                        if not isinstance(payload_obj, dict):
-                            raise errors.malformed("upstream sent a stream event that is not a JSON object")
-                        for event in parser.feed(str(message.headers.get(":event-type") or ""), payload_obj):
+                        for event in _translate(message, parser, call, identity):
                             finished = finished or isinstance(event, Finish)
                             yield event
             except httpx.HTTPError as exc:
@@ -240,6 +224,25 @@ def _int_header(headers: Mapping[str, str], name: str) -> int:
         return int(headers.get(name) or 0)
     except ValueError:
         return 0
+
+
+def _translate(
+    message: EventMessage, parser: StreamParser, call: ProviderCall, identity: Identity
+) -> list[StreamEvent]:
+    """One event-stream message of a ConverseStream: its events, or the error it reports."""
+    kind = message.headers.get(":message-type")
+    if kind == "exception":
+        name = str(message.headers.get(":exception-type") or "")
+        text = errors.stream_payload_message(message.payload)
+        raise errors.from_stream_exception(name, text, _scrubber(call, identity))
+    if kind == "error":
+        name = str(message.headers.get(":error-code") or "")
+        text = str(message.headers.get(":error-message") or "upstream stream error")
+        raise errors.from_stream_exception(name, text, _scrubber(call, identity))
+    payload = orjson.loads(message.payload) if message.payload else {}
+    if not isinstance(payload, dict):
+        raise errors.malformed("upstream sent a stream event that is not a JSON object")
+    return parser.feed(str(message.headers.get(":event-type") or ""), payload)
 
 
 def _refuse_unsendable(request: GenerationRequest, call: ProviderCall) -> None:

@@ -8,6 +8,7 @@ bearer token instead of a signature).
 Credentials, first found wins (LiteLLM's ``litellm_params`` names):
 
 1. ``aws_access_key_id`` + ``aws_secret_access_key`` (+ ``aws_session_token``) in the params;
+   with ``aws_role_name`` they (or else the chain's) assume that role through STS first;
 2. a Bedrock API key: ``api_key``, or ``AWS_BEARER_TOKEN_BEDROCK`` (sent as ``Authorization:
    Bearer``, unsigned);
 3. botocore's standard chain (environment, ``aws_profile_name`` or the default profile, SSO,
@@ -28,10 +29,17 @@ from typing import Any
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+from botocore.credentials import (
+    AssumeRoleCredentialFetcher,
+    Credentials,
+    DeferredRefreshableCredentials,
+    ReadOnlyCredentials,
+    RefreshableCredentials,
+)
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import Session
 
-from providers.errors import ProviderError
+from providers.errors import ProviderError, ProviderUnreachableError
 
 SERVICE = "bedrock"  # bedrock-runtime's signing name
 
@@ -59,8 +67,7 @@ def region_of(params: Mapping[str, Any]) -> str:
         value = params.get(key)
         if isinstance(value, str) and value:
             return value
-    profile = params.get("aws_profile_name")
-    region = os.environ.get("AWS_REGION") or _profile_region(profile if isinstance(profile, str) else None)
+    region = os.environ.get("AWS_REGION") or _profile_region(_opt(params, "aws_profile_name"))
     if not region:
         raise ProviderError(
             500,
@@ -78,27 +85,38 @@ def _profile_region(profile: str | None) -> str | None:
 
 
 class CredentialSource:
-    """Resolves each deployment's ``Identity``; the standard chain's result is kept per profile."""
+    """Resolves each deployment's ``Identity``. The standard chain's credentials are kept per
+    profile, an assumed role's per (role, session, source); botocore refreshes both."""
 
     def __init__(self) -> None:
         self._chains: dict[str | None, Credentials] = {}
+        self._roles: dict[tuple[Any, ...], Credentials] = {}
 
     async def identity(self, params: Mapping[str, Any], api_key: str | None) -> Identity:
-        key_id, secret = params.get("aws_access_key_id"), params.get("aws_secret_access_key")
-        if key_id or secret:
-            if not (isinstance(key_id, str) and key_id and isinstance(secret, str) and secret):
-                raise _misconfigured("aws_access_key_id and aws_secret_access_key must be given together")
-            token = params.get("aws_session_token")
-            return Identity(ReadOnlyCredentials(key_id, secret, token if isinstance(token, str) else None))
-        bearer = api_key or os.environ.get("AWS_BEARER_TOKEN_BEDROCK")
-        if bearer:
-            return Identity(bearer=bearer)
-        profile = params.get("aws_profile_name")
-        profile = profile if isinstance(profile, str) and profile else None
+        explicit = _explicit(params)
+        role = _opt(params, "aws_role_name")
+        if role is None:
+            if explicit is not None:
+                return Identity(explicit)
+            bearer = api_key or os.environ.get("AWS_BEARER_TOKEN_BEDROCK")
+            if bearer:
+                return Identity(bearer=bearer)
+            creds = await self._chain(_opt(params, "aws_profile_name"))
+        else:
+            creds = await self._role(params, role, explicit)
+        if isinstance(creds, RefreshableCredentials) and creds.refresh_needed():
+            # A refresh may call STS or the metadata service: off the event loop.
+            return Identity(await asyncio.to_thread(_refresh, creds, role))
+        return Identity(creds.get_frozen_credentials())
+
+    async def _chain(self, profile: str | None) -> Credentials:
         creds = self._chains.get(profile)
         if creds is None:
             # The chain may read files or ask the instance metadata service: off the event loop.
-            creds = await asyncio.to_thread(_chain_credentials, profile)
+            try:
+                creds = await asyncio.to_thread(lambda: Session(profile=profile).get_credentials())
+            except BotoCoreError as exc:
+                raise _misconfigured(f"AWS credentials could not be loaded: {exc}") from None
             if creds is None:
                 raise ProviderError(
                     401,
@@ -108,13 +126,73 @@ class CredentialSource:
                     "missing_credentials",
                 )
             self._chains[profile] = creds
-        if isinstance(creds, RefreshableCredentials) and creds.refresh_needed():
-            return Identity(await asyncio.to_thread(creds.get_frozen_credentials))
-        return Identity(creds.get_frozen_credentials())
+        return creds
+
+    async def _role(
+        self, params: Mapping[str, Any], role: str, explicit: ReadOnlyCredentials | None
+    ) -> Credentials:
+        """``aws_role_name`` assumed with STS from the explicit keys or the chain (LiteLLM's
+        ``aws_session_name``; ``aws_sts_endpoint`` for a private STS endpoint)."""
+        profile = _opt(params, "aws_profile_name")
+        session_name = _opt(params, "aws_session_name") or "switchyard-bedrock"
+        endpoint = _opt(params, "aws_sts_endpoint")
+        region = region_of(params)
+        key = (role, session_name, explicit, profile, endpoint, region)
+        creds = self._roles.get(key)
+        if creds is None:
+            source = Credentials(*explicit) if explicit is not None else await self._chain(profile)
+            session = Session(profile=profile)
+            fetcher = AssumeRoleCredentialFetcher(
+                client_creator=functools.partial(
+                    session.create_client, region_name=region, endpoint_url=endpoint
+                ),
+                source_credentials=source,
+                role_arn=role,
+                extra_args={"RoleSessionName": session_name},
+            )
+            creds = DeferredRefreshableCredentials(
+                refresh_using=fetcher.fetch_credentials, method="assume-role"
+            )
+            self._roles[key] = creds
+        return creds
 
 
-def _chain_credentials(profile: str | None) -> Credentials | None:
-    return Session(profile=profile).get_credentials()
+def _refresh(creds: RefreshableCredentials, role: str | None) -> ReadOnlyCredentials:
+    """Fresh temporary credentials; STS's refusal (AccessDenied on the role) as a ProviderError."""
+    try:
+        return creds.get_frozen_credentials()
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        reason = error.get("Message") or error.get("Code") or "refused"
+        if role is None:
+            raise ProviderError(
+                401, f"AWS credentials could not be refreshed: {reason}", "authentication_error"
+            ) from None
+        denied = error.get("Code") == "AccessDenied"
+        raise ProviderError(
+            403 if denied else 401,
+            f"could not assume AWS role {role}: {reason}",
+            "permission_error" if denied else "authentication_error",
+            "assume_role_failed",
+        ) from None
+    except BotoCoreError as exc:
+        raise ProviderUnreachableError(
+            f"AWS credentials could not be refreshed: {type(exc).__name__}"
+        ) from None
+
+
+def _opt(params: Mapping[str, Any], key: str) -> str | None:
+    value = params.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _explicit(params: Mapping[str, Any]) -> ReadOnlyCredentials | None:
+    key_id, secret = params.get("aws_access_key_id"), params.get("aws_secret_access_key")
+    if not key_id and not secret:
+        return None
+    if not (isinstance(key_id, str) and key_id and isinstance(secret, str) and secret):
+        raise _misconfigured("aws_access_key_id and aws_secret_access_key must be given together")
+    return ReadOnlyCredentials(key_id, secret, _opt(params, "aws_session_token"))
 
 
 def _misconfigured(message: str) -> ProviderError:

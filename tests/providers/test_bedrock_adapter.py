@@ -374,6 +374,20 @@ async def test_bedrock_api_key_is_a_bearer(provider: BedrockProvider, fake: Fake
     assert fake.requests[-1].headers["authorization"] == f"Bearer {fb.API_KEY}"
 
 
+async def test_assumed_role_through_sts(provider: BedrockProvider, fake: FakeBedrock) -> None:
+    role = {"aws_role_name": fb.ROLE_ARN, "aws_session_name": "s1", "aws_sts_endpoint": fake.base_url}
+    assert (await provider.chat(call(fake, **role))).status == 200
+    assert (await provider.chat(call(fake, **role))).status == 200
+    assert fake.assumed == [(fb.ROLE_ARN, "s1")]  # assumed once, the temporary keys kept
+    sent = fake.requests[-1].headers
+    assert sent["x-amz-security-token"] == fb.SESSION_TOKEN and fb.SESSION_KEY_ID in sent["authorization"]
+    other = {**role, "aws_role_name": "arn:aws:iam::123456789012:role/not-mine"}
+    with pytest.raises(ProviderError) as info:
+        await provider.chat(call(fake, **other))
+    assert (info.value.status_code, info.value.type) == (403, "permission_error")
+    assert "could not assume AWS role" in info.value.message and "not authorized" in info.value.message
+
+
 async def test_bad_secret_is_an_authentication_error_without_the_secret(
     provider: BedrockProvider, fake: FakeBedrock
 ) -> None:

@@ -16,6 +16,8 @@ Wire formats followed (AWS documentation):
 - https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_sigv-create-signed-request.html
   (SigV4: every request's signature is recomputed with botocore for the one known key pair; an
   unsigned, badly signed, stale or foreign-key request is refused with 403 as AWS refuses it)
+- https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRole.html (``POST /`` with
+  ``Action=AssumeRole``, XML answer with temporary credentials; XML ``ErrorResponse``)
 - https://docs.aws.amazon.com/bedrock/latest/APIReference/CommonErrors.html (errors:
   ``{"message"}`` with the exception's name in ``x-amzn-ErrorType``)
 
@@ -47,7 +49,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import orjson
 import uvicorn
@@ -67,6 +69,7 @@ SESSION_SECRET = "fake/bedrock/session+secret/0123456789abcdefgh"
 SESSION_TOKEN = "FwoGZXIvYXdzEfakeSessionToken//0123456789"
 API_KEY = "ABSKfakeBedrockApiKey0123456789"  # a Bedrock API key (bearer)
 REGION = "us-east-1"
+ROLE_ARN = "arn:aws:iam::123456789012:role/bedrock-caller"  # the base key pair may assume it (STS)
 
 CHAT_MODELS = frozenset(
     {
@@ -217,6 +220,7 @@ class FakeBedrock:
         self.queue: deque[Behavior] = deque()
         self.requests: list[RecordedRequest] = []
         self.refused: list[Error] = []  # requests refused before an answer (auth, validation)
+        self.assumed: list[tuple[str, str]] = []  # STS AssumeRole calls granted: (role, session)
         self.cancelled = 0
         self._cancel_event = threading.Event()
         self._lock = threading.Lock()
@@ -242,6 +246,7 @@ class FakeBedrock:
             self.queue.clear()
             self.requests.clear()
             self.refused.clear()
+            self.assumed.clear()
             self.cancelled = 0
             self._cancel_event.clear()
 
@@ -294,6 +299,7 @@ class FakeBedrock:
                 Route("/model/{model_id:path}/converse", self._converse, methods=["POST"]),
                 Route("/model/{model_id:path}/converse-stream", self._converse_stream, methods=["POST"]),
                 Route("/model/{model_id:path}/invoke", self._invoke, methods=["POST"]),
+                Route("/", self._sts, methods=["POST"]),
             ]
         )
 
@@ -320,7 +326,9 @@ class FakeBedrock:
             self.requests.append(recorded)
         return recorded
 
-    def _authenticate(self, request: Request, raw_path: str, body: bytes) -> None:
+    def _authenticate(
+        self, request: Request, raw_path: str, body: bytes, service_name: str = "bedrock"
+    ) -> None:
         auth = request.headers.get("authorization")
         if auth is None:
             raise _Refused(Error(403, "MissingAuthenticationTokenException", "Missing Authentication Token"))
@@ -356,12 +364,13 @@ class FakeBedrock:
                     "The security token included in the request is invalid.",
                 )
             )
-        if service != "bedrock" or region != self.region:
+        if service != service_name or region != self.region:
             raise _Refused(
                 Error(
                     403,
                     "InvalidSignatureException",
-                    f"Credential should be scoped to correct service/region: 'bedrock'/'{self.region}'.",
+                    "Credential should be scoped to correct service/region: "
+                    f"'{service_name}'/'{self.region}'.",
                 )
             )
         names = signed_names.split(";")
@@ -499,6 +508,50 @@ class FakeBedrock:
                 "X-Amzn-Bedrock-Invocation-Latency": "12",
             },
         )
+
+    async def _sts(self, request: Request) -> Response:
+        """STS AssumeRole (query protocol): the base key pair may assume ``ROLE_ARN`` and gets the
+        session key triple, which the Bedrock routes accept."""
+        raw = await request.body()
+        try:
+            self._authenticate(request, "/", raw, "sts")
+        except _Refused as refused:
+            return _sts_error(refused.error.status, refused.error.name, refused.error.message)
+        form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+        if form.get("Action") != "AssumeRole" or form.get("Version") != "2011-06-15":
+            return _sts_error(400, "InvalidAction", "Could not find operation")
+        caller = request.headers["authorization"].split("Credential=")[1].split("/")[0]
+        if caller != ACCESS_KEY_ID or form.get("RoleArn") != ROLE_ARN:
+            return _sts_error(
+                403,
+                "AccessDenied",
+                f"User: arn:aws:iam::123456789012:user/test is not authorized to perform: sts:AssumeRole "
+                f"on resource: {form.get('RoleArn')}",
+            )
+        with self._lock:
+            self.assumed.append((form["RoleArn"], form.get("RoleSessionName", "")))
+        expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        session = form.get("RoleSessionName", "")
+        xml = (
+            '<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>'
+            f"<Credentials><AccessKeyId>{SESSION_KEY_ID}</AccessKeyId>"
+            f"<SecretAccessKey>{SESSION_SECRET}</SecretAccessKey><SessionToken>{SESSION_TOKEN}</SessionToken>"
+            f"<Expiration>{expires.strftime('%Y-%m-%dT%H:%M:%SZ')}</Expiration></Credentials>"
+            f"<AssumedRoleUser><AssumedRoleId>AROAFAKEROLE:{session}</AssumedRoleId>"
+            f"<Arn>arn:aws:sts::123456789012:assumed-role/bedrock-caller/{session}</Arn></AssumedRoleUser>"
+            f"</AssumeRoleResult><ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
+            "</AssumeRoleResponse>"
+        )
+        return Response(xml, media_type="text/xml")
+
+
+def _sts_error(status: int, code: str, message: str) -> Response:
+    xml = (
+        '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
+        f"<Code>{code}</Code><Message>{message}</Message></Error><RequestId>{uuid.uuid4()}</RequestId>"
+        "</ErrorResponse>"
+    )
+    return Response(xml, status_code=status, media_type="text/xml")
 
 
 # ---- answers ---------------------------------------------------------------------------------
