@@ -57,6 +57,28 @@ class DeploymentParams(BaseModel):
     order: int | None = None
     input_cost_per_token: float | None = Field(default=None, ge=0)
     output_cost_per_token: float | None = Field(default=None, ge=0)
+    # LiteLLM's request-shaping params (gateway.routing.deployment_params): OpenAI request fields
+    # here are defaults the caller's own values override; the common ones are typed so a typo'd
+    # value fails at start. Any other OpenAI field (logit_bias, response_format, ...) works as an extra.
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    n: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    # Unknown parameters dropped instead of refused with a 400 (set for every deployment by
+    # litellm_settings.drop_params unless the deployment says otherwise).
+    drop_params: bool | None = None
+    # Top-level request fields always removed before the request goes to this deployment.
+    additional_drop_params: list[str] | None = None
+    organization: str | None = None  # OpenAI-compatible providers: the OpenAI-Organization header
+    extra_headers: dict[str, str] | None = None
+    # Accepted; not applied per deployment (see gateway.routing.deployment.deployments_from_entries).
+    max_retries: int | None = Field(default=None, ge=0)
 
     @field_validator("model")
     @classmethod
@@ -160,8 +182,10 @@ class LiteLLMSettings(_Strict):
     fallbacks: FallbackList | None = None
     context_window_fallbacks: FallbackList | None = None
     content_policy_fallbacks: FallbackList | None = None
-    # Accepted for compatibility; they change nothing here.
+    # -> every deployment's drop_params unless it sets its own (adapters drop what their provider
+    # cannot send instead of refusing it with a 400).
     drop_params: bool | None = None
+    # Accepted for compatibility; they change nothing here.
     set_verbose: bool | None = None
     json_logs: bool | None = None
 
@@ -209,6 +233,10 @@ class GatewayConfig(_Strict):
             value = getattr(ls, name)
             if value is not None and name not in explicit_router:
                 setattr(self.router_settings, name, value)
+        if ls.drop_params is not None:
+            for entry in self.model_list:
+                if entry.params.drop_params is None:
+                    entry.params.drop_params = ls.drop_params
         return self
 
     @property

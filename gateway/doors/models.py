@@ -16,6 +16,7 @@ from starlette.responses import Response
 from gateway.auth import token_from_headers
 from gateway.errors import GatewayError
 from gateway.pipeline import Principal
+from gateway.routing.wildcards import model_allowed
 from gateway.services import Services
 
 _CREATED = 1_700_000_000  # a fixed timestamp: config models have no creation time
@@ -42,7 +43,7 @@ async def retrieve_model(request: Request) -> Response:
     services, principal = await _principal(request)
     name = request.path_params["model"]
     allowed = principal.models
-    if not services.router.has_model(name) or (allowed and name not in allowed):
+    if not services.router.has_model(name) or (allowed and not model_allowed(allowed, name)):
         raise GatewayError(
             404,
             f"The model '{name}' does not exist or you do not have access to it.",

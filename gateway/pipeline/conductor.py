@@ -42,6 +42,7 @@ from gateway.pipeline.respond import (
 )
 from gateway.pipeline.stages import Admission, Principal, Usage, UsageEvent
 from gateway.routing.router import Invocation, RoutedResponse, RoutedStream, unsupported
+from gateway.routing.wildcards import model_allowed
 from gateway.server.body import ClientGone, read_body
 from providers.contract import ProviderResponse
 from providers.usage_tap import UsageTap
@@ -403,7 +404,7 @@ def check_model(services: Services, principal: Principal, model: str, door: Door
             "model_not_found",
             "model",
         )
-    if allowed and model not in allowed:
+    if allowed and model not in allowed and not model_allowed(allowed, model):
         raise GatewayError(
             403,
             f"This key is not allowed to use the model '{model}'",

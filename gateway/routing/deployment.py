@@ -1,17 +1,30 @@
-"""One configured upstream deployment: a model name callers use, backed by a provider model."""
+"""One configured upstream deployment: a model name callers use, backed by a provider model.
+
+Of a deployment's params, the router itself uses the routing fields (``weight``, ``rpm``, ``tpm``,
+``order``, ``timeout``, ``stream_timeout``, ...); request defaults and ``additional_drop_params``
+become its ``RequestShaper`` (``deployment_params``); ``organization`` becomes an
+``OpenAI-Organization`` header (in ``params["extra_headers"]``) on OpenAI-compatible providers.
+Every param (``drop_params``, ``extra_headers``, ``api_version``, ``region_name``, ...) reaches the
+adapter in ``ProviderCall.params``. ``max_retries`` is not applied per deployment (see
+``deployments_from_entries``).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.pipeline import Usage
+from gateway.routing.deployment_params import RequestShaper
 from providers.contract import ProviderCall
-from providers.registry import DEFAULT_API_BASES, split_provider
+from providers.registry import DEFAULT_API_BASES, OPENAI_COMPATIBLE_PROVIDERS, split_provider
 
 if TYPE_CHECKING:
     from gateway.config import ModelEntry
+
+log = logging.getLogger("switchyard.routing")
 
 
 @dataclass(slots=True)
@@ -39,6 +52,8 @@ class Deployment:
     order: int = 0
     input_cost_per_token: float = 0.0
     output_cost_per_token: float = 0.0
+    # None when the params set no request default and drop nothing: requests go as they came.
+    shaper: RequestShaper | None = field(default=None, repr=False)
 
     @property
     def provider_model(self) -> str:
@@ -71,6 +86,11 @@ class Deployment:
         p = entry.params
         provider, upstream = split_provider(p.model)
         api_base = p.api_base or DEFAULT_API_BASES.get(provider)
+        params = p.model_dump(exclude_none=True)
+        if p.organization and provider in OPENAI_COMPATIBLE_PROVIDERS:
+            # OpenAI's header for the organization a request is billed to; the adapter sends
+            # params["extra_headers"] already, and an explicit one of the same name wins.
+            params["extra_headers"] = {"OpenAI-Organization": p.organization, **(p.extra_headers or {})}
         dep_id = entry.model_info.id if entry.model_info and entry.model_info.id else None
         if dep_id is None:
             digest = hashlib.sha256(f"{entry.model_name}\0{p.model}\0{api_base or ''}".encode()).hexdigest()
@@ -80,7 +100,7 @@ class Deployment:
             model_name=entry.model_name,
             provider=provider,
             upstream_model=upstream,
-            params=p.model_dump(exclude_none=True),
+            params=params,
             api_base=api_base,
             api_key=p.api_key,
             timeout=p.timeout if p.timeout is not None else default_timeout,
@@ -92,11 +112,19 @@ class Deployment:
             order=p.order if p.order is not None else 0,
             input_cost_per_token=p.input_cost_per_token or 0.0,
             output_cost_per_token=p.output_cost_per_token or 0.0,
+            shaper=RequestShaper.build(params, p.additional_drop_params or ()),
         )
 
 
 def deployments_from_entries(entries: list[ModelEntry], default_timeout: float = 600.0) -> list[Deployment]:
-    """All deployments of a ``model_list``; identical generated ids get a ``-2``, ``-3``... suffix."""
+    """All deployments of a ``model_list``; identical generated ids get a ``-2``, ``-3``... suffix.
+
+    LiteLLM's per-deployment ``max_retries`` (its client's retries of one call to that deployment)
+    has no counterpart here: adapters never retry on their own, and the router retries a request's
+    retryable failures ``router_settings.num_retries`` times across the model's deployments,
+    preferring one not tried yet. ``max_retries: 0`` is therefore what every deployment does; a
+    higher value is warned about once, here, at start.
+    """
     seen: dict[str, int] = {}
     out: list[Deployment] = []
     for entry in entries:
@@ -106,4 +134,12 @@ def deployments_from_entries(entries: list[ModelEntry], default_timeout: float =
         if n > 1:
             dep.id = f"{dep.id}-{n}"
         out.append(dep)
+    retried = sorted({d.model_name for d in out if d.params.get("max_retries")})
+    if retried:
+        log.warning(
+            "litellm_params.max_retries is not applied per deployment (models: %s): a request's "
+            "retryable failures are retried router_settings.num_retries times across the model's "
+            "deployments instead",
+            ", ".join(retried),
+        )
     return out

@@ -11,9 +11,13 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
 from gateway.routing.state import DeploymentState
 from gateway.routing.strategies import RoutingStrategy
+
+if TYPE_CHECKING:
+    from gateway.routing.deployment import Deployment
 
 
 @dataclass(slots=True)
@@ -50,9 +54,14 @@ class Unavailable:
 
 
 class ModelGroup:
-    """All deployments of one public model name."""
+    """All deployments of one public model name.
 
-    __slots__ = ("by_id", "deployments", "name", "tiers")
+    ``concrete`` is None but for a name served by a wildcard entry (``view``): there it maps each
+    deployment id to the deployment with that name's upstream model, since the states (cooldowns,
+    limits) are the wildcard entry's own and shared by every name it serves.
+    """
+
+    __slots__ = ("by_id", "concrete", "deployments", "name", "tiers")
 
     def __init__(self, name: str, deployments: Sequence[DeploymentState]) -> None:
         if not deployments:
@@ -62,6 +71,17 @@ class ModelGroup:
         self.by_id = {d.id: d for d in self.deployments}
         orders = sorted({d.order for d in self.deployments})
         self.tiers = [Tier(o, [d for d in self.deployments if d.order == o]) for o in orders]
+        self.concrete: dict[str, Deployment] | None = None
+
+    def view(self, name: str, concrete: dict[str, Deployment]) -> ModelGroup:
+        """This group's deployments and tiers (shared, not copied) serving ``name`` with ``concrete``."""
+        group = ModelGroup.__new__(ModelGroup)
+        group.name = name
+        group.deployments = self.deployments
+        group.by_id = self.by_id
+        group.tiers = self.tiers
+        group.concrete = concrete
+        return group
 
     def pick(
         self,

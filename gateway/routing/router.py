@@ -33,6 +33,7 @@ from gateway.routing.model_group import ModelGroup, Unavailable
 from gateway.routing.retry_policy import Failure, RetrySettings, classify, is_retryable, make_retrying
 from gateway.routing.state import DeploymentState
 from gateway.routing.strategies import make_strategy
+from gateway.routing.wildcards import WildcardRoutes
 from providers.contract import Operation, ProviderCall, ProviderResponse
 from providers.errors import ProviderError, ProviderTimeoutError, ProviderUnreachableError
 from providers.registry import ProviderRegistry
@@ -306,6 +307,8 @@ class Router:
                 if able:
                     table[name] = self.groups[name] if len(able) == len(ds) else ModelGroup(name, able)
             self.serving[op] = table
+        # Names with a "*" also serve the names they match (None when there are none).
+        self.wildcards = WildcardRoutes.build(self.groups, self.serving)
         self.strategy = make_strategy(settings.routing_strategy)
         self.cooldowns = CooldownManager(
             self.states,
@@ -322,7 +325,7 @@ class Router:
         self.fallbacks = FallbackTable(
             settings.fallbacks, settings.context_window_fallbacks, settings.content_policy_fallbacks
         )
-        missing = self.fallbacks.referenced_models() - set(self.groups)
+        missing = {m for m in self.fallbacks.referenced_models() if not self.has_model(m)}
         if missing:
             log.warning("fallbacks name models that are not configured: %s", ", ".join(sorted(missing)))
 
@@ -331,11 +334,15 @@ class Router:
         return list(self.groups)
 
     def has_model(self, name: str) -> bool:
-        return name in self.groups
+        return name in self.groups or (self.wildcards is not None and self.wildcards.match(name) is not None)
 
     def serves(self, name: str, operation: Operation) -> bool:
         """Whether some deployment of model ``name`` serves ``operation``."""
-        return name in self.serving[operation]
+        return name in self.serving[operation] or (
+            self.wildcards is not None
+            and name not in self.groups
+            and self.wildcards.group(name, operation) is not None
+        )
 
     # ---- the request path ---------------------------------------------------------------
 
@@ -353,10 +360,10 @@ class Router:
         503/429 when nothing is available) or the last ``ProviderError``. For streams, failures
         before the first event are raised here.
         """
-        if model not in self.groups:
+        if model not in self.groups and not self.has_model(model):
             raise GatewayError(404, f"model {model!r} not found", code="model_not_found", param="model")
         groups = self.serving[inv.operation]
-        if model not in groups:
+        if model not in groups and not self.serves(model, inv.operation):
             raise unsupported(model, inv.operation)
         trace = _Trace()
         queue: list[str] = [model]
@@ -366,6 +373,8 @@ class Router:
             name = queue[i]
             i += 1
             group = groups.get(name)
+            if group is None and self.wildcards is not None and name not in self.groups:
+                group = self.wildcards.group(name, inv.operation)
             if group is None:
                 continue
             try:
@@ -452,7 +461,7 @@ class Router:
         trace.attempts += 1
         t0 = time.monotonic()
         try:
-            return await self._attempt(picked, inv, ctx, remaining, trace)
+            return await self._attempt(picked, inv, ctx, remaining, trace, group.concrete)
         except ProviderError as exc:
             last.append(exc)
             raise
@@ -466,8 +475,12 @@ class Router:
         ctx: RequestContext,
         time_left: float,
         trace: _Trace,
+        concrete: dict[str, Deployment] | None = None,
     ) -> RoutedResponse | RoutedStream:
-        dep: Deployment = d.deployment
+        # ``concrete``: a name served by a wildcard entry, with its own upstream model.
+        dep: Deployment = d.deployment if concrete is None else concrete[d.id]
+        if dep.shaper is not None:
+            inv = dep.shaper.shape(inv)  # defaults and drops, on a copy (retries reuse ``inv``)
         provider = self.providers.get(dep.provider)
         call = dep.provider_call(inv.body if inv.body is not None else {}, ctx.request_id)
         call.timeout = min(call.timeout, time_left)
