@@ -162,7 +162,15 @@ class BedrockProvider(NativeProvider):
                 tokens = _int_header(headers, "x-amzn-bedrock-input-token-count")
             return vectors, tokens
 
-        results = await asyncio.gather(*(one(inv) for inv in invocations))
+        tasks = [asyncio.ensure_future(one(inv)) for inv in invocations]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            # One call failed (or we were cancelled): the others are not waited for, nor left running.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         vectors = [v for batch, _ in results for v in batch]
         return EmbeddingResponse(call.upstream_model, vectors, Usage(sum(t for _, t in results)))
 

@@ -644,6 +644,11 @@ async def test_embeddings_refusals(provider: BedrockProvider, fake: FakeBedrock)
     with pytest.raises(ProviderError) as info:
         await provider.embeddings(call(fake, {"model": "e", "input": "x"}, model=MODEL))
     assert info.value.status_code == 400 and "embedding model" in info.value.message
+    with pytest.raises(ProviderError) as info:  # one of the concurrent calls is refused: all fail
+        await provider.embeddings(
+            call(fake, {"model": "e", "input": ["fine", "", "also"]}, model=fb.TITAN_EMBED)
+        )
+    assert info.value.status_code == 400 and "inputText" in info.value.message
     with pytest.raises(ProviderError) as info:  # Titan v2 takes 256/512/1024 only: Bedrock says so
         await provider.embeddings(
             call(fake, {"model": "e", "input": "x", "dimensions": 300}, model=fb.TITAN_EMBED)

@@ -52,6 +52,7 @@ def gw(fake: FakeBedrock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             deployment("claude", CLAUDE),
             # Errors get their own deployment: a 429 cools it down, which must not touch "claude".
             deployment("claude-errors", "us.anthropic.claude-3-7-sonnet-20250219-v1:0"),
+            deployment("nova-stream-errors", "amazon.nova-lite-v1:0"),
             deployment("titan", fb.TITAN_EMBED),
         ],
         "general_settings": {"master_key": MASTER_KEY},
@@ -252,6 +253,21 @@ def test_throttling_is_a_429_with_retry_after(gw: GatewayProcess, fake: FakeBedr
     assert info.value.status_code == 429
     assert info.value.response.headers.get("retry-after") == "7"
     assert "Too many requests" in info.value.message
+
+
+def test_exception_event_mid_stream_ends_the_stream_with_an_error(
+    gw: GatewayProcess, fake: FakeBedrock
+) -> None:
+    fake.enqueue(Behavior(stream_exception=("modelStreamErrorException", "The model stream broke.")))
+    stream = client(gw).chat.completions.create(
+        model="nova-stream-errors", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    text = ""
+    with pytest.raises(openai.APIError) as info:
+        for chunk in stream:
+            text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    assert text == "Hello from Bedrock."  # what arrived before the exception event was passed on
+    assert "The model stream broke." in info.value.message
 
 
 def test_context_window_exceeded(gw: GatewayProcess, fake: FakeBedrock) -> None:
