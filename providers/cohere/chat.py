@@ -74,6 +74,7 @@ _PASSTHROUGH = (
     "priority",
 )
 ACCEPTED_EXTRA = frozenset({*_PASSTHROUGH, "top_k"})
+_P_MIN, _P_MAX = 0.01, 0.99
 
 # Cohere's paths, which a configured api_base may already end with (LiteLLM's spellings).
 _KNOWN_SUFFIXES = ("/v2/chat", "/v1/chat", "/v2/embed", "/v1/embed", "/v2", "/v1")
@@ -180,7 +181,9 @@ def build_request(req: GenerationRequest) -> dict[str, Any]:
     if req.temperature is not None:
         body["temperature"] = req.temperature
     if req.top_p is not None:
-        body["p"] = req.top_p
+        # Cohere takes p in [0.01, 0.99]; OpenAI's 1.0 (no nucleus cut, a common default) and 0
+        # mean the nearest values Cohere allows rather than a refusal.
+        body["p"] = min(max(req.top_p, _P_MIN), _P_MAX)
     if req.stop:
         body["stop_sequences"] = list(req.stop)
     if req.seed is not None:

@@ -17,7 +17,7 @@ consumer closes.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -47,7 +47,7 @@ class StreamParser:
 
     __slots__ = ("_args_sent", "_calls", "_clean", "_created", "_model", "_started", "ended")
 
-    def __init__(self, *, model: str, created: int, clean: Any) -> None:
+    def __init__(self, *, model: str, created: int, clean: Callable[[str], str]) -> None:
         self._model = model
         self._created = created
         self._clean = clean

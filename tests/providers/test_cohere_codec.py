@@ -139,6 +139,13 @@ def test_a_named_tool_choice_sends_that_tool_alone_as_required() -> None:
     assert "tool_choice" not in auto
 
 
+def test_top_p_is_kept_within_cohere_range() -> None:
+    # Cohere's p runs from 0.01 to 0.99; OpenAI's 1.0 (a common default) is its nearest value.
+    assert build_request(openai_request({**HELLO, "top_p": 1.0}))["p"] == 0.99
+    assert build_request(openai_request({**HELLO, "top_p": 0}))["p"] == 0.01
+    assert build_request(openai_request({**HELLO, "top_p": 0.3}))["p"] == 0.3
+
+
 def test_response_translation_golden() -> None:
     # The shape of the documented example answer, with a tool call and fractional counts.
     answer = {

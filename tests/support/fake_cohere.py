@@ -610,7 +610,7 @@ def validate_embed(body: dict[str, Any]) -> str | None:
         return "texts must be a non-empty list of strings"
     if len(texts) > 96:
         return "texts can have at most 96 items"
-    kinds = body.setdefault("embedding_types", ["float"])
+    kinds = body.get("embedding_types", ["float"])
     if not isinstance(kinds, list) or not kinds or not set(kinds) <= _EMBEDDING_TYPES:
         return "embedding_types must be a list of float, int8, uint8, binary, ubinary, base64"
     dims = body.get("output_dimension")
