@@ -7,6 +7,10 @@ https://platform.openai.com/docs/api-reference/embeddings. Raw bodies pass throu
 only gets ``model`` replaced (and, for streams, usage requested); responses and stream events are
 forwarded as the upstream sent them. The typed path (``generate``) translates with
 ``providers.formats.openai_chat`` on top of the same raw calls.
+
+Upstreams that speak this format at other addresses with other credentials (Azure OpenAI, Azure
+AI model inference) subclass the adapter and override ``_url``, ``_headers`` and ``_error`` only,
+so their bytes pass through the same way.
 """
 
 from __future__ import annotations
@@ -72,12 +76,7 @@ class OpenAICompatProvider:
         headers = {"content-type": _JSON, "accept": _JSON}
         if call.api_key:
             headers["authorization"] = f"Bearer {call.api_key}"
-        extra = call.params.get("extra_headers")
-        if isinstance(extra, dict):
-            headers.update({str(k): str(v) for k, v in extra.items()})
-        if call.extra_headers:
-            headers.update(call.extra_headers)
-        return headers
+        return with_extra_headers(headers, call)
 
     @staticmethod
     def _payload(call: ProviderCall, stream: bool) -> bytes:
@@ -135,7 +134,7 @@ class OpenAICompatProvider:
             raise _transport_error(exc, f"upstream timed out after {call.timeout:g}s") from exc
         body = resp.content
         if resp.status_code >= 300:
-            raise _upstream_error(call, resp.status_code, body, resp.headers)
+            raise self._error(call, resp.status_code, body, resp.headers)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -166,7 +165,7 @@ class OpenAICompatProvider:
                     body = await resp.aread()
                 except httpx.HTTPError as exc:
                     raise _transport_error(exc, f"upstream timed out after {read_timeout:g}s") from exc
-                raise _upstream_error(call, resp.status_code, body, resp.headers)
+                raise self._error(call, resp.status_code, body, resp.headers)
             buf = b""
             done = False
             # Each event must follow the last within read_timeout. httpx's read timeout alone
@@ -198,7 +197,7 @@ class OpenAICompatProvider:
                         if event.startswith(b":"):
                             continue  # SSE comment / keep-alive
                         if event.startswith(_ERROR_EVENT_STARTS):
-                            raise _upstream_error(call, 500, event[event.find(b"{") :].strip())
+                            raise self._error(call, 500, event[event.find(b"{") :].strip())
                         if (
                             event.startswith(b"data")
                             and not event.endswith(b"}\n\n")  # the usual event: no copy made
@@ -225,9 +224,25 @@ class OpenAICompatProvider:
         finally:
             await resp.aclose()
 
+    def _error(
+        self, call: ProviderCall, status: int, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> ProviderError:
+        """An upstream error answer as a ``ProviderError``; subclasses read their provider's codes."""
+        return _upstream_error(call, status, body, headers)
+
     async def aclose(self) -> None:
         """Nothing to release: the shared client is closed by the gateway at shutdown."""
         return None
+
+
+def with_extra_headers(headers: dict[str, str], call: ProviderCall) -> dict[str, str]:
+    """``headers`` plus the deployment's ``extra_headers`` and the call's own (later ones win)."""
+    extra = call.params.get("extra_headers")
+    if isinstance(extra, dict):
+        headers.update({str(k): str(v) for k, v in extra.items()})
+    if call.extra_headers:
+        headers.update(call.extra_headers)
+    return headers
 
 
 def _upstream_error(

@@ -1,0 +1,72 @@
+"""Azure OpenAI: OpenAI's wire format at per-deployment URLs, bytes passed through untouched.
+
+Reference: https://learn.microsoft.com/en-us/azure/ai-services/openai/reference.
+``POST {api_base}/openai/deployments/{deployment}/chat/completions?api-version={api_version}``
+(and ``/completions``, ``/embeddings``), with the OpenAI request and response bodies. ``model``
+is ``azure/<deployment name>`` (LiteLLM's convention); ``api_base`` is the resource endpoint
+(``https://<resource>.openai.azure.com``, a trailing ``/openai`` accepted), else
+``AZURE_API_BASE``. ``api_version`` in the deployment's params (LiteLLM's name), else
+``AZURE_API_VERSION``, else ``DEFAULT_API_VERSION``: 2024-10-21, the latest GA data-plane version
+(it takes ``stream_options.include_usage``, which the gateway always sends on streams).
+Credentials: ``providers.azure.auth``; errors (content filter included): ``providers.azure.errors``.
+
+Everything else is ``OpenAICompatProvider``'s: only the URL, the headers and the error reading
+differ.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from urllib.parse import quote
+
+import httpx
+
+from providers.azure import auth, errors
+from providers.contract import Operation, ProviderCall
+from providers.errors import ProviderError
+from providers.openai_compat.adapter import CAPABILITIES, OpenAICompatProvider
+
+DEFAULT_API_VERSION = "2024-10-21"
+KEY_ENV = "AZURE_API_KEY"
+BASE_ENV = "AZURE_API_BASE"
+VERSION_ENV = "AZURE_API_VERSION"
+_PATHS: dict[Operation, str] = {
+    "chat": "chat/completions",
+    "completions": "completions",
+    "embeddings": "embeddings",
+}
+
+
+class AzureOpenAIProvider(OpenAICompatProvider):
+    """``Provider`` for Azure OpenAI deployments (chat, completions, embeddings)."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+        super().__init__(client)
+        self._azure_urls: dict[tuple[str, str, str, Operation], httpx.URL] = {}
+
+    def _url(self, call: ProviderCall, operation: Operation = "chat") -> httpx.URL:
+        base = auth.api_base(call, BASE_ENV, "azure")
+        version = call.params.get("api_version") or os.environ.get(VERSION_ENV) or DEFAULT_API_VERSION
+        key = (base, call.upstream_model, str(version), operation)
+        url = self._azure_urls.get(key)
+        if url is None:
+            # Parsed once per deployment and version: URL parsing is a visible cost per request.
+            root = base.removesuffix("/openai")
+            deployment = quote(call.upstream_model, safe="")
+            url = httpx.URL(
+                f"{root}/openai/deployments/{deployment}/{_PATHS[operation]}"
+                f"?api-version={quote(str(version), safe='')}"
+            )
+            self._azure_urls[key] = url
+        return url
+
+    def _headers(self, call: ProviderCall) -> dict[str, str]:
+        return auth.headers(call, KEY_ENV)
+
+    def _error(
+        self, call: ProviderCall, status: int, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> ProviderError:
+        return errors.upstream_error(status, body, headers, auth.scrubber(call, KEY_ENV))
