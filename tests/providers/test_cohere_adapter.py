@@ -14,7 +14,12 @@ import pytest
 
 from providers.cohere import CohereProvider
 from providers.contract import ProviderCall
-from providers.errors import ContextWindowExceededError, ProviderError, ProviderUnreachableError
+from providers.errors import (
+    ContextWindowExceededError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnreachableError,
+)
 from providers.formats import openai_chat
 from providers.http import build_client
 from providers.http11_transport import HTTP11Transport
@@ -298,6 +303,32 @@ async def test_stream_errors_and_truncation(provider: CohereProvider, fake: Fake
     with pytest.raises(ProviderError) as exc2:
         _ = [e async for e in provider.chat_stream(call(fake, {**HELLO, "stream": True}))]
     assert (exc2.value.status_code, exc2.value.code) == (502, "stream_truncated")
+
+
+async def test_a_slow_upstream_times_out(provider: CohereProvider, fake: FakeCohere) -> None:
+    fake.enqueue(Behavior(delay_s=2.0))
+    with pytest.raises(ProviderTimeoutError) as exc:
+        await provider.chat(call(fake, timeout=0.3))
+    assert exc.value.retryable
+
+
+async def test_what_cohere_cannot_take_is_a_400_before_any_call(
+    provider: CohereProvider, fake: FakeCohere
+) -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://img.example/a.png"}}
+    body = {**HELLO, "messages": [{"role": "system", "content": [image]}, *HELLO["messages"]]}
+    with pytest.raises(ProviderError) as exc:
+        await provider.chat(call(fake, body))
+    assert (exc.value.status_code, exc.value.param) == (400, "messages.0.content")
+    named = {
+        **HELLO,
+        "tools": [WEATHER_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "nope"}},
+    }
+    with pytest.raises(ProviderError) as exc2:
+        await provider.chat(call(fake, named))
+    assert (exc2.value.status_code, exc2.value.param) == (400, "tool_choice")
+    assert not fake.requests
 
 
 async def test_unreachable(provider: CohereProvider, fake: FakeCohere) -> None:
