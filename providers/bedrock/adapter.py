@@ -27,8 +27,9 @@ import orjson
 
 from providers.bedrock import converse, embeddings, errors
 from providers.bedrock.converse_stream import StreamParser
+from providers.bedrock.credentials import CredentialSource, Identity, region_of
 from providers.bedrock.eventstream import EventMessage, EventStreamDecoder, EventStreamError
-from providers.bedrock.signing import CredentialSource, Identity, region_of, sign
+from providers.bedrock.signing import sign
 from providers.contract import Operation, ProviderCall
 from providers.errors import ProviderError
 from providers.formats.errors import FormatError
