@@ -31,7 +31,6 @@ OPENAI_COMPATIBLE_PROVIDERS = (
     "cerebras",
     "anyscale",
     "lm_studio",
-    "ollama_chat",
     "nvidia_nim",
     "sambanova",
 )
@@ -142,6 +141,10 @@ class ProviderRegistry:
         registry.register_lazy("bedrock", "providers.bedrock:BedrockProvider", ("chat", "embeddings"))
         registry.register_lazy("cohere", "providers.cohere:CohereProvider", ("chat", "embeddings"))
         registry.register_lazy("cohere_chat", "providers.cohere:CohereProvider", ("chat", "embeddings"))
+        registry.register_lazy("azure", "providers.azure:AzureOpenAIProvider", OPENAI_CAPABILITIES)
+        registry.register_lazy("azure_ai", "providers.azure_ai:AzureAIProvider", ("chat", "embeddings"))
+        registry.register_lazy("ollama", "providers.ollama:OllamaProvider", ("chat", "embeddings"))
+        registry.register_lazy("ollama_chat", "providers.ollama:OllamaProvider", ("chat", "embeddings"))
         return registry
 
 
