@@ -9,12 +9,16 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import orjson
 import pytest
 import pytest_asyncio
+from botocore.credentials import ReadOnlyCredentials
 
 from providers.bedrock import BedrockProvider, converse
 from providers.bedrock.converse_stream import StreamParser
+from providers.bedrock.credentials import Identity
+from providers.bedrock.signing import sign
 from providers.contract import ProviderCall
 from providers.errors import ContextWindowExceededError, ProviderError, ProviderTimeoutError
 from providers.formats import anthropic_messages, openai_chat
@@ -660,3 +664,45 @@ def test_registered_lazily_with_its_capabilities() -> None:
     registry = ProviderRegistry.default()
     assert registry.capabilities("bedrock") == frozenset({"chat", "embeddings"})
     assert isinstance(registry.get("bedrock"), BedrockProvider)
+
+
+# ---- the fake refuses what Bedrock refuses (so the tests above could fail) --------------------
+
+
+async def test_fake_refuses_unsigned_and_invalid_requests(fake: FakeBedrock) -> None:
+    url = f"{fake.base_url}/model/{MODEL.replace(':', '%3A')}/converse"
+    identity = Identity(ReadOnlyCredentials(fb.ACCESS_KEY_ID, fb.SECRET_ACCESS_KEY, None))
+
+    async def post(body: dict, signed: bool = True) -> httpx.Response:
+        raw = orjson.dumps(body)
+        headers = {"content-type": "application/json"}
+        if signed:
+            headers = sign(identity, fb.REGION, url, raw, headers)
+        async with httpx.AsyncClient() as http:
+            return await http.post(url, content=raw, headers=headers)
+
+    ok = {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}
+    assert (await post(ok)).status_code == 200
+    unsigned = await post(ok, signed=False)
+    assert unsigned.status_code == 403
+    assert unsigned.headers["x-amzn-errortype"].startswith("MissingAuthenticationTokenException:")
+    user = {"role": "user", "content": [{"text": "a"}]}
+    refusals = {
+        "alternate between user and assistant": {"messages": [user, user]},
+        "text field in the ContentBlock object is blank": {
+            "messages": [{"role": "user", "content": [{"text": ""}]}]
+        },
+        "toolConfig field must be defined": {
+            "messages": [
+                user,
+                {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t", "name": "f", "input": {}}}]},
+                {"role": "user", "content": [{"toolResult": {"toolUseId": "t", "content": [{"text": "x"}]}}]},
+            ]
+        },
+        "Unknown parameter": {**ok, "max_tokens": 5},
+    }
+    for message, body in refusals.items():
+        resp = await post(body)
+        assert resp.status_code == 400, message
+        assert resp.headers["x-amzn-errortype"].startswith("ValidationException:")
+        assert message in resp.json()["message"]
