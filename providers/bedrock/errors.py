@@ -15,6 +15,7 @@ says "context window exceeded" only in the text of a ValidationException.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import httpx
 import orjson
@@ -73,12 +74,13 @@ def from_http(
     status: int, body: bytes, headers: Mapping[str, str], clean: Callable[[str], str]
 ) -> ProviderError:
     """The error of a failed HTTP response (message scrubbed with ``clean``, retry-after kept)."""
-    base = ProviderError.from_upstream(status, body, headers, clean)
-    name = _name(headers.get("x-amzn-errortype") or _body_type(body))
-    if base.message.startswith("upstream returned HTTP") and body:
-        capital = _capital_message(body)
-        if capital:
-            base = ProviderError.from_upstream(status, orjson.dumps({"message": capital}), headers, clean)
+    parsed = _json_object(body)
+    name = _name(headers.get("x-amzn-errortype") or _text(parsed, "__type"))
+    # Bedrock says "message"; some AWS front ends (the auth layer) say "Message".
+    message = _text(parsed, "message") or _text(parsed, "Message")
+    base = ProviderError.from_upstream(
+        status, orjson.dumps({"message": message}) if message else body, headers, clean
+    )
     return _mapped(name, status, base.message, base.retry_after)
 
 
@@ -93,15 +95,10 @@ def from_stream_exception(exception_type: str, message: str, clean: Callable[[st
 
 def stream_payload_message(payload: bytes) -> str:
     """The ``message`` of an exception event's payload (or the payload's text)."""
-    try:
-        parsed = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return payload[:500].decode("utf-8", "replace")
-    if isinstance(parsed, dict):
-        for key in ("message", "Message"):
-            if isinstance(parsed.get(key), str):
-                return parsed[key]
-    return "upstream stream error"
+    parsed = _json_object(payload)
+    if parsed is None:
+        return payload[:500].decode("utf-8", "replace") or "upstream stream error"
+    return _text(parsed, "message") or _text(parsed, "Message") or "upstream stream error"
 
 
 def _mapped(name: str, status: int, message: str, retry_after: float | None) -> ProviderError:
@@ -126,25 +123,17 @@ def _name(raw: str | None) -> str:
     return raw.split(":", 1)[0].rsplit("#", 1)[-1].strip()
 
 
-def _body_type(body: bytes) -> str | None:
+def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         parsed = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         return None
-    if isinstance(parsed, dict) and isinstance(parsed.get("__type"), str):
-        return parsed["__type"]
-    return None
+    return parsed if isinstance(parsed, dict) else None
 
 
-def _capital_message(body: bytes) -> str | None:
-    """Some AWS front ends (the auth layer) spell it ``Message``."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(parsed, dict) and isinstance(parsed.get("Message"), str):
-        return parsed["Message"]
-    return None
+def _text(obj: dict[str, Any] | None, key: str) -> str | None:
+    value = obj.get(key) if obj is not None else None
+    return value if isinstance(value, str) and value else None
 
 
 def malformed(message: str) -> ProviderError:

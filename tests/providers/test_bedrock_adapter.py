@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from botocore.credentials import ReadOnlyCredentials
 
-from providers.bedrock import BedrockProvider, converse
+from providers.bedrock import BedrockProvider, converse, errors
 from providers.bedrock.converse_stream import StreamParser
 from providers.bedrock.credentials import Identity
 from providers.bedrock.signing import sign
@@ -309,6 +309,36 @@ def test_stream_events_translate_in_order() -> None:
         Finish("tool_calls"),
         UsageReport(Usage(3, 4)),
     ]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "expected"),
+    [
+        (
+            403,
+            b'{"Message":"The security token included in the request is invalid."}',
+            {"x-amzn-errortype": "UnrecognizedClientException:http://internal.amazon.com/coral/"},
+            (401, "authentication_error", "The security token included in the request is invalid."),
+        ),
+        (
+            400,
+            b'{"__type":"com.amazon.coral.validate#ValidationException","message":"too many input tokens"}',
+            {},
+            (400, "invalid_request_error", "too many input tokens"),
+        ),
+        (
+            429,
+            b'{"message":"slow"}',
+            {"x-amzn-errortype": "SomeNewException"},
+            (429, "rate_limit_error", "slow"),
+        ),
+        (502, b"<html>bad gateway</html>", {}, (502, "api_error", "<html>bad gateway</html>")),
+    ],
+)
+def test_error_bodies(status: int, body: bytes, headers: dict, expected: tuple) -> None:
+    err = errors.from_http(status, body, headers, lambda text: text)
+    assert (err.status_code, err.type, err.message) == expected
+    assert err.context_window_exceeded == ("tokens" in err.message)
 
 
 # ---- the adapter against the fake ------------------------------------------------------------
