@@ -35,7 +35,7 @@ async def _principal(request: Request) -> tuple[Services, Principal]:
 async def list_models(request: Request) -> Response:
     services, principal = await _principal(request)
     allowed = principal.models
-    data = [_model(name) for name in services.router.model_names() if not allowed or name in allowed]
+    data = [_model(n) for n in services.router.model_names() if not allowed or model_allowed(allowed, n)]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
@@ -43,7 +43,8 @@ async def retrieve_model(request: Request) -> Response:
     services, principal = await _principal(request)
     name = request.path_params["model"]
     allowed = principal.models
-    if not services.router.has_model(name) or (allowed and not model_allowed(allowed, name)):
+    # Configured names only (a wildcard entry's matches are not models of their own), as LiteLLM.
+    if name not in services.router.model_names() or (allowed and not model_allowed(allowed, name)):
         raise GatewayError(
             404,
             f"The model '{name}' does not exist or you do not have access to it.",

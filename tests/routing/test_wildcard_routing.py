@@ -168,7 +168,9 @@ def test_streams_embeddings_and_the_messages_door_route_through_patterns(
 def test_models_lists_the_patterns_as_configured(gw: GatewayProcess) -> None:
     ids = [m.id for m in client(gw).models.list()]
     assert ids == [n for n, *_ in PATTERN_MODELS]
-    assert client(gw).models.retrieve("vendor/some-model").id == "vendor/some-model"
+    assert client(gw).models.retrieve("vendor/*").id == "vendor/*"
+    with pytest.raises(openai.NotFoundError):  # a name a pattern serves is no model of its own
+        client(gw).models.retrieve("vendor/some-model")
 
 
 def test_a_key_listing_a_pattern_may_use_what_it_matches(gw: GatewayProcess) -> None:
@@ -179,7 +181,7 @@ def test_a_key_listing_a_pattern_may_use_what_it_matches(gw: GatewayProcess) -> 
     for refused in ("openai/gpt-4o", "gpt-exact"):
         with pytest.raises(openai.PermissionDeniedError):
             c.chat.completions.create(model=refused, messages=MSG)
-    assert [m.id for m in c.models.list()] == ["vendor/*"]
+    assert [m.id for m in c.models.list()] == ["vendor/pinned", "vendor/*", "vendor/special-*"]
 
 
 def _spend_rows(database_url: str, key_hash: str, count: int) -> list[asyncpg.Record]:
