@@ -19,8 +19,7 @@ import pytest
 
 from gateway.server.body import MAX_JSON_DEPTH
 from gateway.server.bounds import MAX_HEADER_BYTES, MAX_HEADERS
-from tests.support.fake_openai import FakeOpenAI
-from tests.support.gateway_app import MASTER_KEY, gateway_config, keyed_gateway, own_database
+from tests.support.gateway_app import MASTER_KEY, self_contained_gateway
 from tests.support.gateway_process import GatewayProcess
 from tests.support.redis_server import redis_url
 
@@ -36,17 +35,15 @@ __all__ = ["redis_url"]  # the session fixture, used by `gateway` below
 @pytest.fixture(scope="module")
 def gateway(redis_url: str) -> Iterator[GatewayProcess]:
     # Every chat request reserves tokens in Redis (where a huge max_tokens used to overflow).
-    with own_database("switchyard_hostile") as database_url, FakeOpenAI() as fake:
-        config = gateway_config(
-            fake.base_url,
-            models=[MODEL],
-            redis_url=redis_url,
-            max_request_body_mb=MAX_BODY_MB,
-            request_header_timeout_s=READ_TIMEOUT_S,
-            request_body_timeout_s=READ_TIMEOUT_S,
-        )
-        with keyed_gateway(config, database_url) as gw:
-            yield gw
+    with self_contained_gateway(
+        "switchyard_hostile",
+        models=[MODEL],
+        redis_url=redis_url,
+        max_request_body_mb=MAX_BODY_MB,
+        request_header_timeout_s=READ_TIMEOUT_S,
+        request_body_timeout_s=READ_TIMEOUT_S,
+    ) as gw:
+        yield gw
 
 
 AUTH = {"authorization": f"Bearer {MASTER_KEY}"}

@@ -19,8 +19,7 @@ from hypothesis import HealthCheck, settings
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from gateway.openapi import ADMIN_BODIES
-from tests.support.fake_openai import FakeOpenAI
-from tests.support.gateway_app import MASTER_KEY, gateway_config, keyed_gateway, own_database
+from tests.support.gateway_app import MASTER_KEY, self_contained_gateway
 from tests.support.gateway_process import GatewayProcess
 from tests.support.redis_server import redis_url
 
@@ -33,16 +32,14 @@ __all__ = ["redis_url"]  # the session fixture, used by `gateway` below
 @pytest.fixture(scope="module")
 def gateway(redis_url: str) -> Iterator[GatewayProcess]:
     # Every request goes through the Redis limiter with token accounting (large max_tokens...).
-    with own_database("switchyard_schemathesis") as database_url, FakeOpenAI() as fake:
-        config = gateway_config(
-            fake.base_url,
-            models=[MODEL],
-            redis_url=redis_url,
-            cache=True,
-            redis_timeout_s=2.0,
-        )
-        with keyed_gateway(config, database_url) as gw:
-            yield gw
+    with self_contained_gateway(
+        "switchyard_schemathesis",
+        models=[MODEL],
+        redis_url=redis_url,
+        cache=True,
+        redis_timeout_s=2.0,
+    ) as gw:
+        yield gw
 
 
 # Built in-process from the same code that serves /openapi.json (compared below): schemathesis's

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from tests.support.fake_openai import FakeOpenAI
 from tests.support.gateway_process import GatewayProcess, gateway_process
 from tests.support.postgres import fresh_database, postgres_server
 
@@ -79,6 +80,15 @@ def keyed_gateway(config: dict[str, Any], database_url: str) -> Iterator[Gateway
     """``switchyard serve`` with ``config``, keeping its virtual keys and spend in ``database_url``."""
     with gateway_process(config, env={"DATABASE_URL": database_url}) as gw:
         yield gw
+
+
+@contextmanager
+def self_contained_gateway(database_prefix: str, **config: Any) -> Iterator[GatewayProcess]:
+    """A keyed gateway with a database and a fake upstream of its own (``config``: ``gateway_config``'s
+    keywords), for tests that never look at the upstream."""
+    with own_database(database_prefix) as database_url, FakeOpenAI() as fake:
+        with keyed_gateway(gateway_config(fake.base_url, **config), database_url) as gw:
+            yield gw
 
 
 def admin(gw: GatewayProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:
