@@ -17,15 +17,18 @@ differ.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import quote
 
 import httpx
+import orjson
 
 from providers.azure import auth, errors
 from providers.contract import Operation, ProviderCall
 from providers.errors import ProviderError
 from providers.openai_compat.adapter import CAPABILITIES, OpenAICompatProvider
+from providers.openai_compat.typed import generate_stream_via_chat
+from providers.schema import GenerationRequest, StreamEvent
 
 DEFAULT_API_VERSION = "2024-10-21"
 KEY_ENV = "AZURE_API_KEY"
@@ -70,3 +73,36 @@ class AzureOpenAIProvider(OpenAICompatProvider):
         self, call: ProviderCall, status: int, body: bytes, headers: Mapping[str, str] | None = None
     ) -> ProviderError:
         return errors.upstream_error(status, body, headers, auth.scrubber(call, KEY_ENV))
+
+    def generate_stream(self, request: GenerationRequest, call: ProviderCall) -> AsyncIterator[StreamEvent]:
+        return generate_stream_via_chat(_AnswerChunks(self), request, call)
+
+
+class _AnswerChunks:
+    """The raw stream as the typed path reads it: without Azure's opening chunk.
+
+    Azure opens a stream with a chunk that has no choices, an empty ``id`` and ``model``, and only
+    the prompt's filter results. The raw path passes it on (it is Azure's answer, byte for byte);
+    the typed path would name the answer after it (an empty id), so it starts at the next chunk.
+    """
+
+    def __init__(self, provider: AzureOpenAIProvider) -> None:
+        self._provider = provider
+
+    async def chat_stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
+        events = self._provider.chat_stream(call)
+        try:
+            async for event in events:
+                if b"prompt_filter_results" in event and _prompt_filter_only(event):
+                    continue
+                yield event
+        finally:
+            await events.aclose()
+
+
+def _prompt_filter_only(event: bytes) -> bool:
+    try:
+        chunk = orjson.loads(event[event.find(b"{") : event.rfind(b"}") + 1])
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(chunk, dict) and not chunk.get("choices") and not chunk.get("usage")

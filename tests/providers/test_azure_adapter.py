@@ -15,7 +15,7 @@ from providers.contract import ProviderCall
 from providers.errors import ContentPolicyError, ContextWindowExceededError, ProviderError
 from providers.http import build_client
 from providers.http11_transport import HTTP11Transport
-from providers.schema import GenerationRequest, Message, TextPart
+from providers.schema import GenerationRequest, Message, StreamStart, TextDelta, TextPart, UsageReport
 from providers.usage_tap import UsageTap
 from tests.support.fake_azure import (
     AD_TOKEN,
@@ -324,3 +324,15 @@ async def test_ai_embeddings(fake: FakeAzure, client: httpx.AsyncClient) -> None
     assert orjson.loads(resp.body)["data"][0]["index"] == 0
     assert fake.requests[-1].path == "/models/embeddings"
     assert AzureAIProvider.capabilities == frozenset({"chat", "embeddings"})
+
+
+async def test_typed_stream_is_named_after_the_answer_not_the_prompt_filter_chunk(
+    fake: FakeAzure, client: httpx.AsyncClient
+) -> None:
+    request = GenerationRequest(model="x", messages=[Message("user", [TextPart("hi")])])
+    provider = AzureOpenAIProvider(client)
+    events = [e async for e in provider.generate_stream(request, az_call(fake, body={}))]
+    start = events[0]
+    assert isinstance(start, StreamStart) and start.id.startswith("chatcmpl-") and start.model == "gpt4o-prod"
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == Behavior().text()
+    assert isinstance(events[-1], UsageReport) and events[-1].usage.prompt_tokens == 7
