@@ -79,6 +79,7 @@ def gw(fakes: Fakes) -> Iterator[GatewayProcess]:
             entry("pair", a, "pair-a", order=1),
             entry("emb", a, "emb-up", temperature=0.3, dimensions=16),
             entry("slow", a, "slow-up", timeout=1),
+            entry("slow-stream", a, "slow-stream-up", stream_timeout=1),
             entry("retrying", a, "retrying-up", max_retries=3),
         ],
         "general_settings": {"master_key": MASTER_KEY},
@@ -178,6 +179,16 @@ def test_a_deployment_timeout_bounds_its_calls(gw: GatewayProcess, fakes: Fakes)
         client(gw).chat.completions.create(model="slow", messages=MSG)
     assert failed.value.status_code in (408, 504)
     assert "timed out" in str(failed.value.message) or "within" in str(failed.value.message)
+
+
+def test_a_deployment_stream_timeout_bounds_the_wait_for_the_first_event(
+    gw: GatewayProcess, fakes: Fakes
+) -> None:
+    fakes[0].set_behavior(Behavior(delay_s=10), model="slow-stream-up")
+    with pytest.raises(openai.APIStatusError) as failed:
+        client(gw).chat.completions.create(model="slow-stream", messages=MSG, stream=True)
+    assert failed.value.status_code in (408, 504)
+    assert fakes[0].wait_for_cancel(10)  # the gateway gave up on the upstream request
 
 
 def test_max_retries_is_warned_about_at_start(gw: GatewayProcess) -> None:
