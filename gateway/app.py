@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import metrics
 from gateway.config import GatewayConfig
@@ -25,7 +26,34 @@ from gateway.services import Services, build_services
 ServicesBuilder = Callable[[GatewayConfig], Awaitable[Services]]
 
 
-def create_app(config: GatewayConfig | None = None, *, builder: ServicesBuilder = build_services) -> FastAPI:
+class GatewayApp(FastAPI):
+    """FastAPI, with the doors' POST routes dispatched before its middleware stack.
+
+    The doors are plain ASGI endpoints that answer every error themselves, so FastAPI's and
+    Starlette's layers (server-error and exception middleware, the exit stack, body limit,
+    telemetry, route matching) do nothing for them but cost time: in a py-spy profile at
+    concurrency 16 they held about 5% of the gateway's CPU samples, a third as many as the whole
+    pipeline below them. One dict lookup sends a
+    door's request straight to its endpoint; everything else (admin API, health, a wrong
+    method on a door's path) goes through FastAPI as before, and the routes stay registered
+    there for the OpenAPI document.
+    """
+
+    hot_posts: dict[str, ASGIApp]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.hot_posts.get(scope["path"])
+            if endpoint is not None:
+                scope["app"] = self  # what Starlette sets: the endpoints read app.state
+                await endpoint(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(
+    config: GatewayConfig | None = None, *, builder: ServicesBuilder = build_services
+) -> GatewayApp:
     """The gateway app for ``config`` (embedded defaults when None).
 
     Services are built in the lifespan (so connections open inside the server's event loop)
@@ -45,7 +73,7 @@ def create_app(config: GatewayConfig | None = None, *, builder: ServicesBuilder 
             app.state.services = None
             await services.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Switchyard",
         lifespan=lifespan,
         docs_url=None,
@@ -89,6 +117,9 @@ def create_app(config: GatewayConfig | None = None, *, builder: ServicesBuilder 
         Route("/metrics", prometheus, methods=["GET"]),
     ]
     app.router.routes[:0] = hot
+    app.hot_posts = {
+        route.path: route.endpoint for route in hot if route.methods == {"POST"} and "{" not in route.path
+    }
     include_extra_routes(app)
     install_openapi(app)
     return app

@@ -14,7 +14,8 @@ adds, per connection:
 
 Every answer it writes itself is the OpenAI error shape with ``connection: close``. The hot path
 stays cheap: a request that arrives in one read arms no timer; timers are armed only while a
-request is incomplete at the end of a read.
+request is incomplete at the end of a read. Responses are written through a
+``CoalescingWriter`` (``gateway.server.coalesce``): what one loop turn writes goes out in one send.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.errors import GatewayError
 from gateway.server.bounds import RequestBounds
+from gateway.server.coalesce import CoalescingWriter
 
 # Where the connection is in reading a request. IDLE: between requests (nothing of the next one
 # received yet). HEAD: request line and headers. BODY: the body. LINGER: refused, draining.
@@ -64,6 +66,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._writer = CoalescingWriter(transport, self.loop)
         # A connection that never sends a byte is closed (silently: no request was made) too.
         self._deadline = self.loop.time() + self.bounds.header_timeout_s
         self._arm()
@@ -140,10 +143,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = _BODY
         self._deadline = self.loop.time() + bounds.body_timeout_s
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = self._writer  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._phase = _IDLE
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._writer.flush()  # a complete answer goes now, not at the end of the turn
+        super().on_response_complete()
+
+    def shutdown(self) -> None:
+        self._writer.flush()
+        super().shutdown()
 
     # ---- timeouts and refusals -------------------------------------------------------------
 
@@ -189,7 +202,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if self._phase == _BODY:  # ``cycle`` is this request's
             if cycle.response_started:
-                self.transport.close()  # the app answered (or is answering): no second answer
+                self._writer.close()  # the app answered (or is answering): no second answer
                 return
             # The app is waiting for a body that will not come: it sees the client as gone.
             cycle.disconnected = True
@@ -220,6 +233,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 body,
             ]
         )
+        self._writer.flush()  # after whatever an earlier response still holds
         self.transport.write(b"".join(content))
 
 
