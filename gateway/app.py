@@ -33,10 +33,9 @@ class GatewayApp(FastAPI):
     Starlette's layers (server-error and exception middleware, the exit stack, body limit,
     telemetry, route matching) do nothing for them but cost time: in a py-spy profile at
     concurrency 16 they held about 5% of the gateway's CPU samples, a third as many as the whole
-    pipeline below them. One dict lookup sends a
-    door's request straight to its endpoint; everything else (admin API, health, a wrong
-    method on a door's path) goes through FastAPI as before, and the routes stay registered
-    there for the OpenAPI document.
+    pipeline below them. One dict lookup sends a door's request straight to its endpoint;
+    everything else (admin API, health, a wrong method on a door's path) goes through FastAPI
+    as before, and the routes stay registered there for the OpenAPI document.
     """
 
     hot_posts: dict[str, ASGIApp]

@@ -17,21 +17,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 
 REQUESTS = Counter(
     "switchyard_requests_total",
-    "Chat completion requests, by model name and HTTP status.",
-    ["model", "status"],
+    "Requests through the pipeline, by model name, operation (the door: chat, embeddings, "
+    "completions, messages, responses) and HTTP status.",
+    ["model", "operation", "status"],
 )
 LATENCY = Histogram(
     "switchyard_request_duration_seconds",
-    "Time from request arrival to the end of the response, by model name.",
-    ["model"],
+    "Time from request arrival to the end of the response, by model name and operation.",
+    ["model", "operation"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
-IN_FLIGHT = Gauge("switchyard_requests_in_flight", "Chat completion requests being served now.")
+IN_FLIGHT = Gauge("switchyard_requests_in_flight", "Requests being served now (every door).")
 
 UNKNOWN_MODEL = "unknown"
 
-_request_children: dict[tuple[str, int], Counter] = {}
-_latency_children: dict[str, Histogram] = {}
+_request_children: dict[tuple[str, str, int], Counter] = {}
+_latency_children: dict[tuple[str, str], Histogram] = {}
 _models: frozenset[str] = frozenset()
 
 
@@ -41,18 +42,18 @@ def label_models(names: Iterable[str]) -> None:
     _models = frozenset(names)
 
 
-def observe(model: str, status: int, seconds: float) -> None:
-    """Count one finished request."""
+def observe(model: str, operation: str, status: int, seconds: float) -> None:
+    """Count one finished request (``operation`` is the door's, a fixed set of names)."""
     if model not in _models:
         model = UNKNOWN_MODEL
-    hist = _latency_children.get(model)
+    hist = _latency_children.get((model, operation))
     if hist is None:
-        hist = _latency_children[model] = LATENCY.labels(model)
+        hist = _latency_children[(model, operation)] = LATENCY.labels(model, operation)
     hist.observe(seconds)
-    key = (model, status)
+    key = (model, operation, status)
     counter = _request_children.get(key)
     if counter is None:
-        counter = REQUESTS.labels(model, str(status))
+        counter = REQUESTS.labels(model, operation, str(status))
         _request_children[key] = counter
     counter.inc()
 

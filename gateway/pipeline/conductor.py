@@ -98,7 +98,7 @@ class Endpoint:
             )
         finally:
             metrics.IN_FLIGHT.dec()
-            metrics.observe(run.model or "-", run.status, time.monotonic() - started)
+            metrics.observe(run.model or "-", self.door.operation, run.status, time.monotonic() - started)
 
 
 class _Run:

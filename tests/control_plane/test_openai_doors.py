@@ -72,6 +72,16 @@ def test_completions_plain_and_stream(doors_gateway: GatewayProcess, fake_upstre
     assert with_usage[-1].usage is not None and with_usage[-1].usage.prompt_tokens == 7
 
 
+def test_metrics_count_each_door_as_its_operation(doors_gateway: GatewayProcess) -> None:
+    client = _client(doors_gateway, MASTER_KEY)
+    client.embeddings.create(model=MODEL, input="count me", encoding_format="float")
+    client.completions.create(model=MODEL, prompt="count me", max_tokens=5)
+    page = httpx.get(doors_gateway.base_url + "/metrics", timeout=30).text
+    for operation in ("embeddings", "completions"):
+        assert f'switchyard_requests_total{{model="{MODEL}",operation="{operation}",status="200"}}' in page
+        assert f'switchyard_request_duration_seconds_count{{model="{MODEL}",operation="{operation}"}}' in page
+
+
 def test_models_retrieve(doors_gateway: GatewayProcess) -> None:
     client = _client(doors_gateway, MASTER_KEY)
     model = client.models.retrieve(MODEL)

@@ -340,5 +340,5 @@ def test_metrics_label_only_configured_models(gateway: GatewayProcess) -> None:
     healthy(gateway)
     page = httpx.get(gateway.base_url + "/metrics", timeout=HANG_S).text
     assert "junk-model" not in page
-    assert 'switchyard_requests_total{model="unknown",status="404"}' in page
-    assert f'switchyard_requests_total{{model="{MODEL}",status="200"}}' in page
+    assert 'switchyard_requests_total{model="unknown",operation="chat",status="404"}' in page
+    assert f'switchyard_requests_total{{model="{MODEL}",operation="chat",status="200"}}' in page
