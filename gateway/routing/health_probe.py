@@ -6,6 +6,9 @@ the others (e.g. the local engine). The answer has LiteLLM's shape (``healthy_en
 ``unhealthy_endpoints``, counts) and never carries a key: endpoints are described by model
 name, provider model, api_base (without any password in it) and deployment id, and error
 text is scrubbed of every configured secret.
+A wildcard deployment (``model: anthropic/*``) has no model of its own to ask for: the full probe
+checks it where no model is needed (an OpenAI-compatible ``/models``) and otherwise lists it under
+``skipped_endpoints``; ``?model=<a name it serves>`` probes it with that name as its model.
 When the gateway requires keys, only the master key (an admin) may call it.
 """
 
@@ -21,6 +24,7 @@ from starlette.responses import Response
 
 from gateway.auth import token_from_headers
 from gateway.errors import GatewayError, as_gateway_error
+from gateway.routing.wildcards import WILDCARD
 from providers.errors import ProviderError
 from providers.http import shared_client
 from providers.redaction import call_scrubber, scrub
@@ -98,9 +102,37 @@ async def probe_one(router: Router, dep: Deployment, limit_s: float) -> tuple[bo
     return True, info
 
 
+def _deployments_for(router: Router, model: str | None) -> list[Deployment]:
+    """The deployments serving ``model`` (all when None); a name only a wildcard entry serves
+    gets that entry's deployments with the name filled into their upstream model."""
+    if model is None:
+        return list(router.deployments)
+    exact = [d for d in router.deployments if d.model_name == model]
+    if exact or router.wildcards is None:
+        return exact
+    found: dict[str, Deployment] = {}
+    for operation in router.serving:
+        group = router.wildcards.group(model, operation)
+        if group is not None and group.concrete is not None:
+            for dep_id, dep in group.concrete.items():
+                found.setdefault(dep_id, dep)
+    return list(found.values())
+
+
+def _probeable(dep: Deployment) -> bool:
+    # A completion probe needs a concrete upstream model; ``/models`` needs none.
+    return WILDCARD not in dep.upstream_model or dep.provider in OPENAI_COMPATIBLE_PROVIDERS
+
+
 async def probe_all(router: Router, limit_s: float, model: str | None = None) -> dict[str, Any]:
     """Probe every deployment (or every deployment of ``model``) concurrently."""
-    deps = [d for d in router.deployments if model is None or d.model_name == model]
+    deps = _deployments_for(router, model)
+    skipped = [
+        {**_describe(d), "reason": "wildcard deployment: probe it with /health?model=<a name it serves>"}
+        for d in deps
+        if not _probeable(d)
+    ]
+    deps = [d for d in deps if _probeable(d)]
     results = await asyncio.gather(*(probe_one(router, d, limit_s) for d in deps))
     now = time.time()
     cooling = {s.id: s.cooldown_until - now for s in router.states if s.cooldown_until > now}
@@ -109,12 +141,15 @@ async def probe_all(router: Router, limit_s: float, model: str | None = None) ->
         if info["id"] in cooling:
             info["cooldown_remaining_s"] = round(cooling[info["id"]], 1)
         (healthy if ok else unhealthy).append(info)
-    return {
+    report: dict[str, Any] = {
         "healthy_endpoints": healthy,
         "unhealthy_endpoints": unhealthy,
         "healthy_count": len(healthy),
         "unhealthy_count": len(unhealthy),
     }
+    if skipped:
+        report["skipped_endpoints"] = skipped
+    return report
 
 
 async def health(request: Request) -> Response:
