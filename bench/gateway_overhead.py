@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -200,6 +201,18 @@ async def _load(
 ) -> dict:
     """Fixed-concurrency keep-alive load; ``unique`` makes every request distinct (all cache misses)."""
     request = _request(port, stream, key)
+
+    def request_for(worker: int, n: int) -> bytes:
+        return _request(port, stream, key, f" {os.getpid()}-{worker}-{n}") if unique else request
+
+    return await load_requests(port, request_for, concurrency, duration)
+
+
+async def load_requests(
+    port: int, request_for: Callable[[int, int], bytes], concurrency: int, duration: float
+) -> dict:
+    """``concurrency`` keep-alive connections, each sending ``request_for(worker, n)`` (raw HTTP/1.1
+    bytes) and reading the whole answer before the next, for ``duration`` seconds; 200s are timed."""
     latencies: list[int] = []
     errors = 0
     deadline = time.monotonic() + duration
@@ -210,11 +223,10 @@ async def _load(
         n = 0
         try:
             while time.monotonic() < deadline:
-                if unique:
-                    n += 1
-                    request_n = _request(port, stream, key, f" {os.getpid()}-{w}-{n}")
+                n += 1
+                request = request_for(w, n)
                 t0 = time.perf_counter_ns()
-                writer.write(request_n if unique else request)
+                writer.write(request)
                 status = await _read_response(reader)
                 if status == 200:
                     latencies.append(time.perf_counter_ns() - t0)
