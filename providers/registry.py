@@ -145,6 +145,8 @@ class ProviderRegistry:
         registry.register_lazy("azure_ai", "providers.azure_ai:AzureAIProvider", ("chat", "embeddings"))
         registry.register_lazy("ollama", "providers.ollama:OllamaProvider", ("chat", "embeddings"))
         registry.register_lazy("ollama_chat", "providers.ollama:OllamaProvider", ("chat", "embeddings"))
+        registry.register_lazy("gemini", "providers.gemini:GeminiProvider", ("chat", "embeddings"))
+        registry.register_lazy("vertex_ai", "providers.vertex_ai:VertexAIProvider", ("chat", "embeddings"))
         return registry
 
 
