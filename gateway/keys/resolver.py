@@ -29,6 +29,7 @@ from gateway.db.guarded_pool import GuardedPool
 from gateway.db.outage import DatabaseUnavailable
 from gateway.keys.denials import budget_exceeded, key_blocked, key_expired, model_not_allowed
 from gateway.pipeline import LimitScope, Principal
+from gateway.routing.wildcards import model_allowed
 
 _LOOKUP = """
 SELECT k.token_hash, k.key_alias, k.team_id, k.user_id, k.models, k.max_budget, k.spend, k.rpm_limit,
@@ -78,7 +79,13 @@ def _as_float(value: Decimal | None) -> float | None:
 
 
 def _allowed_models(key_models: list[str], team_models: list[str] | None) -> tuple[str, ...]:
-    """Key access intersected with team access; empty means every model."""
+    """Key access intersected with team access; empty means every model.
+
+    Either side may list wildcard patterns (``anthropic/*``): a key's entry is kept when the team's
+    list allows it, and a team entry when the key's list allows it, so the narrower of two
+    overlapping entries survives (key ``anthropic/*`` in a team of ``anthropic/claude-x`` may use
+    ``anthropic/claude-x``). Two patterns neither of which covers the other share nothing here.
+    """
     key_set = [m for m in key_models if m not in (_ALL_TEAM_MODELS, _ALL_PROXY_MODELS)]
     team_set = list(team_models or [])
     if _ALL_PROXY_MODELS in team_set:
@@ -87,7 +94,9 @@ def _allowed_models(key_models: list[str], team_models: list[str] | None) -> tup
         return tuple(team_set)
     if not team_set:
         return tuple(key_set)
-    return tuple(m for m in key_set if m in team_set) or ("__no_models__",)
+    kept = [m for m in key_set if model_allowed(team_set, m)]
+    kept += [m for m in team_set if m not in kept and model_allowed(key_set, m)]
+    return tuple(kept) or ("__no_models__",)
 
 
 def _model_scopes(kind: str, owner: str, rpm: dict[str, Any], tpm: dict[str, Any]) -> list[LimitScope]:
@@ -146,8 +155,9 @@ class PostgresKeyResolver:
 
     @staticmethod
     def check_model(principal: Principal, model: str) -> None:
-        """Raise a 403 if ``principal`` may not call ``model`` (empty ``models`` allows all)."""
-        if principal.models and model not in principal.models:
+        """Raise a 403 if ``principal`` may not call ``model`` (empty ``models`` allows all; a
+        pattern allows every name it matches)."""
+        if principal.models and not model_allowed(principal.models, model):
             raise model_not_allowed(model, principal.models)
 
     # -- cache maintenance ------------------------------------------------------------------------
