@@ -91,7 +91,7 @@ class NativeProvider:
             raise ProviderError(400, exc.message, "invalid_request_error", param=exc.param) from None
         n = call.body.get("n")
         if n is not None and n != 1:
-            raise _unsupported("n", "only n=1")
+            raise unsupported_parameter("n", "only n=1")
         self.check_params(request, call)
         return request
 
@@ -110,10 +110,10 @@ class NativeProvider:
             for key in unknown:
                 del request.extra[key]
             return
-        raise _unsupported(unknown[0], "this provider has no such parameter")
+        raise unsupported_parameter(unknown[0], "this provider has no such parameter")
 
 
-def _unsupported(param: str, why: str) -> ProviderError:
+def unsupported_parameter(param: str, why: str) -> ProviderError:
     return ProviderError(
         400,
         f"Unsupported parameter '{param}' for this model's provider ({why}); "

@@ -34,7 +34,7 @@ from providers.contract import Operation, ProviderCall
 from providers.errors import ProviderError
 from providers.formats.errors import FormatError
 from providers.http import shared_client
-from providers.native import NativeProvider, _unsupported
+from providers.native import NativeProvider, unsupported_parameter
 from providers.redaction import Scrubber, call_scrubber
 from providers.schema import (
     EmbeddingRequest,
@@ -260,7 +260,7 @@ def _refuse_unsendable(request: GenerationRequest, call: ProviderCall) -> None:
     if call.params.get("drop_params"):
         return
     if request.seed is not None:
-        raise _unsupported("seed", "Bedrock Converse has no seed")
+        raise unsupported_parameter("seed", "Bedrock Converse has no seed")
 
 
 def _scrubber(call: ProviderCall, identity: Identity) -> Scrubber:

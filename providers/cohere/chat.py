@@ -35,7 +35,7 @@ from providers.errors import ProviderError
 from providers.formats import openai_chat
 from providers.formats.errors import FormatError
 from providers.formats.fields import req_list, req_obj, req_str
-from providers.native import _unsupported
+from providers.native import unsupported_parameter
 from providers.redaction import Scrubber, call_scrubber
 from providers.schema import (
     FinishReason,
@@ -135,7 +135,7 @@ def prepare(request: GenerationRequest, call: ProviderCall, *, stream: bool) -> 
     """The ``/v2/chat`` request for ``request`` (never mutated: a retry may send it elsewhere)."""
     params = call.params
     if request.parallel_tool_calls is False and not params.get("drop_params"):
-        raise _unsupported("parallel_tool_calls", "Cohere cannot turn parallel tool calls off")
+        raise unsupported_parameter("parallel_tool_calls", "Cohere cannot turn parallel tool calls off")
     req = dataclasses.replace(
         request,
         model=call.upstream_model,

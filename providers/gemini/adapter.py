@@ -33,7 +33,7 @@ from providers.gemini import chat, embed
 from providers.gemini.errors import malformed, transport_error, upstream_error
 from providers.gemini.stream import UpstreamRequest, read_stream
 from providers.http import shared_client
-from providers.native import NativeProvider, _unsupported
+from providers.native import NativeProvider, unsupported_parameter
 from providers.redaction import call_scrubber
 from providers.schema import (
     EmbeddingRequest,
@@ -108,7 +108,9 @@ class GoogleGenAIProvider(NativeProvider):
     def _payload(self, request: GenerationRequest, call: ProviderCall) -> bytes:
         self.check_params(request, call)
         if request.parallel_tool_calls is False and not call.params.get("drop_params"):
-            raise _unsupported("parallel_tool_calls", "Gemini cannot turn parallel function calls off")
+            raise unsupported_parameter(
+                "parallel_tool_calls", "Gemini cannot turn parallel function calls off"
+            )
         try:
             return orjson.dumps(chat.build_request(request))
         except FormatError as exc:

@@ -30,7 +30,7 @@ from providers.contract import Operation, ProviderCall
 from providers.errors import ProviderError
 from providers.formats.errors import FormatError
 from providers.http import shared_client
-from providers.native import NativeProvider, _unsupported
+from providers.native import NativeProvider, unsupported_parameter
 from providers.ollama import chat
 from providers.ollama.errors import malformed, transport_error, upstream_error
 from providers.ollama.stream import UpstreamRequest, read_stream
@@ -163,4 +163,4 @@ def _refuse_unsendable(request: GenerationRequest, call: ProviderCall) -> None:
     or ignored with ``drop_params``. ``"none"`` is expressible: the tools are left out."""
     if request.tool_choice in (None, "auto", "none") or call.params.get("drop_params"):
         return
-    raise _unsupported("tool_choice", "Ollama lets the model decide; only auto or none")
+    raise unsupported_parameter("tool_choice", "Ollama lets the model decide; only auto or none")

@@ -16,7 +16,7 @@ import pytest
 
 from providers.contract import ProviderCall
 from providers.errors import ProviderError
-from providers.native import NativeProvider
+from providers.native import NativeProvider, unsupported_parameter
 from providers.schema import (
     EmbeddingRequest,
     EmbeddingResponse,
@@ -121,6 +121,13 @@ async def test_parameter_the_provider_lacks_is_a_400_naming_it(field: str) -> No
         await EchoProvider().chat(_call(body))
     assert info.value.status_code == 400
     assert info.value.param == field and field in info.value.message
+
+
+def test_adapters_refuse_a_parameter_with_one_error() -> None:
+    # The public helper every native adapter raises for a parameter its provider cannot take.
+    err = unsupported_parameter("seed", "Bedrock Converse has no seed")
+    assert (err.status_code, err.code, err.param) == (400, "unsupported_parameter", "seed")
+    assert "Bedrock Converse has no seed" in err.message and "drop_params: true" in err.message
 
 
 async def test_drop_params_drops_what_the_provider_lacks() -> None:
