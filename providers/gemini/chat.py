@@ -18,7 +18,7 @@ Translation choices:
 - Gemini matches a tool result to its call by the function's *name*: a tool message's name is
   found from the assistant call with its ``tool_call_id`` earlier in the conversation (else the
   message's ``name``; else a 400). Its text goes as ``response``: the JSON object it holds, or
-  ``{"content": <value>}`` for any other text.
+  ``{"content": <value>}`` for any other text (``{"error": <value>}`` for a failed tool).
 - Calls have no ids in Gemini's answers: ``call_<answer>_<n>``. A call's ``thoughtSignature``
   (Gemini 2.5+ models ask for it back with the call) rides in its id after ``__thought__``, so a
   client that echoes the id sends the signature back unawares.
@@ -53,6 +53,7 @@ from providers.schema import (
     ImagePart,
     Message,
     TextPart,
+    Tool,
     ToolCall,
 )
 from providers.usage import Usage
@@ -206,11 +207,14 @@ def _function_response(msg: Message, names: Mapping[str, str], param: str) -> di
         value = orjson.loads(text) if text else ""
     except orjson.JSONDecodeError:
         value = text
-    response = value if isinstance(value, dict) else {"content": value}
+    if msg.is_error:  # an Anthropic tool_result marked is_error: Gemini's documented "error" key
+        response = {"error": value}
+    else:
+        response = value if isinstance(value, dict) else {"content": value}
     return {"functionResponse": {"name": name, "response": response}}
 
 
-def _declaration(tool: Any, index: int) -> dict[str, Any]:
+def _declaration(tool: Tool, index: int) -> dict[str, Any]:
     out: dict[str, Any] = {"name": tool.name}
     if tool.description:
         out["description"] = tool.description

@@ -13,8 +13,9 @@ from providers.errors import ContextWindowExceededError, ProviderError
 from providers.formats import openai_chat
 from providers.gemini import chat
 from providers.gemini.errors import upstream_error
+from providers.schema import GenerationRequest, Message, TextPart, ToolCall
 from providers.usage import Usage
-from tests.support.fake_gemini import CONTEXT_WINDOW_MESSAGE
+from tests.support.fake_gemini import CONTEXT_WINDOW_MESSAGE, validate_generate
 
 PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 WEATHER_TOOL = {
@@ -96,7 +97,9 @@ def test_a_conversation_with_tools_images_and_config_translates_exactly() -> Non
             },
         },
     }
-    assert parse(body) == {
+    translated = parse(body)
+    assert validate_generate(translated) is None  # the fake, strict as Google, takes it
+    assert translated == {
         "systemInstruction": {"parts": [{"text": "Be brief."}]},
         "contents": [
             {
@@ -263,3 +266,35 @@ def test_google_error_bodies_map_to_openai_errors() -> None:
     assert err(503, "UNAVAILABLE", "The model is overloaded.").retryable
     plain = err(400, "INVALID_ARGUMENT", "bad thing")
     assert (plain.status_code, plain.code, plain.retryable) == (400, "invalid_argument", False)
+
+
+def test_the_fake_refuses_what_google_refuses() -> None:
+    """The fake's strictness, which the adapter tests lean on, checked directly."""
+    user = {"role": "user", "parts": [{"text": "hi"}]}
+    call = {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}}]}
+
+    def answer(name: str) -> dict[str, Any]:
+        return {"role": "user", "parts": [{"functionResponse": {"name": name, "response": {}}}]}
+
+    assert validate_generate({"contents": [user, call, answer("f")]}) is None
+    assert "valid role" in str(
+        validate_generate({"contents": [{"role": "assistant", "parts": [{"text": "x"}]}]})
+    )
+    assert "names match" in str(validate_generate({"contents": [user, call, answer("g")]}))
+    assert "immediately after" in str(validate_generate({"contents": [user, answer("f")]}))
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": False}
+    tools = [{"functionDeclarations": [{"name": "f", "parameters": schema}]}]
+    assert "additionalProperties" in str(validate_generate({"contents": [user], "tools": tools}))
+    assert "Unknown name" in str(validate_generate({"contents": [user], "messages": []}))
+
+
+def test_a_failed_tool_result_goes_as_an_error() -> None:
+    messages = [
+        Message("user", [TextPart("hi")]),
+        Message("assistant", tool_calls=[ToolCall("t1", "f", "{}")]),
+        Message("tool", [TextPart("boom")], tool_call_id="t1", is_error=True),
+    ]
+    body = chat.build_request(GenerationRequest("m", messages))
+    assert body["contents"][2]["parts"] == [
+        {"functionResponse": {"name": "f", "response": {"error": "boom"}}}
+    ]
