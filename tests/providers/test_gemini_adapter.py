@@ -347,3 +347,28 @@ async def test_vertex_embeddings_use_predict_with_token_counts(
         EmbeddingRequest("p", texts), vertex_call(fake, info, upstream_model="gemini-embedding-001")
     )
     assert len(single.vectors) == 2 and len(fake.requests) == 3  # one instance per request
+
+
+async def test_vertex_without_credentials_uses_application_default_credentials(
+    vertex: VertexAIProvider, fake: FakeGemini, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file = tmp_path / "adc.json"
+    key_file.write_text(json.dumps(fake.service_account(project="adc-project")))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    answer = orjson.loads((await vertex.chat(vertex_call(fake, None))).body)
+    assert answer["choices"][0]["message"]["content"] == Behavior().text
+    assert "/projects/adc-project/locations/europe-west4/" in fake.last().path
+    assert len(fake.token_requests) == 1
+
+
+async def test_vertex_needs_a_project(
+    vertex: VertexAIProvider, fake: FakeGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("VERTEXAI_PROJECT", "GOOGLE_CLOUD_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    info = fake.service_account()
+    del info["project_id"]
+    with pytest.raises(ProviderError) as exc:
+        await vertex.chat(vertex_call(fake, info))
+    assert (exc.value.status_code, exc.value.param) == (400, "vertex_project")
+    assert fake.requests == []
