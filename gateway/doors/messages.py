@@ -11,8 +11,8 @@ Auth: the ``anthropic`` SDK sends its key as ``x-api-key``; bearer auth is accep
 
 ``count_tokens`` authenticates and checks model access like the door, then counts: exactly when
 the model's deployments are served by an adapter that counts (``TokenCounter``: the local engine,
-with its own chat template and tokenizer), else the stated estimate below. It generates nothing,
-is not admitted against limits and spends nothing.
+with its own chat template and tokenizer, and Anthropic's own endpoint), else the stated estimate
+below. It generates nothing, is not admitted against limits and spends nothing.
 """
 
 from __future__ import annotations
@@ -192,13 +192,10 @@ def read_count_request(raw: bytes) -> GenerationRequest:
 
 @runtime_checkable
 class TokenCounter(Protocol):
-    """An adapter that counts a prompt's tokens as its upstream does (``LocalProvider``: the engine's
-    chat template and tokenizer).
-
-    Only the local engine counts today. Every other adapter gets the estimate, including Anthropic
-    models behind an OpenAI-compatible upstream. NOTE for the native anthropic adapter: Anthropic's
-    real ``POST /v1/messages/count_tokens`` is reachable only through it; giving it this method
-    (calling that endpoint) makes this door answer Anthropic's own count, with no change here.
+    """An adapter that counts a prompt's tokens as its upstream does: ``LocalProvider`` (the
+    engine's chat template and tokenizer) and ``AnthropicProvider`` (Anthropic's own
+    ``POST /v1/messages/count_tokens``). Every other adapter gets the estimate, including Anthropic
+    models behind an OpenAI-compatible upstream.
     """
 
     async def count_tokens(self, request: GenerationRequest, call: ProviderCall) -> int: ...
@@ -209,12 +206,19 @@ def exact_counter(router: Router, model: str) -> tuple[TokenCounter, Deployment]
     order) when every deployment's adapter counts; None when any would be estimated, as the
     router may send the request to that one.
     """
-    states = router.groups[model].deployments
+    group = router.groups.get(model)
+    if group is None and router.wildcards is not None:
+        # A name a wildcard entry serves: its deployments, with the name as their upstream model.
+        group = router.wildcards.group(model, "chat")
+    if group is None:
+        return None
+    states = group.deployments
     adapters = [router.providers.get(state.deployment.provider) for state in states]
     counters = [adapter for adapter in adapters if isinstance(adapter, TokenCounter)]
     if len(counters) < len(adapters):
         return None
-    return counters[0], states[0].deployment
+    first = states[0]
+    return counters[0], group.concrete[first.id] if group.concrete is not None else first.deployment
 
 
 async def count_input_tokens(router: Router, req: GenerationRequest, request_id: str) -> int:

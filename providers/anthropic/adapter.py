@@ -1,4 +1,5 @@
-"""The native Anthropic Messages adapter: ``POST {api_base}/v1/messages``, plain and streamed.
+"""The native Anthropic Messages adapter: ``POST {api_base}/v1/messages``, plain and streamed, and
+``POST {api_base}/v1/messages/count_tokens`` for the Messages door's ``count_tokens``.
 
 Request translation is in ``providers.anthropic.chat`` (with the codec
 ``providers.formats.anthropic_messages``), stream reading in ``providers.anthropic.stream`` and
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
 
-from providers.anthropic.chat import OPENAI_EXTRAS, prepare
+from providers.anthropic.chat import OPENAI_EXTRAS, UpstreamRequest, prepare, prepare_count
 from providers.anthropic.errors import malformed, transport_error, upstream_error
 from providers.anthropic.stream import read_stream
 from providers.contract import Operation, ProviderCall
@@ -40,6 +42,23 @@ class AnthropicProvider(NativeProvider):
 
     async def generate(self, request: GenerationRequest, call: ProviderCall) -> GenerationResponse:
         up = prepare(request, call, stream=False)
+        body = await self._post(up, call)
+        try:
+            return parse_response(body, created=int(time.time()), json_mode=up.json_mode)
+        except FormatError as exc:
+            raise malformed(f"upstream answer does not parse: {exc.message}") from None
+
+    async def count_tokens(self, request: GenerationRequest, call: ProviderCall) -> int:
+        """The prompt's input tokens as Anthropic counts them (its ``count_tokens`` endpoint, which
+        generates nothing and is free): the Messages door's ``count_tokens`` answers with it."""
+        body = await self._post(prepare_count(request, call), call)
+        counted = body.get("input_tokens")
+        if not isinstance(counted, int) or isinstance(counted, bool) or counted < 0:
+            raise malformed("upstream count_tokens answer has no input_tokens count")
+        return counted
+
+    async def _post(self, up: UpstreamRequest, call: ProviderCall) -> dict[str, Any]:
+        """POST ``up``; the answer's JSON object, or the provider's error mapped."""
         try:
             resp = await self._http().post(
                 up.url, content=up.payload, headers=up.headers, timeout=call.timeout
@@ -54,10 +73,7 @@ class AnthropicProvider(NativeProvider):
             raise malformed("upstream returned a body that is not JSON") from None
         if not isinstance(body, dict):
             raise malformed("upstream returned JSON that is not an object")
-        try:
-            return parse_response(body, created=int(time.time()), json_mode=up.json_mode)
-        except FormatError as exc:
-            raise malformed(f"upstream answer does not parse: {exc.message}") from None
+        return body
 
     def generate_stream(self, request: GenerationRequest, call: ProviderCall) -> AsyncIterator[StreamEvent]:
         # Translated now, so a request that cannot be sent fails before the stream is opened.

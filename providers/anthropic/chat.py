@@ -1,7 +1,9 @@
 """One Messages API request from a ``GenerationRequest`` and a deployment: URL, headers, body.
 
 Wire format: https://docs.anthropic.com/en/api/messages (``POST /v1/messages``, ``x-api-key``,
-``anthropic-version``, optional ``anthropic-beta``). The body is written by
+``anthropic-version``, optional ``anthropic-beta``), and
+https://docs.anthropic.com/en/api/messages-count-tokens (``POST /v1/messages/count_tokens``: the
+same body without the generation fields, which it refuses). The body is written by
 ``providers.formats.anthropic_messages.build_request``; this module adds what comes from the
 deployment rather than the caller:
 
@@ -41,6 +43,11 @@ DEFAULT_API_BASE = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 # OpenAI Chat fields (``GenerationRequest.extra``) sent on as Anthropic body fields.
 OPENAI_EXTRAS = frozenset({"top_k", "thinking"})
+# The body fields count_tokens takes: what shapes the prompt; max_tokens, stream, sampling and
+# stop sequences are "Extra inputs" there.
+COUNT_FIELDS = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers", "cache_control"}
+)
 
 _urls: dict[str, httpx.URL] = {}
 
@@ -72,8 +79,27 @@ def messages_url(api_base: str | None) -> httpx.URL:
     return url
 
 
+def count_tokens_url(api_base: str | None) -> httpx.URL:
+    """``{api_base}/v1/messages/count_tokens``."""
+    return messages_url(api_base).join("messages/count_tokens")
+
+
 def prepare(request: GenerationRequest, call: ProviderCall, *, stream: bool) -> UpstreamRequest:
     """The upstream request for ``request`` (never mutated: a retry may send it elsewhere)."""
+    body, req = _body(request, call, stream)
+    return _upstream(messages_url(call.api_base), body, req, call)
+
+
+def prepare_count(request: GenerationRequest, call: ProviderCall) -> UpstreamRequest:
+    """The ``count_tokens`` request counting ``request``'s prompt as ``prepare`` would send it."""
+    body, req = _body(request, call, False)
+    counted = {k: v for k, v in body.items() if k in COUNT_FIELDS}
+    return _upstream(count_tokens_url(call.api_base), counted, req, call)
+
+
+def _body(
+    request: GenerationRequest, call: ProviderCall, stream: bool
+) -> tuple[dict[str, Any], GenerationRequest]:
     params = call.params
     if request.seed is not None and not params.get("drop_params"):
         raise ProviderError(
@@ -105,13 +131,19 @@ def prepare(request: GenerationRequest, call: ProviderCall, *, stream: bool) -> 
         raise ProviderError(400, exc.message, "invalid_request_error", param=exc.param) from None
     if from_openai and "top_k" in req.extra:
         body["top_k"] = req.extra["top_k"]
+    return body, req
+
+
+def _upstream(
+    url: httpx.URL, body: dict[str, Any], req: GenerationRequest, call: ProviderCall
+) -> UpstreamRequest:
     key = call.api_key or os.environ.get("ANTHROPIC_API_KEY")
     return UpstreamRequest(
-        url=messages_url(call.api_base),
-        headers=_headers(key, params, call.extra_headers),
+        url=url,
+        headers=_headers(key, call.params, call.extra_headers),
         payload=orjson.dumps(body),
         json_mode=req.response_format is not None and req.response_format.type != "text",
-        clean=call_scrubber(key, params, call.extra_headers),
+        clean=call_scrubber(key, call.params, call.extra_headers),
     )
 
 

@@ -14,6 +14,11 @@ Wire format followed (Anthropic API reference):
   not_found_error, 413 request_too_large, 429 rate_limit_error, 500 api_error, 529
   overloaded_error)
 - https://docs.anthropic.com/en/api/versioning (``anthropic-version`` is required)
+- https://docs.anthropic.com/en/api/messages-count-tokens (``POST /v1/messages/count_tokens``: the
+  prompt fields of a Messages body, answered ``{"input_tokens": N}``; generation fields such as
+  ``max_tokens``, ``stream`` or ``temperature`` are "Extra inputs" there). The count is a stand-in
+  tokenizer's (``count_prompt``: one token per word or punctuation mark of the JSON of system,
+  messages, tools and tool_choice), so a test can tell it from any estimate.
 
 Refused as the API refuses them (400 invalid_request_error unless said): a missing ``x-api-key``
 (401) or a wrong one (401), a missing ``anthropic-version``; a body that is not JSON; a missing or
@@ -82,6 +87,22 @@ _TOP_LEVEL = frozenset(
         "context_management",
     }
 )
+# What count_tokens takes: the prompt, not the generation settings.
+_COUNT_TOP_LEVEL = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "mcp_servers",
+        "cache_control",
+        "output_config",
+        "speed",
+    }
+)
+_TOKEN = re.compile(r"\w+|[^\w\s]")
 _MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 
@@ -209,7 +230,12 @@ class FakeAnthropic:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])]),
+            Starlette(
+                routes=[
+                    Route("/v1/messages", self._messages, methods=["POST"]),
+                    Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
+                ]
+            ),
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -242,7 +268,8 @@ class FakeAnthropic:
 
     # ------------------------------------------------------------------ HTTP
 
-    async def _messages(self, request: Request) -> Response:
+    async def _read(self, request: Request) -> dict[str, Any] | Response:
+        """The request's JSON body (recorded), or the error the API answers before reading it."""
         key = request.headers.get("x-api-key")
         if key is None:
             return _error(401, "authentication_error", "x-api-key header is required")
@@ -258,6 +285,26 @@ class FakeAnthropic:
             return _error(400, "invalid_request_error", "Input should be an object")
         with self._lock:
             self.requests.append(RecordedRequest(request.url.path, dict(request.headers), body))
+        return body
+
+    async def _count_tokens(self, request: Request) -> Response:
+        body = await self._read(request)
+        if isinstance(body, Response):
+            return body
+        problem = validate_count(body)
+        if problem is not None:
+            return _error(400, "invalid_request_error", problem)
+        behavior = self._behavior_for(str(body["model"]))
+        if behavior.status >= 400:
+            return _error(behavior.status, behavior.error_type, behavior.error_message, behavior.headers)
+        return Response(
+            orjson.dumps({"input_tokens": count_prompt(body)}), 200, media_type="application/json"
+        )
+
+    async def _messages(self, request: Request) -> Response:
+        body = await self._read(request)
+        if isinstance(body, Response):
+            return body
         problem = validate(body)
         if problem is not None:
             return _error(400, "invalid_request_error", problem)
@@ -408,6 +455,32 @@ def validate(body: dict[str, Any]) -> str | None:
     if problem is None:
         problem = _validate_messages(body.get("messages"))
     return problem
+
+
+def validate_count(body: dict[str, Any]) -> str | None:
+    """count_tokens' 400 message for ``body``, or None when it would be counted."""
+    extra = sorted(set(body) - _COUNT_TOP_LEVEL)
+    if extra:
+        return f"{extra[0]}: Extra inputs are not permitted"
+    if not isinstance(body.get("model"), str):
+        return "model: Field required"
+    thinking = body.get("thinking")
+    if thinking is not None and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    problem = _validate_system(body.get("system"))
+    if problem is None:
+        problem = _validate_tools(body)
+    if problem is None:
+        problem = _validate_messages(body.get("messages"))
+    return problem
+
+
+def count_prompt(body: dict[str, Any]) -> int:
+    """The fake's token count of a prompt: words and punctuation marks of its JSON."""
+    prompt = [body.get("system"), body["messages"], body.get("tools"), body.get("tool_choice")]
+    return len(_TOKEN.findall(orjson.dumps(prompt).decode()))
 
 
 def _validate_system(system: Any) -> str | None:
