@@ -28,6 +28,12 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 IN_FLIGHT = Gauge("switchyard_requests_in_flight", "Requests being served now (every door).")
+UNPRICED = Counter(
+    "switchyard_unpriced_requests_total",
+    "Requests spent at 0 because no price is known for their deployment's model (provider/model): "
+    "neither the deployment's own input_cost_per_token nor the bundled price table has one.",
+    ["model"],
+)
 
 UNKNOWN_MODEL = "unknown"
 

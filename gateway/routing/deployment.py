@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.pipeline import Usage
+from gateway.routing.context_window import NO_LIMIT, context_limit
 from gateway.routing.deployment_params import RequestShaper
+from gateway.spend.prices import Price, count_unpriced, deployment_card, own_price
 from providers.contract import ProviderCall
 from providers.registry import DEFAULT_API_BASES, OPENAI_COMPATIBLE_PROVIDERS, split_provider
 
@@ -50,8 +52,18 @@ class Deployment:
     tpm: int | None = None
     max_parallel_requests: int | None = None
     order: int = 0
+    # Per token, as the deployment sets them, else the price table's (cost-based routing reads them).
     input_cost_per_token: float = 0.0
     output_cost_per_token: float = 0.0
+    # What spend bills (cache rates included): the deployment's own prices when its params set them,
+    # else the price table's for its model; None when neither knows it (spend 0, warned, counted).
+    price: Price | None = field(default=None, repr=False)
+    # The model's input limit, and the request estimate past which a request certainly cannot fit
+    # (gateway.routing.context_window; NO_LIMIT when unknown): the router's pre-call check.
+    max_input_tokens: int | None = None
+    context_limit: int = NO_LIMIT
+    # model_info, for the table lookup (``base_model``) and window overrides (``max_input_tokens``).
+    model_info: dict[str, Any] = field(default_factory=dict, repr=False)
     # None when the params set no request default and drop nothing: requests go as they came.
     shaper: RequestShaper | None = field(default=None, repr=False)
 
@@ -60,13 +72,31 @@ class Deployment:
         """``"<provider>/<upstream model>"`` as written in the config."""
         return f"{self.provider}/{self.upstream_model}"
 
+    def __post_init__(self) -> None:
+        # Here rather than in ``from_entry`` so that the deployments a wildcard entry makes for each
+        # requested name (``dataclasses.replace`` with that upstream model) find their own model.
+        if "*" in self.upstream_model or (self.price is not None and self.max_input_tokens):
+            return
+        card = deployment_card(self.provider, self.upstream_model, self.params, self.model_info)
+        if self.price is None and card is not None and card.price is not None:
+            self.price = card.price
+            self.input_cost_per_token = card.price.input_per_token
+            self.output_cost_per_token = card.price.output_per_token
+        if not self.max_input_tokens:
+            info = self.model_info
+            self.max_input_tokens = info.get("max_input_tokens") or (card.max_input_tokens if card else None)
+            max_output = info.get("max_output_tokens") or (card.max_output_tokens if card else None)
+            self.context_limit = context_limit(self.max_input_tokens, max_output)
+
     def cost(self, usage: Usage | None) -> float:
         if usage is None:
             return 0.0
-        return (
-            usage.prompt_tokens * self.input_cost_per_token
-            + usage.completion_tokens * self.output_cost_per_token
-        )
+        price = self.price
+        if price is None:
+            if usage.prompt_tokens or usage.completion_tokens:
+                count_unpriced(self.provider_model)
+            return 0.0
+        return price.cost(usage)
 
     def provider_call(self, body: dict[str, Any], request_id: str = "") -> ProviderCall:
         """The adapter call for this deployment."""
@@ -92,6 +122,7 @@ class Deployment:
             # params["extra_headers"] already, and an explicit one of the same name wins.
             params["extra_headers"] = {"OpenAI-Organization": p.organization, **(p.extra_headers or {})}
         dep_id = entry.model_info.id if entry.model_info and entry.model_info.id else None
+        price = own_price(params)
         if dep_id is None:
             digest = hashlib.sha256(f"{entry.model_name}\0{p.model}\0{api_base or ''}".encode()).hexdigest()
             dep_id = digest[:16]
@@ -110,8 +141,10 @@ class Deployment:
             tpm=p.tpm,
             max_parallel_requests=p.max_parallel_requests,
             order=p.order if p.order is not None else 0,
-            input_cost_per_token=p.input_cost_per_token or 0.0,
-            output_cost_per_token=p.output_cost_per_token or 0.0,
+            input_cost_per_token=price.input_per_token if price else 0.0,
+            output_cost_per_token=price.output_per_token if price else 0.0,
+            price=price,
+            model_info=entry.model_info.model_dump(exclude_none=True) if entry.model_info else {},
             shaper=RequestShaper.build(params, p.additional_drop_params or ()),
         )
 
