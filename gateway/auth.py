@@ -9,7 +9,7 @@ the master key first (constant-time comparison), then virtual keys from the cont
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gateway.errors import GatewayError
 from gateway.pipeline import KeyResolver, Principal
@@ -42,16 +42,45 @@ class ChainKeyResolver:
         return None
 
 
-def token_from_headers(authorization: str | None, api_key: str | None = None) -> str | None:
-    """The bearer token from ``Authorization: Bearer ...`` (or an ``api-key`` header, Azure-style)."""
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-        return None
-    if api_key:
-        return api_key.strip() or None
+# Where a caller's key may be, in LiteLLM's order (litellm/proxy/auth/user_api_key_auth.py,
+# ``get_api_key``): LiteLLM's own header, OpenAI's ``Authorization: Bearer``, Azure's ``api-key``,
+# Anthropic's ``x-api-key``. The first one present decides; a wrong key there is a 401 even when a
+# later header holds a good one.
+KEY_HEADERS = ("x-litellm-api-key", "authorization", "api-key", "x-api-key")
+
+
+def _strip_bearer(value: str) -> str:
+    scheme, _, rest = value.partition(" ")
+    return rest.strip() if scheme.lower() == "bearer" else value
+
+
+def request_token(get: Callable[[str], str | None]) -> str | None:
+    """The caller's key from request headers (``get`` looks one up by lower-case name).
+
+    ``x-litellm-api-key`` may hold the key bare or as ``Bearer <key>`` (Claude Code sends it that
+    way through ``ANTHROPIC_CUSTOM_HEADERS``). ``Authorization`` must use the Bearer scheme: any
+    other scheme is no key at all, rather than a fall-through to the next header.
+    """
+    for name in KEY_HEADERS:
+        value = get(name)
+        if value is None:
+            continue
+        value = value.strip()
+        if not value:
+            continue  # an empty header is no header
+        if name == "authorization":
+            scheme, _, rest = value.partition(" ")
+            return (rest.strip() or None) if scheme.lower() == "bearer" else None
+        if name == "x-litellm-api-key":
+            value = _strip_bearer(value)
+        return value or None
     return None
+
+
+def token_from_headers(authorization: str | None, api_key: str | None = None) -> str | None:
+    """The bearer token from ``Authorization: Bearer ...`` or an ``api-key`` header only (callers that
+    have just those two; ``request_token`` reads every header LiteLLM accepts)."""
+    return request_token({"authorization": authorization or None, "api-key": api_key or None}.get)
 
 
 class Authenticator:
@@ -70,7 +99,8 @@ class Authenticator:
         if not token:
             raise GatewayError(
                 401,
-                "Missing API key: pass it as 'Authorization: Bearer <key>'",
+                "Missing API key: pass it as 'Authorization: Bearer <key>' (or in x-litellm-api-key, "
+                "api-key or x-api-key)",
                 "authentication_error",
                 "missing_api_key",
             )

@@ -28,7 +28,6 @@ from enum import StrEnum
 
 import asyncpg
 
-from gateway.auth import token_from_headers
 from gateway.errors import GatewayError
 from gateway.keys import store
 from gateway.keys.records import KeyRecord
@@ -80,6 +79,12 @@ ACCESS: dict[str, dict[Role, Scope]] = {
     "/user/list": {_PA: _ALL, _PV: _ALL},
     "/spend/logs": {_PA: _ALL, _PV: _ALL, _TA: _TEAM},
     "/global/spend/report": {_PA: _ALL, _PV: _ALL},
+    # Models in the database (gateway/admin/models.py); SELF: the models the calling key may use.
+    "/model/new": {_PA: _ALL},
+    "/model/update": {_PA: _ALL},
+    "/model/delete": {_PA: _ALL},
+    "/model/info": {_PA: _ALL, _PV: _ALL, _TA: _SELF, _IU: _SELF, _KEY: _SELF},
+    "/model_group/info": {_PA: _ALL, _PV: _ALL, _TA: _SELF, _IU: _SELF, _KEY: _SELF},
 }
 
 # Global user roles a team admin may attach keys to (or add to its team): none above its own.
@@ -165,16 +170,17 @@ def _blocked(what: str) -> GatewayError:
     return GatewayError(401, f"{what} is blocked; ask an admin to unblock it", code="key_blocked")
 
 
-async def identify(
-    conn: asyncpg.Connection, master_key: str | None, authorization: str | None, api_key: str | None
-) -> Caller:
-    """The caller behind the request's bearer token (401 for a missing, unknown, blocked or expired key)."""
+async def identify(conn: asyncpg.Connection, master_key: str | None, token: str | None) -> Caller:
+    """The caller behind the request's key (``gateway.auth.request_token``; 401 for a missing,
+    unknown, blocked or expired key)."""
     if master_key is None:
         return Caller(actor="local", role=Role.PROXY_ADMIN)
-    token = token_from_headers(authorization, api_key)
     if not token:
         raise GatewayError(
-            401, "Missing API key: pass it as 'Authorization: Bearer <key>'", code="missing_api_key"
+            401,
+            "Missing API key: pass it as 'Authorization: Bearer <key>' (or in x-litellm-api-key, "
+            "api-key or x-api-key)",
+            code="missing_api_key",
         )
     if hmac.compare_digest(token.encode(), master_key.encode()):
         return Caller(actor="master", role=Role.PROXY_ADMIN)

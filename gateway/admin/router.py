@@ -38,9 +38,11 @@ from gateway.admin.access import (
     grant,
     identify,
 )
+from gateway.auth import request_token
 from gateway.errors import GatewayError, bad_request
 from gateway.keys import store
 from gateway.keys.durations import next_reset, parse_duration
+from gateway.keys.policy import parse_model_budgets, windowed_spend
 from gateway.keys.records import KeyRecord, TeamRecord
 from gateway.keys.tokens import display_name, generate_key, hash_key
 from gateway.server.body import ClientGone, check_json_depth, read_body
@@ -120,9 +122,7 @@ async def _caller(request: Request, conn: asyncpg.Connection) -> Caller:
     caller: Caller | None = getattr(request.state, "admin_caller", None)
     if caller is None:
         plane = _plane(request)
-        caller = await identify(
-            conn, plane.master_key, request.headers.get("authorization"), request.headers.get("api-key")
-        )
+        caller = await identify(conn, plane.master_key, request_token(request.headers.get))
         request.state.admin_caller = caller
     return caller
 
@@ -229,8 +229,18 @@ async def _audit(
 _COMMON_LIMITS = ("rpm_limit", "tpm_limit", "max_parallel_requests")
 
 
-def _key_columns(body: schemas.KeyFields, fields: set[str]) -> dict[str, Any]:
-    """Request fields that were sent -> virtual_keys columns."""
+def _model_max_budget(budgets: dict[str, Any]) -> dict[str, Any]:
+    """``model_max_budget`` as stored: LiteLLM's short form stays a number, the long form a dict."""
+    return {
+        model: b if isinstance(b, float) else b.model_dump(exclude_none=True) for model, b in budgets.items()
+    }
+
+
+def _key_columns(
+    body: schemas.KeyFields, fields: set[str], metadata: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Request fields that were sent -> virtual_keys columns (``metadata``: the key's current one,
+    which ``tags`` alone changes)."""
     values: dict[str, Any] = {}
     for name in (
         "key_alias",
@@ -242,12 +252,25 @@ def _key_columns(body: schemas.KeyFields, fields: set[str]) -> dict[str, Any]:
         "metadata",
         "model_rpm_limit",
         "model_tpm_limit",
+        "aliases",
+        "permissions",
+        "config",
     ):
         if name in fields:
             values[name] = getattr(body, name)
-    for name in ("max_budget", "spend"):
+    for name in ("max_budget", "spend", "soft_budget"):
         if name in fields:
             values[name] = _money(getattr(body, name))
+    if "model_max_budget" in fields:
+        values["model_max_budget"] = _model_max_budget(body.model_max_budget)
+    if "tags" in fields:
+        # LiteLLM keeps a key's tags in its metadata; sent with metadata, they win over its "tags".
+        tagged = dict(values.get("metadata", metadata or {}))
+        if body.tags is None:
+            tagged.pop("tags", None)
+        else:
+            tagged["tags"] = body.tags
+        values["metadata"] = tagged
     if "budget_duration" in fields:
         values["budget_duration"] = body.budget_duration
         values["budget_reset_at"] = next_reset(body.budget_duration, _now())
@@ -331,7 +354,7 @@ async def key_update(request: Request) -> Response:
     async with _write(request) as (conn, caller):
         before = await _load_key(conn, body.key, for_update=True)
         await check_key_owner(conn, caller, scope, before.team_id, before.user_id)
-        values = _key_columns(body, set(body.model_fields_set) - {"key"})
+        values = _key_columns(body, set(body.model_fields_set) - {"key"}, before.metadata)
         await _check_key_move(conn, caller, scope, before, values)
         await _check_key_refs(
             conn, {"team_id": before.team_id, "models": values.get("models", before.models), **values}
@@ -385,7 +408,34 @@ async def key_info(request: Request, key: str | None = None) -> Response:
             if scope is Scope.SELF:
                 raise forbidden("you may only read your own key", param="key")
             check_team(caller, scope, record.team_id, "key")
-    return _json({"key": key or record.token_hash, "info": record.to_api()})
+        last_active = await store.key_last_active(conn, record.token_hash)
+        days = await store.key_model_days(conn, record.token_hash)
+    return _json({"key": key or record.token_hash, "info": _key_info(record, last_active, days)})
+
+
+def _key_info(
+    record: KeyRecord, last_active: datetime | None, days: list[tuple[str, date, float]]
+) -> dict[str, Any]:
+    """LiteLLM's ``info``: the key's row without its hash, with its status, when it was last used,
+    its spend per model, and (with model budgets) each budgeted model's spend in its budget's window."""
+    model_spend: dict[str, float] = {}
+    for model, _, amount in days:
+        model_spend[model] = model_spend.get(model, 0.0) + amount
+    info = record.to_api()
+    del info["token"]
+    info.update(
+        status=record.status(_now()),
+        last_active=None if last_active is None else last_active.isoformat(),
+        model_spend=model_spend,
+    )
+    if record.model_max_budget:
+        budgets = parse_model_budgets(record.model_max_budget)
+        current = windowed_spend(days, budgets, _now())
+        info["model_max_budget_usage"] = {
+            model: {"current_spend": current[model], "budget_limit": budget.max_budget}
+            for model, budget in budgets.items()
+        }
+    return info
 
 
 @router.get("/key/list")
@@ -445,7 +495,7 @@ async def _regenerate(request: Request, ref: str | None) -> Response:
         key = body.new_key or generate_key()
         record = await store.replace_key_hash(conn, before.token_hash, hash_key(key), display_name(key))
         assert record is not None
-        values = _key_columns(body, set(body.model_fields_set) - {"key", "new_key"})
+        values = _key_columns(body, set(body.model_fields_set) - {"key", "new_key"}, record.metadata)
         await _check_key_move(conn, caller, scope, before, values)
         if values:
             await _check_key_refs(
@@ -886,6 +936,8 @@ async def spend_logs(
                 "status": r["status"],
                 "error_code": r["error_code"],
                 "metadata": r["metadata"],
+                # The key's tags (``gateway.keys.policy``), under LiteLLM's name for them.
+                "request_tags": (r["metadata"] or {}).get("tags", []),
             }
             for r in rows
         ]

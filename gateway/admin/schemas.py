@@ -1,7 +1,9 @@
 """Request bodies of the admin API (LiteLLM's field names), validated at the edge.
 
-Fields LiteLLM accepts that we do not use (``aliases``, ``config``, ``permissions``, ``tags``...) are
-accepted and ignored so existing scripts keep working.
+Fields LiteLLM accepts that we do not use (``allowed_cache_controls``, ``guardrails``, ``key_type``...)
+are accepted and ignored so existing scripts keep working. Keys take LiteLLM's ``aliases``,
+``model_max_budget``, ``soft_budget`` and ``tags`` (enforced per request: ``gateway.keys.policy``), and
+``permissions`` and ``config`` (stored and returned).
 
 ``null`` means "no value" only where the column may be empty (limits, budgets, aliases, ``team_id``,
 ``user_id``, ``duration``...): it clears it. For the fields stored in NOT NULL columns (``NOT_NULL``)
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.keys.durations import parse_duration
 
@@ -37,7 +39,19 @@ UserRole = Literal["proxy_admin", "proxy_admin_viewer", "internal_user", "intern
 
 # Fields stored in NOT NULL columns: null is refused rather than guessed at (for ``models`` a guess of
 # "empty" would mean "every model").
-NOT_NULL = ("blocked", "models", "metadata", "model_rpm_limit", "model_tpm_limit", "spend", "user_role")
+NOT_NULL = (
+    "blocked",
+    "models",
+    "metadata",
+    "model_rpm_limit",
+    "model_tpm_limit",
+    "spend",
+    "user_role",
+    "aliases",
+    "model_max_budget",
+    "permissions",
+    "config",
+)
 
 
 def _text_problem(value: Any) -> str | None:
@@ -87,7 +101,16 @@ class _Body(BaseModel):
             raise ValueError("must not be null (omit the field to leave it unchanged)")
         return value
 
-    @field_validator("metadata", "model_rpm_limit", "model_tpm_limit", check_fields=False)
+    @field_validator(
+        "metadata",
+        "model_rpm_limit",
+        "model_tpm_limit",
+        "aliases",
+        "model_max_budget",
+        "permissions",
+        "config",
+        check_fields=False,
+    )
     @classmethod
     def _small_json(cls, value: dict[str, Any]) -> dict[str, Any]:
         if len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
@@ -101,6 +124,28 @@ class _Body(BaseModel):
             return None  # LiteLLM's spelling of "never"
         parse_duration(value)
         return value
+
+
+class ModelBudgetEntry(_Body):
+    """One model's budget in LiteLLM's long form (``budget_limit``/``time_period``, or
+    ``max_budget``/``budget_duration``); ``tpm_limit``/``rpm_limit`` are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    budget_limit: Money = Field(validation_alias=AliasChoices("budget_limit", "max_budget"))
+    time_period: Duration | None = Field(
+        default=None, validation_alias=AliasChoices("time_period", "budget_duration")
+    )
+
+    @field_validator("time_period")
+    @classmethod
+    def _period(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
+Tag = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class KeyFields(_Body):
@@ -119,6 +164,14 @@ class KeyFields(_Body):
     metadata: dict[str, Any] = Field(default_factory=dict)
     blocked: bool = False
     spend: Money = 0.0
+    # A request for an alias is served by its target (access is checked on the target, as LiteLLM does).
+    aliases: dict[ModelName, ModelName] = Field(default_factory=dict)
+    # Kept in ``metadata.tags`` (where LiteLLM keeps them); null clears them.
+    tags: list[Tag] | None = Field(default=None, max_length=64)
+    model_max_budget: dict[ModelName, Money | ModelBudgetEntry] = Field(default_factory=dict)
+    soft_budget: Money | None = None
+    permissions: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)
 
 
 class GenerateKeyRequest(KeyFields):

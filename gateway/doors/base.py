@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-from gateway.auth import token_from_headers
+from gateway.auth import request_token
 from gateway.errors import GatewayError
 from providers.contract import Operation
 from providers.schema import GenerationRequest, GenerationResponse, StreamEvent
@@ -85,8 +85,8 @@ class Door:
     operation: ClassVar[DoorOperation]
     capability: ClassVar[Operation] = "chat"
     error_format: ClassVar[ErrorFormat] = "openai"
-    # Request headers the door reads besides the ones every request uses (authorization, api-key,
-    # x-request-id, content-length, cache-control), lower-case.
+    # Request headers the door reads besides the ones every request uses (the key headers of
+    # ``gateway.auth.KEY_HEADERS``, x-request-id, content-length, cache-control), lower-case.
     extra_headers: ClassVar[tuple[bytes, ...]] = ()
     # Streams this door answers are SSE; content type of its plain answers:
     content_type: ClassVar[bytes] = b"application/json"
@@ -95,13 +95,13 @@ class Door:
     cache_streams: ClassVar[bool] = False
 
     def token(self, headers: Mapping[bytes, bytes]) -> str | None:
-        """The caller's API key (``Authorization: Bearer`` or ``api-key``)."""
-        auth = headers.get(b"authorization")
-        api_key = headers.get(b"api-key")
-        return token_from_headers(
-            auth.decode("latin-1") if auth is not None else None,
-            api_key.decode("latin-1") if api_key is not None else None,
-        )
+        """The caller's API key from any header LiteLLM accepts, in its order (``KEY_HEADERS``)."""
+
+        def get(name: str) -> str | None:
+            value = headers.get(name.encode())
+            return None if value is None else value.decode("latin-1")
+
+        return request_token(get)
 
     async def read(self, raw: bytes, call: DoorCall) -> DoorRequest:
         """Parse and check ``raw``; raise ``GatewayError`` (400) with the offending param."""

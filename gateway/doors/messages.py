@@ -6,7 +6,8 @@ typed path: the body becomes a ``GenerationRequest``, the provider answers with 
 ``providers.formats.openai_chat``), written back as Anthropic's ``message`` or its event
 sequence. Errors on this door are Anthropic's ``{"type": "error", "error": {"type", "message"}}``.
 
-Auth: the ``anthropic`` SDK sends its key as ``x-api-key``; bearer auth is accepted too.
+Auth: the ``anthropic`` SDK sends its key as ``x-api-key``; every header of ``gateway.auth.KEY_HEADERS``
+is read, in LiteLLM's order.
 ``anthropic-version`` is accepted and not checked (one version of the API is spoken).
 
 ``count_tokens`` authenticates and checks model access like the door, then counts: exactly when
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import orjson
 
+from gateway.auth import KEY_HEADERS
 from gateway.doors.base import Door, DoorCall, DoorOperation, DoorRequest, ErrorFormat, EventWriter
 from gateway.errors import GatewayError, as_gateway_error, bad_request
 from gateway.limits.estimate import MAX_COMPLETION_TOKENS
@@ -130,16 +132,10 @@ def _read(body: Mapping[str, Any], *, require_max_tokens: bool) -> GenerationReq
 class MessagesDoor(Door):
     operation: ClassVar[DoorOperation] = "messages"
     error_format: ClassVar[ErrorFormat] = "anthropic"
-    extra_headers: ClassVar[tuple[bytes, ...]] = (b"x-api-key", b"anthropic-version")
+    extra_headers: ClassVar[tuple[bytes, ...]] = (b"anthropic-version",)
     # A stream is served from a cached plain answer (``replay``); a streamed answer itself is
     # not stored (the recorder reads OpenAI chunks, which this door's typed stream never feeds).
     cache_streams: ClassVar[bool] = True
-
-    def token(self, headers: Mapping[bytes, bytes]) -> str | None:
-        key = headers.get(b"x-api-key")
-        if key and key.strip():
-            return key.decode("latin-1").strip()
-        return super().token(headers)
 
     async def read(self, raw: bytes, call: DoorCall) -> DoorRequest:
         body = _parse(raw)
@@ -245,7 +241,7 @@ class CountTokens:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services = scope["app"].state.services
-        wanted = (b"authorization", b"api-key", b"x-api-key", b"content-length")
+        wanted = (*(h.encode() for h in KEY_HEADERS), b"content-length")
         headers = {k: v for k, v in scope["headers"] if k in wanted}
         request_id = uuid.uuid4().hex  # not a hot path: a uuid4 per request is fine here
         try:

@@ -13,7 +13,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth import token_from_headers
+from gateway.auth import request_token
 from gateway.errors import GatewayError
 from gateway.pipeline import Principal
 from gateway.routing.wildcards import model_allowed
@@ -28,7 +28,7 @@ def _model(name: str) -> dict[str, Any]:
 
 async def _principal(request: Request) -> tuple[Services, Principal]:
     services: Services = request.app.state.services
-    token = token_from_headers(request.headers.get("authorization"), request.headers.get("api-key"))
+    token = request_token(request.headers.get)
     return services, await services.auth.authenticate(token)
 
 

@@ -26,7 +26,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth import token_from_headers
+from gateway.auth import request_token
 from gateway.doors.base import Door, DoorCall, DoorOperation, DoorRequest, EventWriter
 from gateway.doors.messages import estimate_input_tokens
 from gateway.errors import GatewayError, bad_request
@@ -173,7 +173,7 @@ class ResponsesDoor(Door):
 
 async def _caller_scope(request: Request) -> tuple[ResponseStore, str]:
     services: Services = request.app.state.services
-    token = token_from_headers(request.headers.get("authorization"), request.headers.get("api-key"))
+    token = request_token(request.headers.get)
     principal = await services.auth.authenticate(token)
     return store_of(services), scope_of(principal)
 

@@ -153,12 +153,18 @@ class KeyRecord:
     created_by: str | None
     created_at: datetime
     updated_at: datetime
+    aliases: dict[str, str]
+    model_max_budget: dict[str, Any]
+    soft_budget: Decimal | None
+    permissions: dict[str, Any]
+    config: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
 
     COLUMNS = (
         "token_hash, key_name, key_alias, team_id, user_id, models, max_budget, spend, budget_duration, "
         "budget_reset_at, rpm_limit, tpm_limit, max_parallel_requests, model_rpm_limit, model_tpm_limit, "
-        "expires, blocked, metadata, created_by, created_at, updated_at"
+        "expires, blocked, metadata, created_by, created_at, updated_at, aliases, model_max_budget, "
+        "soft_budget, permissions, config"
     )
 
     @classmethod
@@ -191,7 +197,19 @@ class KeyRecord:
             "created_by": self.created_by,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
+            "aliases": self.aliases,
+            "tags": self.metadata.get("tags"),
+            "model_max_budget": self.model_max_budget,
+            "soft_budget": _money(self.soft_budget),
+            "permissions": self.permissions,
+            "config": self.config,
         }
+
+    def status(self, now: datetime) -> str:
+        """LiteLLM's key status: "revoked" when blocked, "expired" past ``expires``, else "active"."""
+        if self.blocked:
+            return "revoked"
+        return "expired" if self.expires is not None and self.expires <= now else "active"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -28,13 +28,14 @@ import asyncpg
 from gateway.db.guarded_pool import GuardedPool
 from gateway.db.outage import DatabaseUnavailable
 from gateway.keys.denials import budget_exceeded, key_blocked, key_expired, model_not_allowed
+from gateway.keys.policy import KeyPolicy, ModelBudget, parse_model_budgets, windowed_spend
 from gateway.pipeline import LimitScope, Principal
 from gateway.routing.wildcards import model_allowed
 
 _LOOKUP = """
 SELECT k.token_hash, k.key_alias, k.team_id, k.user_id, k.models, k.max_budget, k.spend, k.rpm_limit,
        k.tpm_limit, k.max_parallel_requests, k.model_rpm_limit, k.model_tpm_limit, k.expires, k.blocked,
-       k.metadata,
+       k.metadata, k.aliases, k.model_max_budget, k.soft_budget,
        t.id AS t_id, t.models AS t_models, t.max_budget AS t_max_budget, t.spend AS t_spend,
        t.rpm_limit AS t_rpm_limit, t.tpm_limit AS t_tpm_limit, t.max_parallel_requests AS t_max_parallel,
        t.model_rpm_limit AS t_model_rpm_limit, t.model_tpm_limit AS t_model_tpm_limit, t.blocked AS t_blocked,
@@ -46,6 +47,12 @@ LEFT JOIN teams t ON t.id = k.team_id
 LEFT JOIN users u ON u.id = k.user_id
 LEFT JOIN team_memberships m ON m.team_id = k.team_id AND m.user_id = k.user_id
 WHERE k.token_hash = $1
+"""
+
+# A key's spend per model since each model budget's window opened (whole UTC days).
+_MODEL_SPEND = """
+SELECT model, day, sum(spend) AS spend FROM daily_spend
+WHERE key_hash = $1 AND model = ANY($2::text[]) GROUP BY model, day
 """
 
 # LiteLLM's special entries in a key's model list.
@@ -174,6 +181,13 @@ class PostgresKeyResolver:
         state = self._budgets.get(f"{kind}:{entity_id}")
         if state is not None:
             state.spend = spend
+        if kind == "key":
+            entry = self._cache.get(entity_id)
+            if entry is not None and entry.principal is not None:
+                policy = entry.principal.policy
+                if policy is not None and policy.model_budgets:
+                    # Its per-model spend changed too: reload it (with daily_spend) on its next request.
+                    entry.fresh_until = 0.0
 
     def _budget(self, kind: str, entity_id: str, max_budget: Decimal | None, spend: Decimal) -> BudgetState:
         name = f"{kind}:{entity_id}"
@@ -219,7 +233,9 @@ class PostgresKeyResolver:
             if row is None:
                 entry = self._store(token_hash, _Entry(None, now + self._negative_ttl))
             else:
-                entry = self._store(token_hash, self._entry_from_row(row, now))
+                budgets = parse_model_budgets(row["model_max_budget"] or {})
+                spend = await self._model_spend(token_hash, budgets) if budgets else {}
+                entry = self._store(token_hash, self._entry_from_row(row, now, budgets, spend))
             future.set_result(entry)
             return entry
         except BaseException as exc:
@@ -229,7 +245,42 @@ class PostgresKeyResolver:
         finally:
             del self._inflight[token_hash]
 
-    def _entry_from_row(self, row: asyncpg.Record, now: float) -> _Entry:
+    async def _model_spend(self, token_hash: str, budgets: dict[str, ModelBudget]) -> dict[str, float]:
+        rows = await self._pool.fetch(_MODEL_SPEND, token_hash, list(budgets))
+        days = ((r["model"], r["day"], float(r["spend"])) for r in rows)
+        return windowed_spend(days, budgets, datetime.now(UTC))
+
+    def _policy(
+        self,
+        row: asyncpg.Record,
+        key_budget: BudgetState,
+        budgets: dict[str, ModelBudget],
+        model_spend: dict[str, float],
+    ) -> KeyPolicy | None:
+        """The key's LiteLLM request rules, or None when it sets none (the common case costs nothing)."""
+        aliases = dict(row["aliases"] or {})
+        tags = (row["metadata"] or {}).get("tags") or []
+        soft = row["soft_budget"]
+        if not (aliases or budgets or tags or soft is not None):
+            return None
+        return KeyPolicy(
+            key_hash=row["token_hash"],
+            key_alias=row["key_alias"],
+            aliases=aliases,
+            tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
+            model_budgets=budgets,
+            model_spend=model_spend,
+            soft_budget=_as_float(soft),
+            key_budget=key_budget,
+        )
+
+    def _entry_from_row(
+        self,
+        row: asyncpg.Record,
+        now: float,
+        model_budgets: dict[str, ModelBudget],
+        model_spend: dict[str, float],
+    ) -> _Entry:
         token_hash: str = row["token_hash"]
         team_id, user_id = row["t_id"], row["u_id"]
         limits: list[LimitScope] = []
@@ -244,7 +295,8 @@ class PostgresKeyResolver:
                 )
             )
         limits += _model_scopes("key_model", token_hash, row["model_rpm_limit"], row["model_tpm_limit"])
-        budgets = [("key", self._budget("key", token_hash, row["max_budget"], row["spend"]))]
+        key_budget = self._budget("key", token_hash, row["max_budget"], row["spend"])
+        budgets = [("key", key_budget)]
         if team_id is not None:
             if any(row[c] is not None for c in ("t_rpm_limit", "t_tpm_limit", "t_max_parallel")):
                 limits.append(
@@ -268,6 +320,7 @@ class PostgresKeyResolver:
             limits=tuple(limits),
             team_admin=row["member_role"] == "admin",
             metadata=dict(row["metadata"] or {}),
+            policy=self._policy(row, key_budget, model_budgets, model_spend),
         )
         expires: datetime | None = row["expires"]
         return _Entry(

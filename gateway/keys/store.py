@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
@@ -86,6 +87,21 @@ async def key_standing(conn: asyncpg.Connection, record: KeyRecord) -> KeyStandi
         user_blocked=row["user_blocked"],
         team_blocked=row["team_blocked"],
     )
+
+
+async def key_last_active(conn: asyncpg.Connection, token_hash: str) -> datetime | None:
+    """When the key was last used: the end of its newest spend row."""
+    return await conn.fetchval("SELECT max(end_time) FROM spend_logs WHERE key_hash = $1", token_hash)
+
+
+async def key_model_days(conn: asyncpg.Connection, token_hash: str) -> list[tuple[str, date, float]]:
+    """The key's spend per model and UTC day (``daily_spend``), oldest first."""
+    rows = await conn.fetch(
+        "SELECT model, day, sum(spend) AS spend FROM daily_spend WHERE key_hash = $1 "
+        "GROUP BY model, day ORDER BY day, model",
+        token_hash,
+    )
+    return [(r["model"], r["day"], float(r["spend"])) for r in rows]
 
 
 async def key_hash_for_alias(conn: asyncpg.Connection, alias: str) -> str | None:

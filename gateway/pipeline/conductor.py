@@ -24,6 +24,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from gateway import metrics
+from gateway.auth import KEY_HEADERS
 from gateway.context import RequestContext
 from gateway.doors.base import Door, DoorCall, DoorRequest
 from gateway.errors import GatewayError, as_gateway_error
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchyard.pipeline")
 
 # Headers every request may use; a door adds its own (``Door.extra_headers``).
-_COMMON_HEADERS = (b"authorization", b"api-key", b"x-request-id", b"content-length", b"cache-control")
+_COMMON_HEADERS = (*(h.encode() for h in KEY_HEADERS), b"x-request-id", b"content-length", b"cache-control")
 
 # Request ids: a random per-process prefix and a counter. Unique without a getrandom() syscall
 # per request (uuid4 costs one); ids need not be unpredictable.
@@ -142,6 +143,14 @@ class _Run:
         raw = await read_body(receive, headers.get(b"content-length"), services.config.max_request_body_bytes)
         call = DoorCall(headers, principal, services, self.request_id)
         req = await door.read(raw, call)
+        policy = principal.policy
+        if policy is not None:
+            # The key's alias for the model, and its budget for the model served (LiteLLM key fields).
+            target = policy.serve(req.model)
+            if target != req.model and req.cache_material is not None:
+                # Another key of the tenant may alias the same name to another model.
+                req.cache_material = {**req.cache_material, "model": target}
+            req.model = target
         self.model = req.model
 
         # 3. Model access.
@@ -174,6 +183,8 @@ class _Run:
                     pending.cancel()
                     pending.add_done_callback(_retrieve)
                 raise
+        if policy is not None:
+            policy.annotate(admission.headers)  # the soft-budget warning, once the key has crossed it
 
         try:
             # 5. Cache.
@@ -371,6 +382,9 @@ class _Run:
             error_code=None if ok else self.error_code,
             operation=self.door.operation,
         )
+        policy = ctx.principal.policy
+        if policy is not None:
+            event.metadata = policy.spend_metadata()  # the key's tags: spend by tag
         try:
             self.services.spend.record(event)
         except Exception:

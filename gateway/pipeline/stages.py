@@ -50,6 +50,9 @@ class Principal:
     # Team admins may manage their own team's keys through the admin API.
     team_admin: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    # A virtual key's aliases, model budgets, soft budget and tags (``gateway.keys.policy.KeyPolicy``);
+    # None when it sets none of them.
+    policy: Any = None
 
     @property
     def is_admin(self) -> bool:
