@@ -133,3 +133,6 @@ def include_extra_routes(app: FastAPI) -> None:
     from gateway.admin import router as admin_router  # CONTROL PLANE: LiteLLM-compatible admin API
 
     app.include_router(admin_router)
+    from gateway.admin.models import router as models_router  # CONTROL PLANE: models in the database
+
+    app.include_router(models_router)

@@ -143,6 +143,8 @@ class GeneralSettings(_Strict):
     spend_journal_fsync_interval_ms: float = Field(default=50.0, gt=0, le=10_000)
     # Stored /v1/responses answers are served (and chained by previous_response_id) this long.
     responses_retention_days: float = Field(default=30.0, gt=0)
+    # Every instance reloads the models added through /model/new this often (gateway/admin/model_sync.py).
+    model_refresh_interval_s: float = Field(default=2.0, gt=0, le=300)
 
 
 FallbackList = list[dict[str, list[str]]]

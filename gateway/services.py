@@ -88,6 +88,11 @@ async def build_services(config: GatewayConfig) -> Services:
 
     control_plane = await ControlPlane.open(config)
     closers.append(control_plane.close)
+    # SLOT (control plane): the models stored through /model/new, served beside the config's.
+    from gateway.admin.model_sync import start_model_sync
+
+    model_sync = await start_model_sync(config, control_plane, router)
+    closers.append(model_sync.close)
     resolvers: list[KeyResolver] = []
     if config.general_settings.master_key:
         resolvers.append(MasterKeyResolver(config.general_settings.master_key))
@@ -124,5 +129,5 @@ async def build_services(config: GatewayConfig) -> Services:
         redis=redis,
         closers=closers,
         response_cache=response_cache,
-        extras={"control_plane": control_plane},
+        extras={"control_plane": control_plane, "model_sync": model_sync},
     )

@@ -81,14 +81,14 @@ class CooldownManager:
         namespace: str | None = None,
     ) -> None:
         self.settings = settings
-        self._by_id = {d.id: d for d in deployments}
+        self._by_id: dict[str, DeploymentState] = {}
         self._fails: dict[str, deque[float]] = {}
         # Lone deployments under the "every call failed" rule; for them ``_fails`` holds the
         # current streak (a success clears it).
         self._lone: frozenset[str] = frozenset()
-        if not settings.allowed_fails_set:
-            group_sizes = Counter(d.model_name for d in self._by_id.values())
-            self._lone = frozenset(i for i, d in self._by_id.items() if group_sizes[d.model_name] == 1)
+        # Deadlines this instance set itself; a refresh must not erase them before Redis has them.
+        self._local_deadlines: dict[str, float] = {}
+        self.track(deployments)
         self._redis = redis
         if namespace is None:
             namespace = f"{getattr(redis, 'key_prefix', 'sy')}:router"
@@ -96,8 +96,18 @@ class CooldownManager:
         self._fail_prefix = f"{namespace}:fails:"
         self._next_refresh = 0.0
         self._refreshing = False
-        # Deadlines this instance set itself; a refresh must not erase them before Redis has them.
-        self._local_deadlines: dict[str, float] = {}
+
+    def track(self, deployments: Iterable[DeploymentState]) -> None:
+        """Watch exactly ``deployments`` from now on (the router's models changed while running):
+        which are lone is worked out again, and what was counted for deployments gone is dropped."""
+        self._by_id = {d.id: d for d in deployments}
+        self._lone = frozenset()
+        if not self.settings.allowed_fails_set:
+            group_sizes = Counter(d.model_name for d in self._by_id.values())
+            self._lone = frozenset(i for i, d in self._by_id.items() if group_sizes[d.model_name] == 1)
+        for table in (self._fails, self._local_deadlines):
+            for gone in [i for i in table if i not in self._by_id]:
+                del table[gone]
 
     @property
     def shared(self) -> bool:

@@ -72,6 +72,11 @@ class World:
         )
         return str(ok(created)["id"])
 
+    def fresh_model(self) -> str:
+        """The id of a new model stored in the database (served by the fake upstream)."""
+        body = {"model_name": unique("mx-model"), "litellm_params": {"model": "openai/gpt-4o-mini"}}
+        return str(_admin(self.gw, "/model/new", body)["model_id"])
+
     def fresh_user(self, team: str | None = None) -> str:
         user_id = unique("mx")
         body = {"user_id": user_id, "auto_create_key": False, "teams": [team] if team else []}
@@ -197,6 +202,21 @@ MATRIX: dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]] = 
     # Spend.
     ("GET", "/spend/logs"): (lambda w: Req("/spend/logs"), TEAM_READ),
     ("GET", "/global/spend/report"): (lambda w: Req("/global/spend/report"), ADMIN_READ),
+    # Models in the database: proxy admins write; every key reads (the models it may use).
+    ("POST", "/model/new"): (
+        lambda w: Req(
+            "/model/new", {"model_name": unique("mx-model"), "litellm_params": {"model": "openai/x"}}
+        ),
+        ADMIN_ONLY,
+    ),
+    ("POST", "/model/update"): (
+        lambda w: Req("/model/update", {"id": w.fresh_model(), "litellm_params": {"rpm": 10}}),
+        ADMIN_ONLY,
+    ),
+    ("POST", "/model/delete"): (lambda w: Req("/model/delete", {"id": w.fresh_model()}), ADMIN_ONLY),
+    ("GET", "/model/info"): (lambda w: Req("/model/info"), ANY_KEY),
+    ("GET", "/v1/model/info"): (lambda w: Req("/v1/model/info"), ANY_KEY),
+    ("GET", "/model_group/info"): (lambda w: Req("/model_group/info"), ANY_KEY),
 }
 
 
