@@ -200,7 +200,7 @@ class _Run:
             # 6. Route and call the provider; the watch cancels it if the client goes away.
             with DisconnectWatch(receive) as watch:
                 upstream_started = time.monotonic()
-                inv = Invocation(door.capability, req.body, req.request, req.stream)
+                inv = Invocation(door.capability, req.body, req.request, req.stream, req.estimated_tokens)
                 routed = await services.router.route(req.model, inv, ctx)
                 # The router's own measure (upstream waits and retry backoff) when it gives one.
                 upstream_s = routed.upstream_s or (time.monotonic() - upstream_started)
