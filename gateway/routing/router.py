@@ -269,6 +269,24 @@ class _Trace:
     no_deployment: list[NoDeploymentAvailable] = field(default_factory=list)
 
 
+_OPERATIONS: tuple[Operation, ...] = ("chat", "embeddings", "completions")
+
+
+def _state(d: Deployment) -> DeploymentState:
+    """A fresh routing state (no cooldown, no counters) for deployment ``d``."""
+    return DeploymentState(
+        id=d.id,
+        model_name=d.model_name,
+        weight=d.weight,
+        rpm=d.rpm,
+        tpm=d.tpm,
+        max_parallel=d.max_parallel_requests,
+        order=d.order,
+        cost=d.input_cost_per_token + d.output_cost_per_token,
+        deployment=d,
+    )
+
+
 class Router:
     """Maps model names to deployments and calls them through their provider adapters."""
 
@@ -283,34 +301,16 @@ class Router:
         self.settings = settings
         self.providers = providers
         self.redis = redis
-        self.states: list[DeploymentState] = [
-            DeploymentState(
-                id=d.id,
-                model_name=d.model_name,
-                weight=d.weight,
-                rpm=d.rpm,
-                tpm=d.tpm,
-                max_parallel=d.max_parallel_requests,
-                order=d.order,
-                cost=d.input_cost_per_token + d.output_cost_per_token,
-                deployment=d,
-            )
-            for d in self.deployments
-        ]
+        self.states: list[DeploymentState] = [_state(d) for d in self.deployments]
         by_name: dict[str, list[DeploymentState]] = {}
         for s in self.states:
             by_name.setdefault(s.model_name, []).append(s)
         self.groups: dict[str, ModelGroup] = {name: ModelGroup(name, ds) for name, ds in by_name.items()}
         # Per operation, each model's deployments whose adapter serves it (the same group when all
         # do, so the chat path picks exactly as before; no entry when none does).
-        self.serving: dict[Operation, dict[str, ModelGroup]] = {}
-        for op in ("chat", "embeddings", "completions"):
-            table: dict[str, ModelGroup] = {}
-            for name, ds in by_name.items():
-                able = [s for s in ds if op in providers.capabilities(s.deployment.provider)]
-                if able:
-                    table[name] = self.groups[name] if len(able) == len(ds) else ModelGroup(name, able)
-            self.serving[op] = table
+        self.serving: dict[Operation, dict[str, ModelGroup]] = {op: {} for op in _OPERATIONS}
+        for name in by_name:
+            self._index_serving(name)
         # Names with a "*" also serve the names they match (None when there are none).
         self.wildcards = WildcardRoutes.build(self.groups, self.serving)
         self.strategy = make_strategy(settings.routing_strategy)
@@ -332,6 +332,46 @@ class Router:
         missing = {m for m in self.fallbacks.referenced_models() if not self.has_model(m)}
         if missing:
             log.warning("fallbacks name models that are not configured: %s", ", ".join(sorted(missing)))
+
+    def _index_serving(self, name: str) -> None:
+        """Fill ``serving`` for model ``name`` from ``groups`` (none: drop it)."""
+        group = self.groups.get(name)
+        for op in _OPERATIONS:
+            table = self.serving[op]
+            able = (
+                [s for s in group.deployments if op in self.providers.capabilities(s.deployment.provider)]
+                if group is not None
+                else []
+            )
+            if not able:
+                table.pop(name, None)
+            else:
+                assert group is not None
+                table[name] = group if len(able) == len(group.deployments) else ModelGroup(name, able)
+
+    def replace_model(self, name: str, deployments: list[Deployment]) -> None:
+        """Serve model ``name`` from ``deployments`` from now on (an empty list: stop serving it).
+
+        For models whose deployments change while the gateway runs (``gateway.admin.model_sync``:
+        models managed through the admin API). A deployment kept unchanged (same id, same params)
+        keeps its state, so its cooldown and counters survive; requests under way finish on the
+        group they picked from. Synchronous, so no request sees a half-replaced model.
+        """
+        old = self.groups.get(name)
+        kept = {s.id: s for s in old.deployments} if old is not None else {}
+        states = []
+        for d in deployments:
+            s = kept.get(d.id)
+            states.append(s if s is not None and s.deployment == d else _state(d))
+        self.deployments = [d for d in self.deployments if d.model_name != name] + list(deployments)
+        self.states = [s for s in self.states if s.model_name != name] + states
+        if states:
+            self.groups[name] = ModelGroup(name, states)
+        else:
+            self.groups.pop(name, None)
+        self._index_serving(name)
+        self.wildcards = WildcardRoutes.build(self.groups, self.serving)
+        self.cooldowns.track(self.states)
 
     def model_names(self) -> list[str]:
         """Every model name callers may ask for, in config order."""
