@@ -77,12 +77,6 @@ def request_token(get: Callable[[str], str | None]) -> str | None:
     return None
 
 
-def token_from_headers(authorization: str | None, api_key: str | None = None) -> str | None:
-    """The bearer token from ``Authorization: Bearer ...`` or an ``api-key`` header only (callers that
-    have just those two; ``request_token`` reads every header LiteLLM accepts)."""
-    return request_token({"authorization": authorization or None, "api-key": api_key or None}.get)
-
-
 class Authenticator:
     """Turns a request's token into a principal; ``resolver=None`` means local (anonymous) mode."""
 

@@ -96,6 +96,17 @@ def test_each_header_authenticates_doors_and_admin(gateway: GatewayProcess, form
     assert models.status_code == 200 and [m["id"] for m in models.json()["data"]] == ["gpt-4o-mini"]
 
 
+@pytest.mark.parametrize("form", list(HEADER_FORMS))
+def test_each_header_carries_the_master_key_to_health(gateway: GatewayProcess, form: str) -> None:
+    headers = HEADER_FORMS[form]
+    health = httpx.get(
+        gateway.base_url + "/health", params={"model": "gpt-4o-mini"}, headers=headers(MASTER_KEY)
+    )
+    assert health.status_code == 200, health.text
+    key = new_key(gateway)["key"]
+    assert httpx.get(gateway.base_url + "/health", headers=headers(key)).status_code == 403
+
+
 def test_header_precedence_is_litellms(gateway: GatewayProcess) -> None:
     key = new_key(gateway)["key"]
     wrong = "sk-wrong-0123456789abcdef"
