@@ -8,6 +8,7 @@ unknown model is spent at 0 with one warning and a counter.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -21,7 +22,9 @@ import httpx
 import openai
 import pytest
 
+from gateway.config import parse_config
 from gateway.pipeline import Usage
+from gateway.routing.deployment import deployments_from_entries
 from gateway.spend.prices import FIELDS, ModelTable, Price, bundled
 from providers.registry import ProviderRegistry
 from tests.support import fake_anthropic
@@ -234,6 +237,32 @@ def test_shipped_table_covers_every_provider_with_litellm_attribution() -> None:
     sonnet = table.lookup("anthropic", "claude-sonnet-4-5-20250929")
     assert sonnet is not None and sonnet.price is not None
     assert sonnet.price.cache_read_per_token and sonnet.price.cache_write_per_token
+
+
+def test_deployments_take_their_own_price_else_the_table_wildcards_included() -> None:
+    config = parse_config(
+        "model_list:\n"
+        "  - model_name: own\n"
+        "    litellm_params: {model: openai/gpt-4o, api_key: x, input_cost_per_token: 1.0e-9,"
+        " output_cost_per_token: 2.0e-9}\n"
+        "  - model_name: azure-prod\n"
+        "    litellm_params: {model: azure/prod-east-1, api_key: x, api_base: 'https://x.openai.azure.com'}\n"
+        "    model_info: {base_model: azure/gpt-4o, max_input_tokens: 5000}\n"
+        "  - model_name: '*'\n"
+        "    litellm_params: {model: 'anthropic/*', api_key: x}\n"
+    )
+    own, azure, wildcard = deployments_from_entries(config.model_list)
+    assert own.price == Price(1e-9, 2e-9) and own.max_input_tokens == 128000
+    table_azure = bundled().card("azure/gpt-4o")
+    assert table_azure is not None and azure.price == table_azure.price
+    assert azure.input_cost_per_token == table_azure.price.input_per_token  # cost-based routing sees it
+    assert azure.max_input_tokens == 5000  # model_info wins over the table
+    assert wildcard.price is None
+    # What the wildcard entry serves a requested name with is priced for that name's model.
+    concrete = dataclasses.replace(wildcard, upstream_model=CLAUDE)
+    table_claude = bundled().card(f"anthropic/{CLAUDE}")
+    assert table_claude is not None and concrete.price == table_claude.price
+    assert concrete.max_input_tokens == table_claude.max_input_tokens
 
 
 def test_cache_tokens_are_billed_at_their_own_rates() -> None:
