@@ -141,6 +141,9 @@ class ModelTable:
     def __contains__(self, key: object) -> bool:
         return key in self._rows
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
     def card(self, key: str) -> ModelCard | None:
         """The entry stored under exactly ``key``."""
         if key in self._cards:

@@ -210,7 +210,7 @@ def test_shipped_table_covers_every_provider_with_litellm_attribution() -> None:
     meta = table.meta
     assert meta["license"].startswith("MIT") and meta["litellm_version"] != "unknown"
     assert re.fullmatch(r"\d{4}-\d\d-\d\d", meta["date"])
-    prefixes = {key.split("/", 1)[0] for key in table._rows}
+    prefixes = {key.split("/", 1)[0] for key in table}
     # Every registered provider that bills per model has entries; the rest serve whatever model
     # the operator runs (no table can know it) or are aliases of a table prefix.
     generic = {"openai_compatible", "hosted_vllm", "vllm", "lm_studio", "local", "openrouter"}
@@ -312,8 +312,10 @@ def priced_gateway(
         yield gw
 
 
-def _row(model: str) -> list[Any]:
-    return bundled()._rows[model]
+def _price(model: str) -> Price:
+    card = bundled().card(model)
+    assert card is not None and card.price is not None
+    return card.price
 
 
 def test_spend_rows_bill_the_table_price_for_models_without_one(
@@ -339,16 +341,24 @@ def test_spend_rows_bill_the_table_price_for_models_without_one(
 
     rows = spend_rows(database_url, created["token"], 2)
     assert len(rows) == 2
-    # The table's row: [mode, max_input, max_output, input, output, cache_read, cache_write, ...].
-    gpt = _row("openai/gpt-4o")
-    expected_gpt = plain.usage.prompt_tokens * gpt[3] + plain.usage.completion_tokens * gpt[4]
+    gpt = _price("openai/gpt-4o")
+    expected_gpt = (
+        plain.usage.prompt_tokens * gpt.input_per_token + plain.usage.completion_tokens * gpt.output_per_token
+    )
     assert float(rows[0]["spend"]) == pytest.approx(expected_gpt, rel=1e-9)
-    claude = _row(f"anthropic/{CLAUDE}")
-    expected_claude = 40 * claude[3] + 9 * claude[4] + 1000 * claude[5] + 200 * claude[6]
+    claude = _price(f"anthropic/{CLAUDE}")
+    assert claude.cache_read_per_token is not None and claude.cache_write_per_token is not None
+    expected_claude = (
+        40 * claude.input_per_token
+        + 9 * claude.output_per_token
+        + 1000 * claude.cache_read_per_token
+        + 200 * claude.cache_write_per_token
+    )
     assert rows[1]["prompt_tokens"] == 1240
     assert float(rows[1]["spend"]) == pytest.approx(expected_claude, rel=1e-9)
     # Billed as plain input, the cached tokens would have cost something else.
-    assert float(rows[1]["spend"]) != pytest.approx(1240 * claude[3] + 9 * claude[4], rel=1e-6)
+    plain_rate = 1240 * claude.input_per_token + 9 * claude.output_per_token
+    assert float(rows[1]["spend"]) != pytest.approx(plain_rate, rel=1e-6)
 
 
 def test_unknown_model_is_spent_at_zero_warned_once_and_counted(
