@@ -3,6 +3,7 @@
     switchyard serve [--config FILE] [--host HOST] [--port PORT]   run the gateway
     switchyard engine serve --model PATH ...                        run the local inference engine
     switchyard migrate [--config FILE]                              apply database migrations
+    switchyard config check FILE [--strict]                         validate a config file
 
 One function per subcommand (``cmd_<name>``); a subcommand owned by another component is a thin
 hook that imports its implementation lazily, so ``switchyard serve`` never imports torch or
@@ -10,6 +11,7 @@ the database layer unless configured:
 
 - ``engine``: ``local_engine.server`` must expose ``main(argv: list[str]) -> int | None``.
 - ``migrate``: ``gateway.db.cli`` must expose ``main(argv: list[str]) -> int | None``.
+- ``config check``: ``gateway.config_check.check``.
 """
 
 from __future__ import annotations
@@ -89,9 +91,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, strict=args.strict)
     except ConfigError as exc:
         return _fail(f"bad config:\n{exc}")
+    for warning in config.warnings:
+        # Each LiteLLM setting Switchyard ignores, once, with what happens instead.
+        print(f"switchyard: warning: {warning}", file=sys.stderr, flush=True)
     if not config.general_settings.master_key and not is_loopback(args.host):
         return _fail(
             f"refusing to listen on {args.host} without a master key: anyone who can reach it could use "
@@ -157,6 +162,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return _delegate("gateway.db.cli", "migrate", argv)
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """``config check FILE``: validate, print the resolved config and every warning."""
+    from gateway.config_check import check
+
+    return check(args.file, strict=args.strict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchyard", description="A self-hosted OpenAI-compatible LLM gateway."
@@ -174,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    serve.add_argument(
+        "--strict", action="store_true", help="refuse LiteLLM settings Switchyard ignores (default: warn)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     engine = sub.add_parser("engine", help="the local inference engine (e.g. engine serve --model PATH)")
@@ -184,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--config", default=os.environ.get("SWITCHYARD_CONFIG"))
     migrate.add_argument("migrate_args", nargs=argparse.REMAINDER)
     migrate.set_defaults(func=cmd_migrate)
+
+    config = sub.add_parser("config", help="config files: config check FILE [--strict]")
+    config_sub = config.add_subparsers(dest="config_command", metavar="check", required=True)
+    check = config_sub.add_parser("check", help="validate FILE; print what was resolved and every warning")
+    check.add_argument("file", help="the YAML config file")
+    check.add_argument(
+        "--strict", action="store_true", help="LiteLLM settings Switchyard ignores are errors (default: warn)"
+    )
+    check.set_defaults(func=cmd_config)
     return parser
 
 

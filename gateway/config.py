@@ -2,15 +2,18 @@
 
 The format is LiteLLM's proxy config (``model_list`` / ``litellm_params`` / ``router_settings``
 / ``general_settings`` / ``litellm_settings``) so existing files work unchanged, plus our own
-``cache_settings`` and ``limit_settings``. Typos are caught: unknown keys are errors at the
-top level and in every settings section (deployment params accept provider-specific extras).
-A bad file fails at start with the field path and the file line, never a traceback.
+``cache_settings`` and ``limit_settings``. LiteLLM settings are mapped onto ours or, when
+Switchyard does not implement them, accepted with a warning (``gateway.config_compat``); a key
+neither knows is an error with the closest spelling (deployment params accept provider-specific
+extras). A bad file fails at start with every problem, each with its field path and file line,
+never a traceback.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # cache_settings and limit_settings are defined next to the code they configure.
 from gateway.cache.settings import CacheSettings
+from gateway.config_compat import ENV_PREFIX, Translated, apply_environment, translate
+from gateway.config_report import ConfigReport, Path_, line_map
 from gateway.limits.settings import LimitSettings
-
-ENV_PREFIX = "os.environ/"
 
 RoutingStrategyName = Literal[
     "simple-shuffle",
@@ -30,6 +33,15 @@ RoutingStrategyName = Literal[
     "usage-based-routing",
     "cost-based-routing",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class DisabledDeployment:
+    """A ``model_list`` entry not served: its provider is not available in Switchyard."""
+
+    model_name: str
+    model: str
+    reason: str
 
 
 class ConfigError(Exception):
@@ -187,9 +199,6 @@ class LiteLLMSettings(_Strict):
     # -> every deployment's drop_params unless it sets its own (adapters drop what their provider
     # cannot send instead of refusing it with a 400).
     drop_params: bool | None = None
-    # Accepted for compatibility; they change nothing here.
-    set_verbose: bool | None = None
-    json_logs: bool | None = None
 
 
 class GatewayConfig(_Strict):
@@ -201,8 +210,13 @@ class GatewayConfig(_Strict):
     cache_settings: CacheSettings = Field(default_factory=CacheSettings)
     limit_settings: LimitSettings = Field(default_factory=LimitSettings)
     litellm_settings: LiteLLMSettings | None = None
-    # Informational only: where the config came from (None for embedded defaults).
+    # Set by the loader, never by the file: where the config came from (None for embedded
+    # defaults), the warnings to print at start, deployments whose provider Switchyard lacks, and
+    # model_group_alias names marked hidden.
     source: str | None = Field(default=None, exclude=True)
+    warnings: list[str] = Field(default_factory=list, exclude=True)
+    disabled: list[DisabledDeployment] = Field(default_factory=list, exclude=True)
+    hidden_models: set[str] = Field(default_factory=set, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -252,75 +266,111 @@ class GatewayConfig(_Strict):
 
 # --------------------------------------------------------------------------- loading
 
-Path_ = tuple[str | int, ...]
+# GatewayConfig fields set by the loader, never by the file.
+_LOADER_FIELDS = frozenset({"source", "warnings", "disabled"})
 
 
-def _line_map(text: str) -> dict[Path_, int]:
-    """Map each key/item path in the YAML document to its 1-based line number."""
-    lines: dict[Path_, int] = {}
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    if root is None:
-        return lines
-
-    def walk(node: yaml.Node, path: Path_) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = key_node.value
-                sub = (*path, key)
-                lines[sub] = key_node.start_mark.line + 1
-                walk(value_node, sub)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                sub = (*path, i)
-                lines[sub] = item.start_mark.line + 1
-                walk(item, sub)
-
-    lines[()] = root.start_mark.line + 1
-    walk(root, ())
-    return lines
+def _our_fields() -> dict[str, frozenset[str]]:
+    return {
+        "": frozenset(GatewayConfig.model_fields) - _LOADER_FIELDS,
+        "general_settings": frozenset(GeneralSettings.model_fields),
+        "router_settings": frozenset(RouterSettings.model_fields),
+        "litellm_settings": frozenset(LiteLLMSettings.model_fields),
+        "cache_settings": frozenset(CacheSettings.model_fields),
+        "limit_settings": frozenset(LimitSettings.model_fields),
+        "model_entry": frozenset({"model_name", "params", "litellm_params", "model_info"}),
+    }
 
 
-def _file_path(loc: Iterable[str | int], lines: dict[Path_, int]) -> tuple[Path_, int | None]:
-    """The path as written in the file (``litellm_params`` vs ``params``) and its closest line."""
-    path: list[str | int] = []
-    for part in loc:
-        if part == "params" and (*path, "params") not in lines and (*path, "litellm_params") in lines:
-            part = "litellm_params"
-        path.append(part)
-    probe = tuple(path)
-    while probe:
-        if probe in lines:
-            return tuple(path), lines[probe]
-        probe = probe[:-1]
-    return tuple(path), lines.get(())
-
-
-def _format_path(path: Iterable[str | int]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _resolve_env(value: Any, path: Path_, where: str, lines: dict[Path_, int]) -> Any:
+def _resolve_env(value: Any, path: Path_, report: ConfigReport, missing: set[Path_]) -> Any:
+    """``value`` with every ``os.environ/NAME`` read; an unset one is an error (its field is
+    then left empty, and validation problems of that field are not reported twice)."""
     if isinstance(value, str) and value.startswith(ENV_PREFIX):
         name = value[len(ENV_PREFIX) :]
         if name not in os.environ:
-            _, line = _file_path(path, lines)
-            raise ConfigError(f"{where}:{line}: {_format_path(path)}: environment variable {name} is not set")
+            report.error(path, f"environment variable {name} is not set")
+            missing.add(path)
+            return ""
         return os.environ[name]
     if isinstance(value, dict):
-        return {k: _resolve_env(v, (*path, k), where, lines) for k, v in value.items()}
+        return {k: _resolve_env(v, (*path, k), report, missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_env(v, (*path, i), where, lines) for i, v in enumerate(value)]
+        return [_resolve_env(v, (*path, i), report, missing) for i, v in enumerate(value)]
     return value
 
 
-def parse_config(text: str, where: str = "<config>") -> GatewayConfig:
-    """Validate config text; raise ``ConfigError`` naming the field and the line."""
+def _validate(
+    data: dict[str, Any], report: ConfigReport, translated: Translated, missing: set[Path_]
+) -> GatewayConfig | None:
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+            if len(loc) > 1 and loc[0] == "model_list" and isinstance(loc[1], int):
+                loc[1] = translated.model_list_index[loc[1]]  # the item's index in the file
+            path, _ = report.file_path(loc)
+            if path in missing:
+                continue
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (check the spelling; see config.example.yaml)"
+            report.error(loc, msg)
+        return None
+
+
+def _disable_unknown_providers(config: GatewayConfig, report: ConfigReport, translated: Translated) -> None:
+    """A deployment whose provider Switchyard lacks starts disabled (warned about, listed as
+    unhealthy by /health) instead of refusing the file."""
+    from providers.registry import ProviderRegistry, split_provider
+
+    known = ProviderRegistry.default().names()
+    kept: list[ModelEntry] = []
+    for i, entry in enumerate(config.model_list):
+        provider, _ = split_provider(entry.params.model)
+        if provider in known:
+            kept.append(entry)
+            continue
+        close = difflib.get_close_matches(provider, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        reason = f"provider {provider!r} is not available in Switchyard{hint}"
+        report.warn(
+            ("model_list", translated.model_list_index[i], "params", "model"),
+            f"{reason}: deployment {entry.model_name!r} starts disabled (/health lists it as unhealthy)",
+        )
+        config.disabled.append(DisabledDeployment(entry.model_name, entry.params.model, reason))
+    config.model_list = kept
+
+
+def _add_aliases(config: GatewayConfig, report: ConfigReport, translated: Translated) -> None:
+    """``router_settings.model_group_alias``: the alias serves its target group's deployments (as
+    LiteLLM lists them: copies named after the alias)."""
+    names = {e.model_name for e in config.model_list}
+    for alias, (target, hidden) in translated.aliases.items():
+        loc = ("router_settings", "model_group_alias", alias)
+        if alias in names:
+            report.warn(loc, f"{alias!r} is also a model_list model_name: the model_list entries serve it")
+            continue
+        targets = [e for e in config.model_list if e.model_name == target]
+        if not targets:
+            report.warn(loc, f"no model group {target!r} to alias: {alias!r} is not served")
+            continue
+        for entry in targets:
+            copy = entry.model_copy(deep=True, update={"model_name": alias})
+            if copy.model_info is not None:
+                copy.model_info.id = None  # a deployment id of its own, derived from the alias
+            config.model_list.append(copy)
+        if hidden:
+            config.hidden_models.add(alias)
+
+
+def parse_config(text: str, where: str = "<config>", *, strict: bool = False) -> GatewayConfig:
+    """Validate config text; raise ``ConfigError`` listing every problem of the file, each with
+    its field and line. LiteLLM settings Switchyard does not implement are warnings
+    (``GatewayConfig.warnings``), errors when ``strict``. Applies ``environment_variables``."""
     try:
         data = yaml.safe_load(text)
-        lines = _line_map(text)
+        lines = line_map(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -330,36 +380,21 @@ def parse_config(text: str, where: str = "<config>") -> GatewayConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}:1: the config must be a mapping (model_list:, general_settings:, ...)")
-    data = _resolve_env(data, (), where, lines)
-    try:
-        config = GatewayConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-            path, line = _file_path(loc, lines)
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field (check the spelling; see config.example.yaml)"
-            problems.append(f"{where}:{line}: {_format_path(path)}: {msg}")
-        raise ConfigError("\n".join(problems)) from None
-    _check_providers(config, where, lines)
+    report = ConfigReport(where, lines)
+    apply_environment(data, report)
+    missing: set[Path_] = set()
+    data = _resolve_env(data, (), report, missing)
+    translated = translate(data, _our_fields(), report)
+    config = _validate(data, report, translated, missing)
+    if config is not None:
+        _disable_unknown_providers(config, report, translated)
+        _add_aliases(config, report, translated)
+    errors = report.errors + ([f"{w} [--strict]" for w in report.warnings] if strict else [])
+    if errors or config is None:
+        raise ConfigError("\n".join(errors))
+    config.warnings = report.warnings
     config.source = where
     return config
-
-
-def _check_providers(config: GatewayConfig, where: str, lines: dict[Path_, int]) -> None:
-    from providers.registry import ProviderRegistry, split_provider
-
-    known = ProviderRegistry.default().names()
-    for i, entry in enumerate(config.model_list):
-        provider, _ = split_provider(entry.params.model)
-        if provider not in known:
-            path, line = _file_path(("model_list", i, "params", "model"), lines)
-            raise ConfigError(
-                f"{where}:{line}: {_format_path(path)}: unknown provider {provider!r} "
-                f"(known: {', '.join(known)})"
-            )
 
 
 def _default_model_list() -> list[ModelEntry]:
@@ -372,7 +407,7 @@ def _default_model_list() -> list[ModelEntry]:
     return [ModelEntry(model_name="smollm2", params=DeploymentParams(model="local/smollm2"))]
 
 
-def load_config(path: str | os.PathLike[str] | None) -> GatewayConfig:
+def load_config(path: str | os.PathLike[str] | None, *, strict: bool = False) -> GatewayConfig:
     """The config from ``path``, or the embedded defaults (plus the local SmolLM2) when ``path`` is None."""
     if path is None:
         return GatewayConfig(model_list=_default_model_list())
@@ -381,4 +416,4 @@ def load_config(path: str | os.PathLike[str] | None) -> GatewayConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config: {exc.strerror or exc}") from None
-    return parse_config(text, str(p))
+    return parse_config(text, str(p), strict=strict)

@@ -67,8 +67,15 @@ def test_missing_env_var_names_field_and_line() -> None:
 
 
 def test_unknown_provider_and_typo_at_top_level() -> None:
-    with pytest.raises(ConfigError, match=r"c.yaml:4: model_list\[0\].params.model: unknown provider 'nope'"):
-        parse_config("model_list:\n  - model_name: a\n    params:\n      model: nope/x\n", "c.yaml")
+    # An unknown provider disables its deployment with a warning; --strict refuses it.
+    text = "model_list:\n  - model_name: a\n    params:\n      model: nope/x\n"
+    config = parse_config(text, "c.yaml")
+    assert config.model_list == [] and [d.model for d in config.disabled] == ["nope/x"]
+    assert config.warnings[0].startswith(
+        "c.yaml:4: model_list[0].params.model: provider 'nope' is not available"
+    )
+    with pytest.raises(ConfigError, match=r"c.yaml:4: model_list\[0\].params.model: provider 'nope'"):
+        parse_config(text, "c.yaml", strict=True)
     with pytest.raises(ConfigError, match=r"c.yaml:2: modle_list: unknown field"):
         parse_config("general_settings: {}\nmodle_list: []\n", "c.yaml")
     with pytest.raises(ConfigError, match=r"c.yaml:2: cache_settings.ttl"):

@@ -1,0 +1,171 @@
+"""LiteLLM config files start unchanged: the examples shipped in LiteLLM's wheel (when the peer is
+installed under bench/.peers/litellm) and the ones copied from its docs into litellm_configs/.
+
+Each file loads with every ``os.environ/NAME`` it references set, LiteLLM settings Switchyard does
+not implement come back as warnings (never errors), and only YAML that does not parse is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).parent / "litellm_configs"
+_PEER_SITE = sorted((REPO / "bench" / ".peers" / "litellm" / "lib").glob("python3*/site-packages/litellm"))
+PEER = _PEER_SITE[0] if _PEER_SITE else None
+
+
+def _peer_configs() -> list[Path]:
+    if PEER is None:
+        return []
+    proxy = PEER / "proxy"
+    return sorted([*proxy.glob("example_config_yaml/*.yaml"), *proxy.glob("*.yaml")])
+
+
+@pytest.fixture
+def env_restored() -> Iterator[None]:
+    """Loading applies the file's environment_variables to os.environ (as LiteLLM does): undo it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _set_references(path: Path) -> None:
+    for name in re.findall(r"os\.environ/([A-Za-z_][A-Za-z0-9_]*)", path.read_text()):
+        os.environ.setdefault(name, f"test-{name.lower()}")
+
+
+def _load(path: Path) -> list[str]:
+    """The file's warnings; a ConfigError only when its YAML does not parse."""
+    _set_references(path)
+    os.environ.pop("REDIS_URL", None)
+    try:
+        return load_config(path).warnings
+    except ConfigError as exc:
+        message = str(exc)
+        assert "invalid YAML" in message and len(message.splitlines()) == 1, message
+        return []
+
+
+@pytest.mark.skipif(
+    PEER is None, reason="LiteLLM peer not installed (bench/.peers/litellm); CI uses the fixtures"
+)
+@pytest.mark.parametrize("path", _peer_configs(), ids=lambda p: p.name)
+def test_litellm_wheel_example_configs_load(path: Path, env_restored: None) -> None:
+    for warning in _load(path):
+        assert warning.startswith(f"{path}:"), warning
+
+
+def test_peer_examples_found_when_installed() -> None:
+    # The parametrized test above must not pass by finding nothing.
+    if PEER is None:
+        pytest.skip("LiteLLM peer not installed (bench/.peers/litellm)")
+    assert len(_peer_configs()) >= 20
+
+
+# Per fixture: warnings expected (substrings), models served, deployments disabled.
+EXPECTED: dict[str, tuple[list[str], list[str], list[str]]] = {
+    "configs_quick_start.yaml": (
+        ["general_settings.alerting: LiteLLM setting not implemented", "litellm_settings.success_callback"],
+        ["gpt-4o", "bedrock-claude-v1", "anthropic-claude", "vllm-models"],
+        [],
+    ),
+    "proxy_server_config.yaml": (
+        [
+            "general_settings.store_model_in_db",
+            "general_settings.proxy_batch_write_at",
+            "general_settings.database_connection_pool_limit",
+            "router_settings.enable_pre_call_checks",
+            "litellm_settings.default_team_settings",
+            "provider 'sagemaker' is not available in Switchyard",
+            "no model group 'fake-openai-endpoint-3' to alias",
+        ],
+        ["gpt-3.5-turbo", "gpt-3.5-turbo-large", "text-embedding-ada-002"],
+        ["sagemaker/berri-benchmarking-Llama-2-70b-chat-hf-4"],
+    ),
+    "config_settings_reference.yaml": (
+        [
+            "litellm_settings.callbacks",
+            "litellm_settings.failure_callback",
+            "callback_settings",
+            "general_settings.enable_jwt_auth",
+            "general_settings.background_health_checks",
+            "general_settings.health_check_interval",
+            "general_settings.otel",
+        ],
+        ["string"],
+        [],
+    ),
+    "load_balancing.yaml": ([], ["gpt-3.5-turbo", "gpt-4"], []),
+    "guardrails_mcp_logging.yaml": (
+        [
+            ":16: guardrails: LiteLLM setting not implemented",
+            "mcp_servers",
+            "search_tools",
+            "entry 'claude-3-5-sonnet' has model_info but no litellm_params: skipped",
+        ],
+        ["gpt-3.5-turbo"],
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_litellm_docs_configs_load(name: str, env_restored: None) -> None:
+    path = FIXTURES / name
+    _set_references(path)
+    os.environ.pop("REDIS_URL", None)
+    config = load_config(path)
+    warnings, models, disabled = EXPECTED[name]
+    for expected in warnings:
+        assert sum(expected in w for w in config.warnings) == 1, (expected, config.warnings)
+    assert list(dict.fromkeys(e.model_name for e in config.model_list)) == models
+    assert [d.model for d in config.disabled] == disabled
+    # --strict refuses a file with warnings, and only such a file.
+    with pytest.raises(ConfigError) if config.warnings else contextlib.nullcontext():
+        load_config(path, strict=True)
+
+
+def test_every_fixture_is_covered() -> None:
+    assert sorted(p.name for p in FIXTURES.glob("*.yaml")) == sorted(EXPECTED)
+
+
+def test_load_balancing_maps_limits_strategy_alias_and_redis(env_restored: None) -> None:
+    os.environ.pop("REDIS_URL", None)
+    config = load_config(FIXTURES / "load_balancing.yaml")
+    first = config.model_list[0].params
+    assert (first.tpm, first.rpm) == (20000, 3)  # entry-level limits beside litellm_params
+    assert config.model_list[2].params.rpm == 1440  # the one inside litellm_params
+    assert config.router_settings.routing_strategy == "usage-based-routing"  # usage-based-routing-v2
+    assert (
+        config.general_settings.redis_url == "redis://:%3Cyour%20redis%20password%3E@<your redis host>:1992/0"
+    )
+    # The alias serves the target's three deployments under its own name.
+    assert [e.params.model for e in config.model_list if e.model_name == "gpt-4"] == [
+        e.params.model for e in config.model_list if e.model_name == "gpt-3.5-turbo"
+    ]
+    assert os.environ["REDIS_HOST"] == "localhost"  # environment_variables applied
+
+
+def test_redis_url_from_env_wins_over_router_redis_host(env_restored: None) -> None:
+    os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/3"
+    config = parse_config("router_settings:\n  redis_host: elsewhere\n  redis_port: 1\n")
+    assert config.general_settings.redis_url == "redis://127.0.0.1:6379/3"
+
+
+def test_invalid_yaml_is_one_clear_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("model_list:\n  - model_name: a\n    litellm_params: {model: openai/x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert len(str(err.value).splitlines()) == 1
+    assert str(err.value).startswith(f"{path}:") and "invalid YAML" in str(err.value)
