@@ -287,6 +287,7 @@ def litellm_proxy(gw: GatewayProcess, *args: str) -> str:
             "HOME": home,
             "LITELLM_PROXY_URL": gw.base_url,
             "LITELLM_PROXY_API_KEY": MASTER_KEY,
+            "COLUMNS": "300",  # rich would cut the table's cells to fit 80 columns
         }
         done = subprocess.run(
             [str(PEER_CLI), *args], env=env, capture_output=True, text=True, timeout=120, cwd=Path(home)
@@ -316,7 +317,14 @@ def test_litellm_proxy_cli_adds_lists_and_deletes_models(
     listed = json.loads(litellm_proxy(second, "models", "info", "--format", "json"))
     mine = [m for m in listed if m["model_name"] == name]
     assert len(mine) == 1 and mine[0]["litellm_params"]["api_key"] == "********"
+    model_id = mine[0]["model_info"]["id"]
+    table = litellm_proxy(second, "models", "info", "--columns", "public_model,upstream_model,updated_at,id")
+    assert name in table and "from-cli" in table
     names = json.loads(litellm_proxy(first, "models", "list", "--format", "json"))
     assert name in {m["id"] for m in names}
-    litellm_proxy(first, "models", "delete", mine[0]["model_info"]["id"])
+    groups = json.loads(litellm_proxy(first, "model-groups", "list", "--format", "json"))
+    assert [g["mode"] for g in groups if g["model_group"] == name] == ["chat"]
+    litellm_proxy(second, "models", "update", model_id, "--param", "api_key=sk-cli-rotated")
+    eventually(lambda: served(first, name, fake_upstream, "sk-cli-rotated"), "the rotated key is used")
+    litellm_proxy(first, "models", "delete", model_id)
     assert gone(first, name)
