@@ -78,6 +78,7 @@ ACCESS: dict[str, dict[Role, Scope]] = {
     "/user/info": {_PA: _ALL, _PV: _ALL, _TA: _SELF, _IU: _SELF},
     "/user/list": {_PA: _ALL, _PV: _ALL},
     "/spend/logs": {_PA: _ALL, _PV: _ALL, _TA: _TEAM},
+    "/spend/tags": {_PA: _ALL, _PV: _ALL, _TA: _TEAM},
     "/global/spend/report": {_PA: _ALL, _PV: _ALL},
     # Models in the database (gateway/admin/models.py); SELF: the models the calling key may use.
     "/model/new": {_PA: _ALL},

@@ -3,7 +3,7 @@
 Keys: /key/generate, /key/update, /key/delete, /key/info, /key/list, /key/regenerate, /key/block,
 /key/unblock. Teams: /team/new, /team/update, /team/delete, /team/info, /team/list,
 /team/member_add, /team/member_delete. Users: /user/new, /user/info, /user/update, /user/delete,
-/user/list. Spend: /spend/logs, /global/spend/report.
+/user/list. Spend: /spend/logs, /spend/tags, /global/spend/report.
 
 Every handler first checks the caller's role against its row of ``access.ACCESS`` (before reading
 the body), then the objects it touches against the caller's scope. Every write runs in one
@@ -938,6 +938,39 @@ async def spend_logs(
                 "metadata": r["metadata"],
                 # The key's tags (``gateway.keys.policy``), under LiteLLM's name for them.
                 "request_tags": (r["metadata"] or {}).get("tags", []),
+            }
+            for r in rows
+        ]
+    )
+
+
+@router.get("/spend/tags")
+async def spend_tags(
+    request: Request, start_date: str | None = None, end_date: str | None = None
+) -> Response:
+    """LiteLLM's spend per tag: every tag on the spend rows (a key's ``tags``), with its row count
+    and total spend, largest first; a team admin sees its team's rows only."""
+    start, end = _date(start_date, "start_date"), _date(end_date, "end_date")
+    scope = await _allow(request, "/spend/tags")
+    async with _read(request) as (conn, caller):
+        team_id = caller.team_id if scope is Scope.TEAM else None
+        rows = await conn.fetch(
+            "SELECT tag, count(*) AS log_count, sum(spend) AS total_spend FROM spend_logs, "
+            "jsonb_array_elements_text(CASE WHEN jsonb_typeof(metadata -> 'tags') = 'array' "
+            "THEN metadata -> 'tags' ELSE '[]'::jsonb END) AS tag "
+            "WHERE ($1::text IS NULL OR team_id = $1) AND ($2::date IS NULL OR start_time >= $2::date) "
+            "AND ($3::date IS NULL OR start_time < $3::date + 1) "
+            "GROUP BY tag ORDER BY total_spend DESC, tag",
+            team_id,
+            start,
+            end,
+        )
+    return _json(
+        [
+            {
+                "individual_request_tag": r["tag"],
+                "log_count": r["log_count"],
+                "total_spend": float(r["total_spend"]),
             }
             for r in rows
         ]

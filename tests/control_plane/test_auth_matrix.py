@@ -201,6 +201,7 @@ MATRIX: dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]] = 
     ("GET", "/user/list"): (lambda w: Req("/user/list"), ADMIN_READ),
     # Spend.
     ("GET", "/spend/logs"): (lambda w: Req("/spend/logs"), TEAM_READ),
+    ("GET", "/spend/tags"): (lambda w: Req("/spend/tags"), TEAM_READ),
     ("GET", "/global/spend/report"): (lambda w: Req("/global/spend/report"), ADMIN_READ),
     # Models in the database: proxy admins write; every key reads (the models it may use).
     ("POST", "/model/new"): (

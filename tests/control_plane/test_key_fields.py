@@ -206,6 +206,14 @@ def test_tags_reach_spend_rows(gateway: GatewayProcess, database_url: str) -> No
         timeout=30,
     ).json()
     assert [log["request_tags"] for log in logs] == [["team-search", "prod"]]
+    by_tag = httpx.get(
+        gateway.base_url + "/spend/tags", headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30
+    ).json()
+    tagged = {row["individual_request_tag"]: row for row in by_tag}
+    assert tagged["team-search"]["log_count"] >= 1 and tagged["team-search"]["total_spend"] >= float(
+        UNIT_COST
+    )
+    assert {"team-search", "prod"} <= set(tagged)
     # tags alone changes only the tags; null clears them, the rest of metadata stays.
     updated = admin(gateway, "/key/update", {"key": key, "tags": ["prod"]})
     assert updated["metadata"] == {"owner": "search", "tags": ["prod"]}
