@@ -9,6 +9,8 @@ text is scrubbed of every configured secret.
 A wildcard deployment (``model: anthropic/*``) has no model of its own to ask for: the full probe
 checks it where no model is needed (an OpenAI-compatible ``/models``) and otherwise lists it under
 ``skipped_endpoints``; ``?model=<a name it serves>`` probes it with that name as its model.
+Deployments that start disabled (their provider is not available: ``GatewayConfig.disabled``)
+are listed as unhealthy, with the reason, and never probed.
 When the gateway requires keys, only the master key (an admin) may call it.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -31,6 +34,7 @@ from providers.redaction import call_scrubber, scrub
 from providers.registry import OPENAI_COMPATIBLE_PROVIDERS
 
 if TYPE_CHECKING:
+    from gateway.config import DisabledDeployment
     from gateway.routing.deployment import Deployment
     from gateway.routing.router import Router
 
@@ -152,6 +156,15 @@ async def probe_all(router: Router, limit_s: float, model: str | None = None) ->
     return report
 
 
+def add_disabled(report: dict[str, Any], disabled: Sequence[DisabledDeployment]) -> None:
+    """List the config's disabled deployments as unhealthy endpoints in ``report``."""
+    for d in disabled:
+        report["unhealthy_endpoints"].append(
+            {"model_name": d.model_name, "model": d.model, "error": f"disabled at start: {d.reason}"}
+        )
+    report["unhealthy_count"] = len(report["unhealthy_endpoints"])
+
+
 async def health(request: Request) -> Response:
     """``GET /health[?model=name&timeout=seconds]``: admin only when the gateway requires keys."""
     services = request.app.state.services
@@ -171,6 +184,8 @@ async def health(request: Request) -> Response:
             raise GatewayError(400, "timeout must be a number of seconds", param="timeout") from None
         timeout = min(max(timeout, 0.05), MAX_PROBE_TIMEOUT_S)
         report = await probe_all(services.router, timeout, model)
+        if model is None:
+            add_disabled(report, services.config.disabled)
     except Exception as exc:
         err = as_gateway_error(exc)
         return Response(err.body(), err.status, headers=err.headers, media_type="application/json")
