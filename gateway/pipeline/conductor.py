@@ -87,7 +87,7 @@ class Endpoint:
         run = _Run(self.door, scope["app"].state.services, headers, request_id, started)
         metrics.IN_FLIGHT.inc()
         try:
-            await run.serve(receive, send)
+            await run.serve(scope, receive, send)
         except ClientGone:
             run.status = 499
         except Exception as exc:
@@ -134,7 +134,7 @@ class _Run:
         self.cache_hit = False
         self.error_code: str | None = None
 
-    async def serve(self, receive: Receive, send: Send) -> None:
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         services, door, headers = self.services, self.door, self.headers
         # 1. Authenticate.
         principal = await services.auth.authenticate(door.token(headers))
@@ -198,7 +198,7 @@ class _Run:
                 recorder = cache.recorder(plan) if req.stream else None
 
             # 6. Route and call the provider; the watch cancels it if the client goes away.
-            with DisconnectWatch(receive) as watch:
+            with DisconnectWatch(receive, scope) as watch:
                 upstream_started = time.monotonic()
                 inv = Invocation(door.capability, req.body, req.request, req.stream, req.estimated_tokens)
                 routed = await services.router.route(req.model, inv, ctx)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from gateway.pipeline.stages import Admission
-from gateway.server.body import ClientGone
+from gateway.server.body import DISCONNECT_KEY, ClientGone
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -29,14 +29,19 @@ SSE_HEADERS: Headers = [
 class DisconnectWatch:
     """Cancels the current task when the client disconnects; ``gone`` tells whether it did.
 
-    The request body has been read by now, so the next ASGI message can only be
-    ``http.disconnect`` (uvicorn also sends it once the response is complete, hence ``finish``).
+    Under the gateway's own server protocol the scope carries ``DISCONNECT_KEY`` and the
+    protocol calls ``client_gone`` from ``connection_lost`` (or leaves ``False`` there when the
+    client left before the watch began). Under any other ASGI server a
+    watcher task waits on ``receive``: the request body has been read by now, so the next ASGI
+    message can only be ``http.disconnect`` (uvicorn also sends it once the response is
+    complete, hence ``finish``).
     """
 
-    __slots__ = ("_done", "_task", "_watcher", "gone", "receive")
+    __slots__ = ("_done", "_scope", "_task", "_watcher", "gone", "receive")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, scope: Scope) -> None:
         self.receive = receive
+        self._scope = scope
         self.gone = False
         self._done = False
         self._task: asyncio.Task[Any] | None = None
@@ -44,7 +49,14 @@ class DisconnectWatch:
 
     def __enter__(self) -> DisconnectWatch:
         self._task = asyncio.current_task()
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        scope = self._scope
+        if DISCONNECT_KEY in scope:
+            already_gone = scope[DISCONNECT_KEY] is False
+            scope[DISCONNECT_KEY] = self  # the server protocol reports the disconnect
+            if already_gone:
+                self.client_gone()  # cancels at the first await inside the ``with``
+        else:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
         return self
 
     async def _watch(self) -> None:
@@ -52,6 +64,10 @@ class DisconnectWatch:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 break
+        self.client_gone()
+
+    def client_gone(self) -> None:
+        """The client's connection is gone: cancel the request unless its answer is complete."""
         if not self._done and self._task is not None:
             self.gone = True
             self._task.cancel()

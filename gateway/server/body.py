@@ -32,6 +32,12 @@ class ClientGone(Exception):
     """The client disconnected before the request body was read."""
 
 
+# A scope key set by ``gateway.server.protocol``: the server itself reports a client that goes
+# away mid-answer (its ``connection_lost``) to the ``DisconnectWatch`` stored under this key,
+# so the watch needs no task of its own per request.
+DISCONNECT_KEY = "switchyard.disconnect_watch"
+
+
 def too_large(limit: int) -> GatewayError:
     mb = limit / (1024 * 1024)
     return GatewayError(

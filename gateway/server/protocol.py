@@ -27,6 +27,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.errors import GatewayError
+from gateway.server.body import DISCONNECT_KEY
 from gateway.server.bounds import RequestBounds
 from gateway.server.coalesce import CoalescingWriter
 
@@ -73,6 +74,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            scope = cycle.scope
+            watch = scope.get(DISCONNECT_KEY)
+            if watch is None and DISCONNECT_KEY in scope:
+                scope[DISCONNECT_KEY] = False  # gone before the app started watching
+            elif watch:  # a DisconnectWatch is waiting on this answer
+                watch.client_gone()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -142,6 +151,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 break
         self._phase = _BODY
         self._deadline = self.loop.time() + bounds.body_timeout_s
+        self.scope[DISCONNECT_KEY] = None  # this server reports disconnects (DisconnectWatch)
         super().on_headers_complete()
         if self.cycle is not None:
             self.cycle.transport = self._writer  # type: ignore[assignment]
