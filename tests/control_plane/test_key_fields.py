@@ -169,6 +169,11 @@ def test_aliases_route_to_their_target(gateway: GatewayProcess, fake_upstream: F
     reply = client.chat.completions.create(model="my-model", messages=[{"role": "user", "content": "alias"}])
     assert reply.model == "gpt-4o"
     assert fake_upstream.requests[before:][-1].body["model"] == "gpt-4o"
+    # The typed path too (the Messages door translates the request for the upstream).
+    messages = anthropic.Anthropic(base_url=gateway.base_url, api_key=created["key"], max_retries=0)
+    before = len(fake_upstream.requests)
+    messages.messages.create(model="my-model", max_tokens=16, messages=[{"role": "user", "content": "alias"}])
+    assert fake_upstream.requests[before:][-1].body["model"] == "gpt-4o"
     # Access is checked on the target: the alias of a model the key may not use is refused.
     other = new_key(gateway, models=["gpt-4o-mini"], aliases={"sneaky": "gpt-4o"})
     with pytest.raises(openai.PermissionDeniedError):
