@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-from gateway.auth import request_token
+from gateway.auth import KEY_HEADERS, request_token
 from gateway.errors import GatewayError
 from providers.contract import Operation
 from providers.schema import GenerationRequest, GenerationResponse, StreamEvent
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 # Recorded in spend_logs.operation: the client API the request came through.
 DoorOperation = Literal["chat", "embeddings", "completions", "messages", "responses"]
 ErrorFormat = Literal["openai", "anthropic"]
+_KEY_HEADER_BYTES = {name: name.encode() for name in KEY_HEADERS}  # ASGI header names are bytes
 
 
 @dataclass(slots=True)
@@ -98,7 +99,7 @@ class Door:
         """The caller's API key from any header LiteLLM accepts, in its order (``KEY_HEADERS``)."""
 
         def get(name: str) -> str | None:
-            value = headers.get(name.encode())
+            value = headers.get(_KEY_HEADER_BYTES[name])
             return None if value is None else value.decode("latin-1")
 
         return request_token(get)
