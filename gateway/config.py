@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # cache_settings and limit_settings are defined next to the code they configure.
 from gateway.cache.settings import CacheSettings
-from gateway.config_compat import ENV_PREFIX, Translated, apply_environment, translate
+from gateway.config_compat import ENV_PREFIX, Translated, apply_environment, prepare, translate
 from gateway.config_report import ConfigReport, Path_, line_map
 from gateway.limits.settings import LimitSettings
 
@@ -282,9 +282,12 @@ def _our_fields() -> dict[str, frozenset[str]]:
     }
 
 
-def _resolve_env(value: Any, path: Path_, report: ConfigReport, missing: set[Path_]) -> Any:
-    """``value`` with every ``os.environ/NAME`` read; an unset one is an error (its field is
-    then left empty, and validation problems of that field are not reported twice)."""
+def _resolve_env(value: Any, path: Path_, report: ConfigReport, missing: set[Path_], skip: set[Path_]) -> Any:
+    """``value`` with every ``os.environ/NAME`` read (except under ``skip``); an unset one is an
+    error (its field is then left empty, and validation problems of that field are not reported
+    twice)."""
+    if path in skip:
+        return value
     if isinstance(value, str) and value.startswith(ENV_PREFIX):
         name = value[len(ENV_PREFIX) :]
         if name not in os.environ:
@@ -293,9 +296,9 @@ def _resolve_env(value: Any, path: Path_, report: ConfigReport, missing: set[Pat
             return ""
         return os.environ[name]
     if isinstance(value, dict):
-        return {k: _resolve_env(v, (*path, k), report, missing) for k, v in value.items()}
+        return {k: _resolve_env(v, (*path, k), report, missing, skip) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_env(v, (*path, i), report, missing) for i, v in enumerate(value)]
+        return [_resolve_env(v, (*path, i), report, missing, skip) for i, v in enumerate(value)]
     return value
 
 
@@ -309,6 +312,9 @@ def _validate(
             loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
             if len(loc) > 1 and loc[0] == "model_list" and isinstance(loc[1], int):
                 loc[1] = translated.model_list_index[loc[1]]  # the item's index in the file
+            written = translated.renamed.get((str(loc[0]), str(loc[1]))) if len(loc) > 1 else None
+            if written is not None:
+                loc[:2] = written  # a LiteLLM setting moved to ours: name it as the file does
             path, _ = report.file_path(loc)
             if path in missing:
                 continue
@@ -382,9 +388,11 @@ def parse_config(text: str, where: str = "<config>", *, strict: bool = False) ->
         raise ConfigError(f"{where}:1: the config must be a mapping (model_list:, general_settings:, ...)")
     report = ConfigReport(where, lines)
     apply_environment(data, report)
+    translated = prepare(data, _our_fields(), report)
     missing: set[Path_] = set()
-    data = _resolve_env(data, (), report, missing)
-    translated = translate(data, _our_fields(), report)
+    skipped = {("model_list", i) for i in translated.skipped}
+    data = _resolve_env(data, (), report, missing, skipped)
+    translate(data, report, translated)
     config = _validate(data, report, translated, missing)
     if config is not None:
         _disable_unknown_providers(config, report, translated)

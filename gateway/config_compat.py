@@ -38,6 +38,10 @@ class Translated:
     aliases: dict[str, tuple[str, bool]] = field(default_factory=dict)
     # For each model_list item that reaches validation, its index in the file.
     model_list_index: list[int] = field(default_factory=list)
+    # model_list items skipped (no litellm_params), by their index in the file.
+    skipped: set[int] = field(default_factory=set)
+    # Our (section, key) -> the LiteLLM (section, key) the file wrote it as, for error messages.
+    renamed: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
 
 def _suggest(key: str, candidates: set[str] | frozenset[str]) -> str:
@@ -165,37 +169,52 @@ def _litellm_cache_redis(data: dict[str, Any], ls: dict[str, Any]) -> None:
     data["general_settings"] = {**(general if isinstance(general, dict) else {}), "redis_url": url}
 
 
-def _model_list(
+def _renamed(data: dict[str, Any], report: ConfigReport, out: Translated) -> None:
+    """Move LiteLLM settings that Switchyard has under another name to that name (see RENAMED)."""
+    for (section, key), (ours, our_key) in litellm_keys.RENAMED.items():
+        source = data.get(section)
+        if not isinstance(source, dict) or key not in source:
+            continue
+        value = source.pop(key)
+        if value is None or value == 0:
+            # LiteLLM's reference writes 0 for "unset"; ours must be positive.
+            report.warn((section, key), f"{value!r} is not a value for {ours}.{our_key}: its default applies")
+            continue
+        target = data.get(ours)
+        target = dict(target) if isinstance(target, dict) else {}
+        if our_key not in target:
+            target[our_key] = value
+            out.renamed[(ours, our_key)] = (section, key)
+        data[ours] = target
+
+
+def _prepare_model_list(
     items: list[Any], entry_fields: frozenset[str], report: ConfigReport, out: Translated
-) -> list[Any]:
-    kept: list[Any] = []
+) -> None:
     for i, item in enumerate(items):
         loc: tuple[str | int, ...] = ("model_list", i)
-        if isinstance(item, dict):
-            if "litellm_params" not in item and "params" not in item:
-                # LiteLLM's examples list such entries (model_info alone, or a bare model_name).
-                what = (
-                    "has model_info but no litellm_params"
-                    if "model_info" in item
-                    else "has no litellm_params"
-                )
-                report.warn(loc, f"entry {item.get('model_name')!r} {what}: skipped, not served")
-                continue
-            params = item.get("litellm_params", item.get("params"))
-            for limit in ("tpm", "rpm"):
-                # LiteLLM allows a deployment's limits beside its litellm_params; those inside win.
-                if limit in item and isinstance(params, dict):
-                    value = item.pop(limit)
-                    params.setdefault(limit, value)
-            _filter(report, item, loc, entry_fields | litellm_keys.MODEL_ENTRY, None)
-        kept.append(item)
-        out.model_list_index.append(i)
-    return kept
+        if not isinstance(item, dict):
+            continue
+        if "litellm_params" not in item and "params" not in item:
+            # LiteLLM's examples list such entries (model_info alone, or a bare model_name).
+            what = "has model_info but no litellm_params" if "model_info" in item else "has no litellm_params"
+            report.warn(loc, f"entry {item.get('model_name')!r} {what}: skipped, not served")
+            out.skipped.add(i)
+            continue
+        _filter(report, item, loc, entry_fields | litellm_keys.MODEL_ENTRY, None)
 
 
-def translate(data: dict[str, Any], fields: Mapping[str, frozenset[str]], report: ConfigReport) -> Translated:
-    """Rewrite ``data`` (the file, ``os.environ/`` references resolved) in place into what our
-    models validate; ``fields`` holds our own keys by section ("" the top level, "model_entry")."""
+def _mapped(section: str) -> frozenset[str]:
+    """The LiteLLM keys of ``section`` that ``translate`` maps onto ours."""
+    renamed = {key for (sec, key) in litellm_keys.RENAMED if sec == section}
+    return litellm_keys.MAPPED.get(section, frozenset()) | renamed
+
+
+def prepare(data: dict[str, Any], fields: Mapping[str, frozenset[str]], report: ConfigReport) -> Translated:
+    """Before ``os.environ/`` references are read: drop from ``data`` every key Switchyard does not
+    use (warning about LiteLLM's, refusing the others), so a setting that is ignored never needs
+    its environment variable. ``fields`` holds our own keys by section ("" the top level,
+    "model_entry")."""
     out = Translated()
     theirs_top = litellm_keys.TOP_LEVEL
     for key in list(data):
@@ -206,12 +225,6 @@ def translate(data: dict[str, Any], fields: Mapping[str, frozenset[str]], report
         else:
             report.error((str(key),), _suggest(str(key), fields[""] | theirs_top))
         del data[key]
-    rs = data.get("router_settings")
-    if isinstance(rs, dict):
-        _router(data, rs, report, out)
-    ls = data.get("litellm_settings")
-    if isinstance(ls, dict):
-        _litellm_cache_redis(data, ls)
     for section in (
         "general_settings",
         "router_settings",
@@ -222,8 +235,42 @@ def translate(data: dict[str, Any], fields: Mapping[str, frozenset[str]], report
         value = data.get(section)
         if isinstance(value, dict):
             litellm_section = section if section in litellm_keys.SECTIONS else None
-            _filter(report, value, (section,), fields[section], litellm_section)
+            _filter(
+                report,
+                value,
+                (section,),
+                fields[section] | _mapped(section),
+                litellm_section,
+            )
     items = data.get("model_list")
     if isinstance(items, list):
-        data["model_list"] = _model_list(items, fields["model_entry"], report, out)
+        _prepare_model_list(items, fields["model_entry"], report, out)
     return out
+
+
+def translate(data: dict[str, Any], report: ConfigReport, out: Translated) -> None:
+    """After ``os.environ/`` references are read: map the LiteLLM settings kept by ``prepare`` onto
+    ours, in place, so our models validate ``data``."""
+    rs = data.get("router_settings")
+    if isinstance(rs, dict):
+        _router(data, rs, report, out)
+    ls = data.get("litellm_settings")
+    if isinstance(ls, dict):
+        _litellm_cache_redis(data, ls)
+    _renamed(data, report, out)
+    items = data.get("model_list")
+    if not isinstance(items, list):
+        return
+    kept: list[Any] = []
+    for i, item in enumerate(items):
+        if i in out.skipped:
+            continue
+        if isinstance(item, dict):
+            params = item.get("litellm_params", item.get("params"))
+            for limit in ("tpm", "rpm"):
+                # LiteLLM allows a deployment's limits beside its litellm_params; those inside win.
+                if limit in item and isinstance(params, dict):
+                    params.setdefault(limit, item.pop(limit))
+        kept.append(item)
+        out.model_list_index.append(i)
+    data["model_list"] = kept

@@ -1031,6 +1031,28 @@ SECTIONS: dict[str, frozenset[str]] = {
     "litellm_settings": LITELLM_SETTINGS | _DOCUMENTED_LITELLM_SETTINGS,
 }
 
+# LiteLLM settings Switchyard maps onto its own (gateway.config_compat): kept, never warned about.
+MAPPED: dict[str, frozenset[str]] = {
+    "router_settings": frozenset(
+        {"redis_host", "redis_port", "redis_password", "redis_url", "model_group_alias"}
+    ),
+}
+
+# LiteLLM settings with a Switchyard counterpart under another name: (section, key) -> (our section,
+# our key). The value moves there unless the file sets ours too (then ours wins).
+RENAMED: dict[tuple[str, str], tuple[str, str]] = {
+    # "The maximum size for requests in MB": our request body limit.
+    ("general_settings", "max_request_size_mb"): ("general_settings", "max_request_body_mb"),
+    # "Time (in seconds) to wait before batch writing spend logs to the db".
+    ("general_settings", "proxy_batch_write_at"): ("general_settings", "spend_flush_interval_s"),
+    # "The time (in seconds) to cache user api keys in memory".
+    ("general_settings", "user_api_key_cache_ttl"): ("general_settings", "key_cache_ttl_s"),
+    # "The timeout for database connections in seconds".
+    ("general_settings", "database_connection_timeout"): ("general_settings", "database_timeout_s"),
+    # "The max parallel requests allowed on the proxy all up".
+    ("general_settings", "global_max_parallel_requests"): ("limit_settings", "max_parallel_requests"),
+}
+
 _LOGGING = "no requests are sent to it; spend logs, /metrics and the gateway log still record every request"
 
 _ALERTS = "no Slack/webhook alerts; watch /metrics and the gateway log instead"
@@ -1057,8 +1079,6 @@ INSTEAD: dict[str, str] = {
     "when called, and failing deployments cool down on their own",
     "general_settings.health_check_interval": "no background probes; GET /health probes when called",
     "general_settings.database_connection_pool_limit": "Switchyard's own small connection pool is used",
-    "general_settings.database_connection_timeout": "general_settings.database_timeout_s applies",
-    "general_settings.proxy_batch_write_at": "spend is written every general_settings.spend_flush_interval_s",
     "general_settings.otel": "no OpenTelemetry export; /metrics serves Prometheus metrics",
     "general_settings.enable_jwt_auth": "JWTs are not accepted: callers use the master key or virtual keys",
     "general_settings.litellm_jwtauth": "JWTs are not accepted: callers use the master key or virtual keys",

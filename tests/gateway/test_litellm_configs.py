@@ -82,7 +82,6 @@ EXPECTED: dict[str, tuple[list[str], list[str], list[str]]] = {
     "proxy_server_config.yaml": (
         [
             "general_settings.store_model_in_db",
-            "general_settings.proxy_batch_write_at",
             "general_settings.database_connection_pool_limit",
             "router_settings.enable_pre_call_checks",
             "litellm_settings.default_team_settings",
@@ -154,6 +153,42 @@ def test_load_balancing_maps_limits_strategy_alias_and_redis(env_restored: None)
         e.params.model for e in config.model_list if e.model_name == "gpt-3.5-turbo"
     ]
     assert os.environ["REDIS_HOST"] == "localhost"  # environment_variables applied
+
+
+def test_renamed_settings_move_to_ours(env_restored: None) -> None:
+    _set_references(FIXTURES / "proxy_server_config.yaml")
+    config = load_config(FIXTURES / "proxy_server_config.yaml")
+    assert config.general_settings.spend_flush_interval_s == 1  # proxy_batch_write_at
+    text = (
+        "general_settings:\n  max_request_size_mb: 3\n  global_max_parallel_requests: 9\n"
+        "  user_api_key_cache_ttl: 11\n  database_connection_timeout: 0\n  spend_flush_interval_s: 2\n"
+        "  proxy_batch_write_at: 60\n"
+    )
+    config = parse_config(text, "c.yaml")
+    general = config.general_settings
+    assert (general.max_request_body_mb, general.key_cache_ttl_s) == (3, 11)
+    assert config.limit_settings.max_parallel_requests == 9
+    assert general.spend_flush_interval_s == 2  # ours, set in the same file, wins
+    assert general.database_timeout_s == 5  # LiteLLM's 0 ("unset"): the default, with a warning
+    assert config.warnings == [
+        "c.yaml:5: general_settings.database_connection_timeout: 0 is not a value for "
+        "general_settings.database_timeout_s: its default applies"
+    ]
+    with pytest.raises(
+        ConfigError, match=r"c.yaml:2: general_settings.proxy_batch_write_at: Input should be"
+    ):
+        parse_config("general_settings:\n  proxy_batch_write_at: -1\n", "c.yaml")
+
+
+def test_ignored_settings_need_no_environment_variables(env_restored: None) -> None:
+    # A setting Switchyard ignores is not read, so its os.environ/ reference need not be set.
+    text = (
+        "model_list:\n  - model_name: a\n    model_info: {key: os.environ/SY_UNSET_1}\n"
+        "litellm_settings:\n  default_team_settings: [{langfuse_public_key: os.environ/SY_UNSET_2}]\n"
+        "guardrails: [{guardrail_name: g, litellm_params: {api_key: os.environ/SY_UNSET_3}}]\n"
+    )
+    config = parse_config(text, "c.yaml")
+    assert config.model_list == [] and len(config.warnings) == 3
 
 
 def test_redis_url_from_env_wins_over_router_redis_host(env_restored: None) -> None:
