@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from gateway.admin import schemas
+from gateway.admin import model_schemas, schemas
 
 # Every admin POST route and the model its body is validated against. A POST route missing here
 # gets no body schema, which tests/gateway/test_schemathesis.py refuses.
@@ -42,6 +42,9 @@ ADMIN_BODIES: dict[str, type[BaseModel]] = {
     "/user/new": schemas.NewUserRequest,
     "/user/update": schemas.UpdateUserRequest,
     "/user/delete": schemas.DeleteUsersRequest,
+    "/model/new": model_schemas.NewModel,
+    "/model/update": model_schemas.UpdateModel,
+    "/model/delete": model_schemas.DeleteModel,
 }
 # The path variant takes the key from the path; its body (the other fields) is optional.
 _OPTIONAL_BODY = {"/key/{key}/regenerate"}

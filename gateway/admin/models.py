@@ -22,9 +22,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.admin.access import Scope
+from gateway.admin.model_schemas import DeleteModel, NewModel, UpdateModel
 from gateway.admin.model_secrets import MASKED, ParamCipher, SecretsUnavailable, mask
 from gateway.admin.model_sync import ModelSync, UnusableRow, build_deployment
 from gateway.admin.router import _allow, _audit, _json, _parse, _read, _write
@@ -38,35 +38,6 @@ from gateway.routing.wildcards import model_allowed
 
 router = APIRouter(tags=["admin"])
 log = logging.getLogger(__name__)
-
-_NAME = Field(min_length=1, max_length=256)
-
-
-class NewModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model_name: str = _NAME
-    litellm_params: dict[str, Any]
-    model_info: dict[str, Any] | None = None
-
-
-class UpdateModel(BaseModel):
-    """LiteLLM's ``updateDeployment``: the id in ``model_info.id`` (or top-level ``id``, as the
-    ``litellm-proxy`` client sends it); ``litellm_params`` merged into the stored ones."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str | None = Field(default=None, min_length=1, max_length=256)
-    model_name: str | None = Field(default=None, min_length=1, max_length=256)
-    litellm_params: dict[str, Any] | None = None
-    model_info: dict[str, Any] | None = None
-
-
-class DeleteModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(min_length=1, max_length=256)
-
 
 # ---- plumbing ---------------------------------------------------------------------------------------
 
@@ -175,7 +146,7 @@ async def model_new(request: Request) -> Response:
         raise bad_request(
             "model_info.id: a config model has that id", param="model_info.id", code="duplicate"
         )
-    params = _seal(request, body.litellm_params)
+    params = _seal(request, body.litellm_params.model_dump())
     _checked(request, _now_row(model_id, body.model_name, params, info))
     async with _write(request) as (conn, caller):
         if await rows_sql.get(conn, model_id) is not None:
