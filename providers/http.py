@@ -4,14 +4,19 @@ One ``httpx.AsyncClient`` per process (HTTP/1.1, generous keep-alive pool) so co
 upstreams are reused across requests. Its network layer is ``providers.http11_transport`` (a
 lean keep-alive pool; httpcore's costs most of the gateway's CPU under load), except when
 proxies are configured or ``SWITCHYARD_HTTP_TRANSPORT=httpcore``. ``build_client`` makes an
-independent client with the same settings (and any transport).
+independent client with the same settings (and any transport). ``post`` is a whole request
+and answer for the adapters' non-streaming calls: straight to that transport when it is ours,
+through the client otherwise.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import httpx
+
+from providers.http11_transport import HTTP11Transport
 
 # Many concurrent streams to one upstream each hold a connection; keep plenty warm.
 POOL_LIMITS = httpx.Limits(max_connections=4096, max_keepalive_connections=1024, keepalive_expiry=60.0)
@@ -20,6 +25,45 @@ DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 _client: httpx.AsyncClient | None = None
+_transport: HTTP11Transport | None = None  # the shared client's, when it is ours
+
+
+@dataclass(slots=True)
+class Answer:
+    """A complete upstream answer; ``headers`` is built only when read (error answers)."""
+
+    status_code: int
+    content: bytes
+    raw_headers: list[tuple[bytes, bytes]]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.raw_headers}
+
+
+async def post(
+    client: httpx.AsyncClient | None,
+    url: httpx.URL,
+    headers: dict[str, str],
+    content: bytes,
+    phase_timeout: float,
+) -> Answer:
+    """POST ``content`` and read the whole answer, through ``client`` or (None) the shared pool.
+
+    ``phase_timeout`` bounds each phase (httpx's single-number timeout). Raises
+    ``httpx.HTTPError``s.
+    """
+    if client is None:
+        shared_client()
+        transport = _transport
+        # An api_base with user:password@ needs httpx's Basic auth; rare enough to take its path.
+        if transport is not None and not url.userinfo:
+            raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+            status, raw_headers, body = await transport.post(url, raw, content, phase_timeout)
+            return Answer(status, body, raw_headers)
+        client = shared_client()
+    resp = await client.post(url, content=content, headers=headers, timeout=phase_timeout)
+    return Answer(resp.status_code, resp.content, resp.headers.raw)
 
 
 class _NoCookies(httpx.Cookies):
@@ -61,22 +105,22 @@ def default_transport() -> httpx.AsyncBaseTransport | None:
         return None
     if any(os.environ.get(name) for name in _PROXY_VARS):
         return None
-    from providers.http11_transport import HTTP11Transport
-
     return HTTP11Transport()
 
 
 def shared_client() -> httpx.AsyncClient:
     """The process-wide client, created on first use."""
-    global _client
+    global _client, _transport
     if _client is None or _client.is_closed:
-        _client = build_client(default_transport())
+        transport = default_transport()
+        _transport = transport if isinstance(transport, HTTP11Transport) else None
+        _client = build_client(transport)
     return _client
 
 
 async def aclose_shared_client() -> None:
     """Close the shared client (gateway shutdown); a later ``shared_client()`` makes a new one."""
-    global _client
-    client, _client = _client, None
+    global _client, _transport
+    client, _client, _transport = _client, None, None
     if client is not None:
         await client.aclose()

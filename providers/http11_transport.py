@@ -30,6 +30,7 @@ _HIGH_WATER = 1 << 20  # pause reading from the upstream above this much unread 
 _LOW_WATER = 1 << 18
 _IDLE_EXPIRY_S = 60.0
 _MAX_IDLE_PER_ORIGIN = 1024
+_CONNECT_TIMEOUT_S = 10.0  # providers.http.DEFAULT_TIMEOUT's connect, for ``post``
 
 Origin = tuple[bytes, str, int]
 
@@ -276,30 +277,87 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        scheme = url.raw_scheme
-        if scheme not in (b"http", b"https"):
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
-        port = url.port or (443 if scheme == b"https" else 80)
-        origin: Origin = (scheme, url.host, port)
+        origin = _origin(url)
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         try:
             body = request.content
         except httpx.RequestNotRead:
             body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
         payload = _serialize(request, body)
+        read_timeout = timeouts.get("read")
+        conn = await self._open(origin, payload, timeouts.get("pool"), timeouts.get("connect"), read_timeout)
+        return httpx.Response(
+            conn.status,
+            headers=conn.headers,
+            stream=_ResponseStream(self, origin, conn, read_timeout),
+            extensions={"http_version": b"HTTP/1.1"},
+            request=request,
+        )
 
+    async def post(
+        self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes, phase_timeout: float
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A whole POST and its whole answer: (status, headers, body), no httpx objects.
+
+        The adapters' non-streaming calls: building httpx's ``Request`` and ``Response`` (and
+        its client's header merging, auth and redirect layers) cost more CPU per call than this
+        transport's own work, measured with py-spy at concurrency 16. ``phase_timeout`` bounds
+        the wait for a pool slot and each read, as httpx's single-number timeout does; a new
+        connection gets at most ``_CONNECT_TIMEOUT_S``. Raises httpx's exceptions, as
+        ``handle_async_request`` does.
+        """
+        origin = _origin(url)
+        lines = [b"POST ", url.raw_path, b" HTTP/1.1\r\nHost: ", url.netloc, b"\r\n"]
+        for name, value in headers:
+            lines += [name, b": ", value, b"\r\n"]
+        lines += [b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body]
+        connect = min(phase_timeout, _CONNECT_TIMEOUT_S)
+        conn = await self._open(origin, b"".join(lines), phase_timeout, connect, phase_timeout)
+        parts: list[bytes] = []
+        try:
+            while True:
+                if conn.body:
+                    parts.append(conn.take_body())  # as it comes: reading pauses above _HIGH_WATER
+                if conn.complete:
+                    break
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(phase_timeout)
+        except BaseException:
+            self._slots.release()
+            conn.close()
+            raise
+        self._slots.release()
+        if conn.keep_alive and not conn.closed:
+            self._release(origin, conn)
+        else:
+            conn.close()
+        return conn.status, conn.headers, parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _open(
+        self,
+        origin: Origin,
+        payload: bytes,
+        pool_timeout: float | None,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+    ) -> _Connection:
+        """Send ``payload`` on a pooled (or new) connection and wait for the answer's headers.
+
+        Holds one of ``_slots`` on success: whoever reads the body releases it.
+        """
         if self._slots.locked():
             try:
-                await asyncio.wait_for(self._slots.acquire(), timeouts.get("pool"))
+                await asyncio.wait_for(self._slots.acquire(), pool_timeout)
             except TimeoutError:
                 raise httpx.PoolTimeout("no upstream connection slot free in time") from None
         else:
             await self._slots.acquire()
         try:
             reused_conn = self._acquire(origin)
-            conn = reused_conn or await self._connect(origin, timeouts.get("connect"))
+            conn = reused_conn or await self._connect(origin, connect_timeout)
             try:
-                return await self._exchange(origin, conn, payload, request, timeouts.get("read"))
+                await self._exchange(conn, payload, read_timeout)
             except (httpx.RemoteProtocolError, httpx.NetworkError):
                 if reused_conn is None or conn.received:
                     raise
@@ -311,20 +369,15 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
                 # at the cost of a cooldown failure). Never on a fresh connection (the upstream
                 # refused this request), after response bytes (it may have been processed), or
                 # on a timeout (it may still be running).
-                conn = await self._connect(origin, timeouts.get("connect"))
-                return await self._exchange(origin, conn, payload, request, timeouts.get("read"))
+                conn = await self._connect(origin, connect_timeout)
+                await self._exchange(conn, payload, read_timeout)
+            return conn
         except BaseException:
-            self._slots.release()  # on success the response stream releases it when closed
+            self._slots.release()
             raise
 
-    async def _exchange(
-        self,
-        origin: Origin,
-        conn: _Connection,
-        payload: bytes,
-        request: httpx.Request,
-        read_timeout: float | None,
-    ) -> httpx.Response:
+    @staticmethod
+    async def _exchange(conn: _Connection, payload: bytes, read_timeout: float | None) -> None:
         conn._reset()
         try:
             assert conn.transport is not None
@@ -336,13 +389,6 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         except BaseException:
             conn.close()
             raise
-        return httpx.Response(
-            conn.status,
-            headers=conn.headers,
-            stream=_ResponseStream(self, origin, conn, read_timeout),
-            extensions={"http_version": b"HTTP/1.1"},
-            request=request,
-        )
 
     async def aclose(self) -> None:
         self._closed = True
@@ -350,6 +396,13 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+def _origin(url: httpx.URL) -> Origin:
+    scheme = url.raw_scheme
+    if scheme not in (b"http", b"https"):
+        raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
+    return (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
 
 
 def _serialize(request: httpx.Request, body: bytes) -> bytes:

@@ -25,6 +25,7 @@ import orjson
 from providers.contract import Operation, ProviderCall, ProviderResponse
 from providers.errors import ProviderError, ProviderTimeoutError, ProviderUnreachableError
 from providers.formats.openai_chat import parse_usage
+from providers.http import post as http_post
 from providers.http import shared_client
 from providers.openai_compat.typed import generate_stream_via_chat, generate_via_chat
 from providers.redaction import call_scrubber
@@ -122,14 +123,9 @@ class OpenAICompatProvider:
     # ---- raw HTTP
 
     async def _post(self, call: ProviderCall, operation: Operation, payload: bytes) -> ProviderResponse:
-        client = self._http()
         try:
-            resp = await client.post(
-                self._url(call, operation),
-                content=payload,
-                headers=self._headers(call),
-                timeout=call.timeout,
-            )
+            url = self._url(call, operation)
+            resp = await http_post(self._client, url, self._headers(call), payload, call.timeout)
         except httpx.HTTPError as exc:
             raise _transport_error(exc, f"upstream timed out after {call.timeout:g}s") from exc
         body = resp.content
