@@ -328,3 +328,48 @@ def test_litellm_proxy_cli_adds_lists_and_deletes_models(
     eventually(lambda: served(first, name, fake_upstream, "sk-cli-rotated"), "the rotated key is used")
     litellm_proxy(first, "models", "delete", model_id)
     assert gone(first, name)
+
+
+def test_a_row_sealed_under_another_salt_key_is_listed_named_in_the_log_and_not_served(
+    first: GatewayProcess, fake_upstream: FakeOpenAI, database_url: str
+) -> None:
+    name, secret = unique("sealed"), "sk-sealed-" + unique("k")
+    body = {
+        "model_name": name,
+        "litellm_params": {"model": "openai/x", "api_base": fake_upstream.base_url, "api_key": secret},
+    }
+    model_id = ok(post(first, "/model/new", body))["model_id"]
+    config = gateway_config(fake_upstream.base_url, model_refresh_interval_s=0.2)
+    env = {"DATABASE_URL": database_url, "SWITCHYARD_SALT_KEY": "another-salt"}
+    try:
+        with gateway_process(config, env=env) as other:
+            assert gone(other, name)
+            chat(other, "gpt-4o-mini")  # every other model is served as before
+            listed = info_of(other, model_id)
+            assert listed is not None and listed["litellm_params"]["api_key"] == "********"
+            assert f"stored model {name!r} (id {model_id}) is not served" in other.logs()
+            assert "encrypted with another key" in other.logs() and secret not in other.logs()
+            # Saved again under this instance's key, it is served here.
+            resealed = {"id": model_id, "litellm_params": {"api_key": "sk-resealed"}}
+            ok(post(other, "/model/update", resealed))
+            assert served(other, name, fake_upstream, "sk-resealed")
+    finally:
+        ok(post(first, "/model/delete", {"id": model_id}))
+
+
+def test_without_a_salt_or_master_key_credentials_are_refused(
+    fake_upstream: FakeOpenAI, database_url: str
+) -> None:
+    config = {"model_list": [], "general_settings": {"model_refresh_interval_s": 0.2}}
+    env = {"DATABASE_URL": database_url, "SWITCHYARD_SALT_KEY": "", "LITELLM_SALT_KEY": ""}
+    with gateway_process(config, env=env) as local:  # local mode: no master key
+        params = {"model": "openai/x", "api_base": fake_upstream.base_url}
+        refused = post(
+            local, "/model/new", {"model_name": "keyed", "litellm_params": {**params, "api_key": "sk-x"}}, {}
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "no_encryption_key" and "sk-x" not in refused.text
+        model_id = ok(
+            post(local, "/model/new", {"model_name": unique("keyless"), "litellm_params": params}, {})
+        )["model_id"]
+        ok(post(local, "/model/delete", {"id": model_id}, {}))
