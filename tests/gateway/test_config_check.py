@@ -167,3 +167,4 @@ def test_alias_routes_through_a_real_gateway_and_disabled_shows_on_health() -> N
     # Each warning once at start.
     assert logs.count("litellm_settings.success_callback: LiteLLM setting not implemented") == 1, logs
     assert logs.count("provider 'sagemaker' is not available") == 1, logs
+    assert logs.count("hidden: true is not applied yet: /v1/models lists 'secret-gpt'") == 1, logs
