@@ -399,10 +399,11 @@ def parse_config(text: str, where: str = "<config>", *, strict: bool = False) ->
     if config is not None:
         _disable_unknown_providers(config, report, translated)
         _add_aliases(config, report, translated)
-    errors = report.errors + ([f"{w} [--strict]" for w in report.warnings] if strict else [])
+    warnings = report.warnings_in_file_order()
+    errors = report.errors + ([f"{w} [--strict]" for w in warnings] if strict else [])
     if errors or config is None:
         raise ConfigError("\n".join(errors))
-    config.warnings = report.warnings
+    config.warnings = warnings
     config.source = where
     return config
 

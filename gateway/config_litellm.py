@@ -1053,7 +1053,9 @@ RENAMED: dict[tuple[str, str], tuple[str, str]] = {
     ("general_settings", "global_max_parallel_requests"): ("limit_settings", "max_parallel_requests"),
 }
 
-_LOGGING = "no requests are sent to it; spend logs, /metrics and the gateway log still record every request"
+_LOGGING = (
+    "nothing is sent to these callbacks; spend logs, /metrics and the gateway log still record every request"
+)
 
 _ALERTS = "no Slack/webhook alerts; watch /metrics and the gateway log instead"
 

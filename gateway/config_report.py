@@ -54,6 +54,7 @@ class ConfigReport:
     lines: dict[Path_, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    _warning_lines: list[int] = field(default_factory=list, repr=False)
 
     def file_path(self, loc: Iterable[str | int]) -> tuple[Path_, int | None]:
         """The path as written in the file (``litellm_params`` vs ``params``) and its closest line."""
@@ -82,3 +83,9 @@ class ConfigReport:
 
     def warn(self, loc: Iterable[str | int], problem: str) -> None:
         self.warnings.append(f"{self.at(loc)}: {problem}")
+        self._warning_lines.append(self.file_path(loc)[1] or 0)
+
+    def warnings_in_file_order(self) -> list[str]:
+        """The warnings sorted by line (they are found section by section)."""
+        order = sorted(range(len(self.warnings)), key=lambda i: self._warning_lines[i])
+        return [self.warnings[i] for i in order]
