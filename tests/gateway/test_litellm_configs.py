@@ -204,3 +204,24 @@ def test_invalid_yaml_is_one_clear_line(tmp_path: Path) -> None:
         load_config(path)
     assert len(str(err.value).splitlines()) == 1
     assert str(err.value).startswith(f"{path}:") and "invalid YAML" in str(err.value)
+
+
+def test_cache_params_redis_and_environment_edge_cases(env_restored: None) -> None:
+    os.environ.pop("REDIS_URL", None)
+    text = (
+        "environment_variables:\n  PATH: /nowhere\n  SY_EMPTY:\n  SY_NUMBER: 5\n"
+        "litellm_settings:\n  cache: true\n"
+        "  cache_params: {type: redis, host: cachehost, port: 6380, password: p w}\n"
+        "router_settings:\n  routing_strategy: provider-budget-routing\n"
+    )
+    path = os.environ["PATH"]
+    config = parse_config(text, "c.yaml")
+    assert os.environ["PATH"] == path and "SY_EMPTY" not in os.environ and os.environ["SY_NUMBER"] == "5"
+    assert config.general_settings.redis_url == "redis://:p%20w@cachehost:6380/0"
+    assert config.cache_settings.enabled is True
+    assert config.router_settings.routing_strategy == "simple-shuffle"
+    assert [w.split(": ")[1] for w in config.warnings] == [
+        "environment_variables.PATH",
+        "router_settings.routing_strategy",
+    ]
+    assert all(w.startswith(("c.yaml:2: ", "c.yaml:9: ")) for w in config.warnings), config.warnings
