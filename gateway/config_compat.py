@@ -17,8 +17,6 @@ from gateway import config_litellm as litellm_keys
 from gateway.config_report import ConfigReport
 
 ENV_PREFIX = "os.environ/"
-# The model_list sentinel: an item dropped before validation (warned about).
-_SKIPPED = object()
 
 # LiteLLM's routing strategy names that differ from ours: an alias, or one we lack.
 _STRATEGY_ALIASES = {"usage-based-routing-v2": "usage-based-routing"}
