@@ -12,6 +12,7 @@ through the client otherwise.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -78,6 +79,66 @@ class _NoCookies(httpx.Cookies):
 
     def set_cookie_header(self, request: httpx.Request) -> None:
         return None
+
+
+class StreamAnswer:
+    """An upstream answer whose body is read as it arrives; ``aclose`` it when done."""
+
+    __slots__ = ("_close", "_stream", "raw_headers", "status_code")
+
+    def __init__(
+        self,
+        status_code: int,
+        raw_headers: list[tuple[bytes, bytes]],
+        stream: AsyncIterable[bytes],
+        close: httpx.Response | httpx.AsyncByteStream,
+    ) -> None:
+        self.status_code = status_code
+        self.raw_headers = raw_headers
+        self._stream = stream
+        self._close = close
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.raw_headers}
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()
+
+    async def aread(self) -> bytes:
+        return b"".join([part async for part in self._stream])
+
+    async def aclose(self) -> None:
+        await self._close.aclose()
+
+
+async def post_stream(
+    client: httpx.AsyncClient | None,
+    url: httpx.URL,
+    headers: dict[str, str],
+    content: bytes,
+    pool_timeout: float,
+    connect_timeout: float,
+    read_timeout: float,
+) -> StreamAnswer:
+    """POST ``content`` and return once the answer's headers are in (``post``'s two paths).
+
+    ``read_timeout`` bounds the wait for the headers and for each body read.
+    """
+    if client is None:
+        shared_client()
+        transport = _transport
+        if transport is not None and not url.userinfo:
+            raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+            status, raw_headers, body = await transport.open_post(
+                url, raw, content, pool_timeout, connect_timeout, read_timeout
+            )
+            return StreamAnswer(status, raw_headers, body, body)
+        client = shared_client()
+    timeout = httpx.Timeout(pool_timeout, read=read_timeout, connect=connect_timeout)
+    request = client.build_request("POST", url, content=content, headers=headers, timeout=timeout)
+    resp = await client.send(request, stream=True)
+    return StreamAnswer(resp.status_code, resp.headers.raw, resp.aiter_bytes(), resp)
 
 
 def build_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:

@@ -307,12 +307,10 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         ``handle_async_request`` does.
         """
         origin = _origin(url)
-        lines = [b"POST ", url.raw_path, b" HTTP/1.1\r\nHost: ", url.netloc, b"\r\n"]
-        for name, value in headers:
-            lines += [name, b": ", value, b"\r\n"]
-        lines += [b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body]
         connect = min(phase_timeout, _CONNECT_TIMEOUT_S)
-        conn = await self._open(origin, b"".join(lines), phase_timeout, connect, phase_timeout)
+        conn = await self._open(
+            origin, _post_payload(url, headers, body), phase_timeout, connect, phase_timeout
+        )
         parts: list[bytes] = []
         try:
             while True:
@@ -333,6 +331,26 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         else:
             conn.close()
         return conn.status, conn.headers, parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def open_post(
+        self,
+        url: httpx.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        pool_timeout: float,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> tuple[int, list[tuple[bytes, bytes]], _ResponseStream]:
+        """A POST whose answer is read as it comes (streams): (status, headers, body stream).
+
+        ``post``'s reasons, for streams; the body stream must be closed (``aclose``), which
+        returns the connection to the pool, or drops it if the body was not read to the end.
+        """
+        origin = _origin(url)
+        conn = await self._open(
+            origin, _post_payload(url, headers, body), read_timeout, connect_timeout, read_timeout
+        )
+        return conn.status, conn.headers, _ResponseStream(self, origin, conn, read_timeout)
 
     async def _open(
         self,
@@ -403,6 +421,14 @@ def _origin(url: httpx.URL) -> Origin:
     if scheme not in (b"http", b"https"):
         raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
     return (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
+
+
+def _post_payload(url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    lines = [b"POST ", url.raw_path, b" HTTP/1.1\r\nHost: ", url.netloc, b"\r\n"]
+    for name, value in headers:
+        lines += [name, b": ", value, b"\r\n"]
+    lines += [b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body]
+    return b"".join(lines)
 
 
 def _serialize(request: httpx.Request, body: bytes) -> bytes:

@@ -26,7 +26,7 @@ from providers.contract import Operation, ProviderCall, ProviderResponse
 from providers.errors import ProviderError, ProviderTimeoutError, ProviderUnreachableError
 from providers.formats.openai_chat import parse_usage
 from providers.http import post as http_post
-from providers.http import shared_client
+from providers.http import post_stream, shared_client
 from providers.openai_compat.typed import generate_stream_via_chat, generate_via_chat
 from providers.redaction import call_scrubber
 from providers.schema import GenerationRequest, GenerationResponse, StreamEvent
@@ -140,17 +140,12 @@ class OpenAICompatProvider:
         return ProviderResponse(resp.status_code, body, parse_usage(parsed.get("usage")))
 
     async def _stream(self, call: ProviderCall, operation: Operation) -> AsyncIterator[bytes]:
-        client = self._http()
         read_timeout = call.stream_timeout or call.timeout
-        request = client.build_request(
-            "POST",
-            self._url(call, operation),
-            content=self._payload(call, True),
-            headers=self._headers(call),
-            timeout=httpx.Timeout(call.timeout, read=read_timeout, connect=min(10.0, call.timeout)),
-        )
+        url, headers, payload = self._url(call, operation), self._headers(call), self._payload(call, True)
         try:
-            resp = await client.send(request, stream=True)
+            resp = await post_stream(
+                self._client, url, headers, payload, call.timeout, min(10.0, call.timeout), read_timeout
+            )
         except httpx.HTTPError as exc:
             raise _transport_error(exc, f"upstream timed out after {read_timeout:g}s") from exc
         # Closing the response (on any exit, including the consumer closing us mid-stream)
