@@ -164,9 +164,11 @@ class RedisPool:
             REDIS_SKIPPED.labels(component).inc()
             raise RedisUnavailable("redis circuit open")
         fut = self._mux.submit(args)
+        # A timer on the reply's future, not asyncio.timeout(): no Timeout object, context
+        # manager or task bookkeeping per command (the full path makes three or four of these).
+        timer = fut.get_loop().call_later(self.op_timeout, _time_out, fut)
         try:
-            async with asyncio.timeout(self.op_timeout):
-                reply = await fut
+            reply = await fut
         except TimeoutError as exc:
             self._mux.reset()  # the server may be gone without closing the socket
             self.circuit.failure(component, exc)
@@ -174,6 +176,8 @@ class RedisPool:
         except (aioredis.RedisError, OSError) as exc:
             self.circuit.failure(component, exc)
             raise RedisUnavailable(str(exc)) from exc
+        finally:
+            timer.cancel()
         self.circuit.success()
         if isinstance(reply, ResponseError):
             raise reply
@@ -290,3 +294,8 @@ async def close_pools() -> None:
     _pools.clear()
     for pool in pools:
         await pool.close()
+
+
+def _time_out(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():  # the mux drops the reply if it comes later
+        fut.set_exception(TimeoutError("redis command timed out"))

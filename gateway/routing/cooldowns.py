@@ -210,6 +210,10 @@ class CooldownManager:
 
         await self._call(op)
 
+    def refresh_due(self) -> bool:
+        """Whether ``refresh`` would ask Redis now (so the hot path skips the call otherwise)."""
+        return self._redis is not None and not self._refreshing and time.monotonic() >= self._next_refresh
+
     async def refresh(self, now: float | None = None) -> None:
         """Pull shared deadlines if the local copy is older than the refresh interval.
 

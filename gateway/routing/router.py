@@ -454,7 +454,8 @@ class Router:
         The first attempt runs directly; only a retryable failure enters tenacity's loop (whose
         setup costs more than the routing decision itself), so success pays nothing for it.
         """
-        await self.cooldowns.refresh()
+        if self.cooldowns.refresh_due():
+            await self.cooldowns.refresh()
         tried: set[DeploymentState] = set()
         last: list[ProviderError] = []
         started = time.monotonic()
