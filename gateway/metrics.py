@@ -48,6 +48,11 @@ def label_models(names: Iterable[str]) -> None:
     _models = frozenset(names)
 
 
+def model_label(name: str) -> str:
+    """``name`` if it is a configured model name, else ``unknown`` (for other modules' ``model`` labels)."""
+    return name if name in _models else UNKNOWN_MODEL
+
+
 def observe(model: str, operation: str, status: int, seconds: float) -> None:
     """Count one finished request (``operation`` is the door's, a fixed set of names)."""
     if model not in _models:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.limits.errors import RateLimited
 from gateway.limits.headers import format_reset, retry_after_seconds
+from gateway.limits.metrics import count_refusal
 from gateway.limits.scopes import applicable_scopes
 from gateway.limits.settings import LimitSettings
 from gateway.null_stages import NullAdmission
@@ -209,6 +210,7 @@ class WindowLimiter(ABC):
                 f"Rate limit reached for {_label(scope)} on parallel requests: "
                 f"Limit {scope.max_parallel_requests}, In flight {r.parallel}. Please try again in {wait}."
             )
+        count_refusal(scope.scope, "parallel" if r.reason == OVER_PARALLEL else kind)
         return RateLimited(msg, kind=kind, headers=headers)
 
     async def _settle(self, reservation: Reservation, actual_tokens: int) -> None:

@@ -34,6 +34,7 @@ from gateway.db.guarded_pool import GuardedPool
 from gateway.db.outage import DatabaseUnavailable, LogThrottle
 from gateway.pipeline import UsageEvent
 from gateway.spend.journal import SpendJournal
+from gateway.spend.metrics import count_batch, watch_backlog
 from gateway.spend.prices import PriceTable
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class PostgresSpendSink:
         """Start the periodic flusher and the journal writer (needs a running event loop)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="spend-flusher")
+            watch_backlog(lambda: len(self._queue))
         if self._journal is not None:
             self._journal.start()
 
@@ -317,6 +319,7 @@ class PostgresSpendSink:
                         col.append(value)
                 await conn.execute(_UPSERT_DAILY, *dcols)
         self.rows_written += len(inserted)
+        count_batch((e, cost) for (row_id, e), cost in zip(batch, costs, strict=True) if row_id in inserted)
         if self._on_charged is not None:
             for kind, entity, spend in charged:
                 self._on_charged(kind, entity, spend)

@@ -1,0 +1,50 @@
+"""Token, spend and backlog metrics of the spend sink.
+
+Tokens and spend are counted per committed batch, off the request path: one ``inc`` per model and
+token type per batch, only for the rows the batch actually inserted (a retried batch counts nothing
+twice). The backlog gauge is read at scrape time from the sink's queue.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+
+from prometheus_client import Counter, Gauge
+
+from gateway import metrics
+from gateway.pipeline import UsageEvent
+
+TOKENS = Counter(
+    "switchyard_tokens_total",
+    "Tokens of written spend rows, by model name and type: input (every prompt token, cached ones "
+    "included), output, cached (input tokens read from the provider's prompt cache).",
+    ["model", "type"],
+)
+SPEND = Counter(
+    "switchyard_spend_usd_total", "Spend of written spend rows in US dollars, by model name.", ["model"]
+)
+BACKLOG = Gauge("switchyard_spend_queue_records", "Spend records queued and not yet written to Postgres.")
+
+
+def count_batch(rows: Iterable[tuple[UsageEvent, Decimal]]) -> None:
+    """Add the written rows' tokens and spend to the counters (one ``inc`` per label set)."""
+    sums: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0.0])
+    for event, cost in rows:
+        agg = sums[metrics.model_label(event.model)]
+        usage = event.usage
+        agg[0] += usage.prompt_tokens
+        agg[1] += usage.completion_tokens
+        agg[2] += usage.cache_read_tokens
+        agg[3] += float(cost)
+    for model, (inp, out, cached, spend) in sums.items():
+        TOKENS.labels(model, "input").inc(inp)
+        TOKENS.labels(model, "output").inc(out)
+        TOKENS.labels(model, "cached").inc(cached)
+        SPEND.labels(model).inc(spend)
+
+
+def watch_backlog(pending: Callable[[], int]) -> None:
+    """Report ``pending()`` as the backlog at each scrape (one sink per process)."""
+    BACKLOG.set_function(pending)

@@ -1,0 +1,96 @@
+"""Operator metrics on ``/metrics`` of a real gateway in front of the fake OpenAI upstream.
+
+Tokens and spend are counted when the spend sink writes its batch, so the test waits for the spend
+rows and then for the page to show them; a rate-limited key's refusals are counted by scope kind.
+Labels take configured model names only: a name a caller made up, and the caller's key, never
+appear on the page.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.gateway_app import gateway_config, keyed_gateway, new_key, own_database
+from tests.support.gateway_process import GatewayProcess
+from tests.support.spend_rows import spend_rows
+
+MODEL = "gpt-4o-mini"
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    with own_database("switchyard_observability") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def gateway(database_url: str) -> Iterator[GatewayProcess]:
+    with FakeOpenAI() as fake, keyed_gateway(gateway_config(fake.base_url), database_url) as gw:
+        yield gw
+
+
+def sample(page: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name`` with exactly ``labels`` (any order), or None."""
+    for line in page.splitlines():
+        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if match is None or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if found == labels:
+            return float(match.group(3))
+    return None
+
+
+def page_once(gw: GatewayProcess, ready: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> str:
+    """The metrics page once every sample in ``ready`` has reached its value (or after 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        page = httpx.get(gw.base_url + "/metrics", timeout=10).text
+        if all((sample(page, n, **dict(lb)) or 0) >= v for (n, lb), v in ready.items()):
+            return page
+        if time.monotonic() > deadline:
+            return page
+        time.sleep(0.1)
+
+
+def test_tokens_spend_refusals_and_backlog_on_the_page(gateway: GatewayProcess, database_url: str) -> None:
+    created = new_key(gateway, rpm_limit=2)
+    client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=created["key"], max_retries=0)
+    for _ in range(2):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.APIStatusError):
+        client.chat.completions.create(model="made-up-model-x", messages=[{"role": "user", "content": "hi"}])
+
+    rows = [r for r in spend_rows(database_url, created["token"], 2) if r["status"] == "success"]
+    assert len(rows) == 2
+    prompt = sum(r["prompt_tokens"] for r in rows)
+    completion = sum(r["completion_tokens"] for r in rows)
+    spend = float(sum(r["spend"] for r in rows))
+    assert prompt > 0 and completion > 0 and spend > 0
+    page = page_once(
+        gateway,
+        {
+            ("switchyard_tokens_total", (("model", MODEL), ("type", "input"))): prompt,
+            ("switchyard_tokens_total", (("model", MODEL), ("type", "output"))): completion,
+        },
+    )
+    assert sample(page, "switchyard_tokens_total", model=MODEL, type="input") == prompt
+    assert sample(page, "switchyard_tokens_total", model=MODEL, type="output") == completion
+    assert sample(page, "switchyard_tokens_total", model=MODEL, type="cached") == 0
+    assert sample(page, "switchyard_spend_usd_total", model=MODEL) == pytest.approx(spend)
+    assert sample(page, "switchyard_rate_limit_refusals_total", scope="key", limit="requests") == 1
+    backlog = sample(page, "switchyard_spend_queue_records")
+    assert backlog is not None and backlog >= 0
+    assert "# TYPE switchyard_spend_usd_total counter" in page
+    # Labels: configured names only, never the caller's name or key.
+    assert "made-up-model-x" not in page
+    assert created["key"] not in page and created["token"] not in page
