@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from gateway.routing.metrics import count_cooldown
 from gateway.routing.state import DeploymentState
 
 T = TypeVar("T")
@@ -193,6 +194,7 @@ class CooldownManager:
             d.cooldown_until = until
         self._local_deadlines[d.id] = d.cooldown_until
         log.info("deployment %s cooled down for %.1fs", d.id, seconds)
+        count_cooldown(d.id)
         if self._redis is None:
             return
         zkey, fkey, dep_id = self._zkey, self._fail_prefix + d.id, d.id

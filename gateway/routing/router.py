@@ -30,6 +30,7 @@ from gateway.routing.context_window import context_window_exceeded
 from gateway.routing.cooldowns import CooldownManager, CooldownSettings
 from gateway.routing.deployment import Deployment
 from gateway.routing.fallbacks import FallbackKind, FallbackTable
+from gateway.routing.metrics import count_failure, count_fallback, count_retry, watch_deployments
 from gateway.routing.model_group import ModelGroup, Unavailable
 from gateway.routing.retry_policy import Failure, RetrySettings, classify, is_retryable, make_retrying
 from gateway.routing.state import DeploymentState
@@ -302,6 +303,7 @@ class Router:
         self.providers = providers
         self.redis = redis
         self.states: list[DeploymentState] = [_state(d) for d in self.deployments]
+        watch_deployments(self)
         by_name: dict[str, list[DeploymentState]] = {}
         for s in self.states:
             by_name.setdefault(s.model_name, []).append(s)
@@ -441,6 +443,7 @@ class Router:
                 if target not in seen:
                     seen.add(target)
                     queue.append(target)
+                    count_fallback(name, target)
         if trace.last_error is not None:
             raise trace.last_error
         assert trace.no_deployment
@@ -480,6 +483,7 @@ class Router:
         await asyncio.sleep(pause)
         async for attempt in retrying:
             with attempt:
+                count_retry(group.name)
                 return await self._try_next(group, inv, ctx, trace, tried, last, started)
         raise AssertionError("unreachable: tenacity reraises the last failure")  # pragma: no cover
 
@@ -599,6 +603,7 @@ class Router:
     async def _failed(self, d: DeploymentState, exc: ProviderError) -> None:
         """Count a failure towards ``d``'s cooldown when it says something about ``d``."""
         failure = classify(exc)
+        count_failure(d.id, failure.value)
         if failure is Failure.RETRYABLE or failure is Failure.DEPLOYMENT:
             retry_after = exc.retry_after if exc.status_code == 429 else None
             await self.cooldowns.record_failure(d, retry_after=retry_after)

@@ -16,9 +16,9 @@ import httpx
 import openai
 import pytest
 
-from tests.support.fake_openai import FakeOpenAI
-from tests.support.gateway_app import gateway_config, keyed_gateway, new_key, own_database
-from tests.support.gateway_process import GatewayProcess
+from tests.support.fake_openai import Behavior, FakeOpenAI
+from tests.support.gateway_app import MASTER_KEY, gateway_config, keyed_gateway, new_key, own_database
+from tests.support.gateway_process import GatewayProcess, gateway_process
 from tests.support.spend_rows import spend_rows
 
 MODEL = "gpt-4o-mini"
@@ -94,3 +94,46 @@ def test_tokens_spend_refusals_and_backlog_on_the_page(gateway: GatewayProcess, 
     # Labels: configured names only, never the caller's name or key.
     assert "made-up-model-x" not in page
     assert created["key"] not in page and created["token"] not in page
+
+
+def deployment(name: str, upstream_model: str, dep_id: str, fake: FakeOpenAI) -> dict[str, object]:
+    params = {"model": f"openai/{upstream_model}", "api_base": fake.base_url, "api_key": "sk-upstream-fake"}
+    return {"model_name": name, "litellm_params": params, "model_info": {"id": dep_id}}
+
+
+def test_retries_fallbacks_failures_cooldowns_and_health_by_deployment() -> None:
+    """Both deployments of "flaky" answer 500: one retry moves to the other, both cool down, the
+    request falls back to "backup"; each step is counted under its configured name."""
+    with FakeOpenAI() as fake:
+        fake.set_behavior(Behavior(status=500), model="flaky-up")
+        config = {
+            "model_list": [
+                deployment("flaky", "flaky-up", "flaky-1", fake),
+                deployment("flaky", "flaky-up", "flaky-2", fake),
+                deployment("backup", "backup-up", "backup-1", fake),
+            ],
+            "general_settings": {"master_key": MASTER_KEY},
+            "router_settings": {
+                "num_retries": 1,
+                "allowed_fails": 1,
+                "cooldown_time": 600,
+                "fallbacks": [{"flaky": ["backup"]}],
+            },
+        }
+        with gateway_process(config) as gw:
+            client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=MASTER_KEY, max_retries=0)
+            answer = client.chat.completions.create(
+                model="flaky", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert answer.choices[0].message.content
+            page = httpx.get(gw.base_url + "/metrics", timeout=10).text
+    assert sample(page, "switchyard_retries_total", model="flaky") == 1
+    assert sample(page, "switchyard_fallbacks_total", model="flaky", fallback="backup") == 1
+    for dep_id in ("flaky-1", "flaky-2"):
+        assert sample(page, "switchyard_upstream_failures_total", deployment=dep_id, failure="retryable") == 1
+        assert sample(page, "switchyard_deployment_cooldowns_total", deployment=dep_id) == 1
+        assert sample(page, "switchyard_deployment_healthy", deployment=dep_id, model="flaky") == 0
+    assert sample(page, "switchyard_deployment_healthy", deployment="backup-1", model="backup") == 1
+    assert (
+        sample(page, "switchyard_upstream_failures_total", deployment="backup-1", failure="retryable") is None
+    )
