@@ -108,6 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from gateway.server.bounds import RequestBounds
+    from gateway.server.drain import DrainingServer
     from gateway.server.protocol import protocol_class
 
     _protect_secrets(config)
@@ -116,7 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(names))
     needs_key = bool(config.general_settings.master_key)
     print(_banner(args.host, args.port, names, needs_key, config.source), flush=True)
-    uvicorn.run(
+    server_config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -129,9 +130,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         date_header=True,
         access_log=args.access_log,
         log_level=args.log_level,
-        timeout_graceful_shutdown=5,
+        # SIGTERM: readiness says "draining", the listener closes, in-flight requests and streams
+        # get this long to finish, then the lifespan flushes spend and closes the pools.
+        timeout_graceful_shutdown=config.general_settings.graceful_shutdown_s,
         backlog=4096,
     )
+    DrainingServer(server_config, app.state).run()
     return 0
 
 

@@ -2,7 +2,8 @@
 
 ``/health/liveliness``: the process answers (always 200 while it does). ``/health/readiness``: the
 lifespan finished and the request path is wired (``Services`` built), so traffic may be sent; it also
-reports the control plane's database. Neither needs a key.
+reports the control plane's database. Neither needs a key. After SIGTERM readiness answers 503
+``{"status": "draining"}`` while in-flight requests finish (``gateway.server.drain``).
 
 Database unreachable: readiness answers 200 with ``{"status": "degraded", "database": "unreachable"}``.
 Not a 503, on purpose: the gateway still serves every key seen recently (from cache) and the master key,
@@ -35,6 +36,9 @@ async def readiness(request: Request) -> Response:
     services = getattr(request.app.state, "services", None)
     if services is None:
         return _json({"status": "starting"}, 503)
+    if getattr(request.app.state, "draining", False):
+        # SIGTERM received (gateway.server.drain): send no new traffic here.
+        return _json({"status": "draining"}, 503)
     body: dict[str, object] = {
         "status": "healthy",
         "models": len(services.router.model_names()),
