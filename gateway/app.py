@@ -136,3 +136,6 @@ def include_extra_routes(app: FastAPI) -> None:
     from gateway.admin.models import router as models_router  # CONTROL PLANE: models in the database
 
     app.include_router(models_router)
+    from gateway.admin.budgets import router as budgets_router  # CONTROL PLANE: budgets
+
+    app.include_router(budgets_router)

@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from gateway.admin import model_schemas, schemas
+from gateway.admin import budget_schemas, model_schemas, schemas
 
 # Every admin POST route and the model its body is validated against. A POST route missing here
 # gets no body schema, which tests/gateway/test_schemathesis.py refuses.
@@ -45,6 +45,10 @@ ADMIN_BODIES: dict[str, type[BaseModel]] = {
     "/model/new": model_schemas.NewModel,
     "/model/update": model_schemas.UpdateModel,
     "/model/delete": model_schemas.DeleteModel,
+    "/budget/new": budget_schemas.BudgetNewRequest,
+    "/budget/update": budget_schemas.BudgetNewRequest,
+    "/budget/delete": budget_schemas.BudgetDeleteRequest,
+    "/budget/info": budget_schemas.BudgetRequest,
 }
 # The path variant takes the key from the path; its body (the other fields) is optional.
 _OPTIONAL_BODY = {"/key/{key}/regenerate"}

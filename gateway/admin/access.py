@@ -80,6 +80,11 @@ ACCESS: dict[str, dict[Role, Scope]] = {
     "/spend/logs": {_PA: _ALL, _PV: _ALL, _TA: _TEAM},
     "/spend/tags": {_PA: _ALL, _PV: _ALL, _TA: _TEAM},
     "/global/spend/report": {_PA: _ALL, _PV: _ALL},
+    "/budget/new": {_PA: _ALL},
+    "/budget/update": {_PA: _ALL},
+    "/budget/delete": {_PA: _ALL},
+    "/budget/info": {_PA: _ALL, _PV: _ALL},
+    "/budget/list": {_PA: _ALL, _PV: _ALL},
     # Models in the database (gateway/admin/models.py); SELF: the models the calling key may use.
     "/model/new": {_PA: _ALL},
     "/model/update": {_PA: _ALL},

@@ -77,6 +77,9 @@ class World:
         body = {"model_name": unique("mx-model"), "litellm_params": {"model": "openai/gpt-4o-mini"}}
         return str(_admin(self.gw, "/model/new", body)["model_id"])
 
+    def fresh_budget(self) -> str:
+        return str(_admin(self.gw, "/budget/new", {"max_budget": 10})["budget_id"])
+
     def fresh_user(self, team: str | None = None) -> str:
         user_id = unique("mx")
         body = {"user_id": user_id, "auto_create_key": False, "teams": [team] if team else []}
@@ -203,6 +206,15 @@ MATRIX: dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]] = 
     ("GET", "/spend/logs"): (lambda w: Req("/spend/logs"), TEAM_READ),
     ("GET", "/spend/tags"): (lambda w: Req("/spend/tags"), TEAM_READ),
     ("GET", "/global/spend/report"): (lambda w: Req("/global/spend/report"), ADMIN_READ),
+    # Budgets: proxy admins write, admins and viewers read.
+    ("POST", "/budget/new"): (lambda w: Req("/budget/new", {"max_budget": 1.5}), ADMIN_ONLY),
+    ("POST", "/budget/update"): (
+        lambda w: Req("/budget/update", {"budget_id": w.fresh_budget(), "max_budget": 2}),
+        ADMIN_ONLY,
+    ),
+    ("POST", "/budget/delete"): (lambda w: Req("/budget/delete", {"id": w.fresh_budget()}), ADMIN_ONLY),
+    ("POST", "/budget/info"): (lambda w: Req("/budget/info", {"budgets": [w.fresh_budget()]}), ADMIN_READ),
+    ("GET", "/budget/list"): (lambda w: Req("/budget/list"), ADMIN_READ),
     # Models in the database: proxy admins write; every key reads (the models it may use).
     ("POST", "/model/new"): (
         lambda w: Req(
