@@ -18,14 +18,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 REQUESTS = Counter(
     "switchyard_requests_total",
     "Requests through the pipeline, by model name, operation (the door: chat, embeddings, "
-    "completions, messages, responses) and HTTP status.",
-    ["model", "operation", "status"],
+    "completions, messages, responses), HTTP status and error type (none on success; the error's "
+    "code or OpenAI type when it is one of the gateway's own, else other).",
+    ["model", "operation", "status", "error_type"],
 )
 LATENCY = Histogram(
     "switchyard_request_duration_seconds",
     "Time from request arrival to the end of the response, by model name and operation.",
     ["model", "operation"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+OVERHEAD = Histogram(
+    "switchyard_gateway_overhead_seconds",
+    "Time the gateway itself spent on a routed request (everything but waiting on upstreams).",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+TTFT = Histogram(
+    "switchyard_time_to_first_token_seconds",
+    "Time from request arrival to the first event of a streamed answer going out, by model name.",
+    ["model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 IN_FLIGHT = Gauge("switchyard_requests_in_flight", "Requests being served now (every door).")
 UNPRICED = Counter(
@@ -36,8 +48,39 @@ UNPRICED = Counter(
 )
 
 UNKNOWN_MODEL = "unknown"
+# Error types that get their own label: the gateway's own codes and OpenAI's error types. An
+# upstream's error code is its own text, so any other value is counted as ``other``.
+ERROR_TYPES = frozenset(
+    {
+        "client_disconnected",
+        "rate_limit_exceeded",
+        "budget_exceeded",
+        "model_not_found",
+        "model_not_allowed",
+        "invalid_api_key",
+        "missing_api_key",
+        "key_expired",
+        "key_blocked",
+        "invalid_json",
+        "json_too_deep",
+        "redis_unavailable",
+        "upstream_error",
+        "upstream_stream_error",
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "rate_limit_error",
+        "api_error",
+        "api_connection_error",
+        "timeout_error",
+        "overloaded_error",
+        "server_error",
+    }
+)
 
-_request_children: dict[tuple[str, str, int], Counter] = {}
+_request_children: dict[tuple[str, str, int, str | None], Counter] = {}
+_ttft_children: dict[str, Histogram] = {}
 _latency_children: dict[tuple[str, str], Histogram] = {}
 _models: frozenset[str] = frozenset()
 
@@ -53,20 +96,33 @@ def model_label(name: str) -> str:
     return name if name in _models else UNKNOWN_MODEL
 
 
-def observe(model: str, operation: str, status: int, seconds: float) -> None:
-    """Count one finished request (``operation`` is the door's, a fixed set of names)."""
+def observe(model: str, operation: str, status: int, seconds: float, error: str | None = None) -> None:
+    """Count one finished request (``operation`` is the door's, a fixed set of names; ``error`` the
+    failed request's error code)."""
     if model not in _models:
         model = UNKNOWN_MODEL
     hist = _latency_children.get((model, operation))
     if hist is None:
         hist = _latency_children[(model, operation)] = LATENCY.labels(model, operation)
     hist.observe(seconds)
-    key = (model, operation, status)
+    if error is not None and error not in ERROR_TYPES:
+        error = "other"  # keeps the children below bounded too
+    key = (model, operation, status, error)
     counter = _request_children.get(key)
     if counter is None:
-        counter = REQUESTS.labels(model, operation, str(status))
+        counter = REQUESTS.labels(model, operation, str(status), error or "none")
         _request_children[key] = counter
     counter.inc()
+
+
+def observe_ttft(model: str, seconds: float) -> None:
+    """One streamed answer's time to first token."""
+    if model not in _models:
+        model = UNKNOWN_MODEL
+    hist = _ttft_children.get(model)
+    if hist is None:
+        hist = _ttft_children[model] = TTFT.labels(model)
+    hist.observe(seconds)
 
 
 def render() -> tuple[bytes, str]:

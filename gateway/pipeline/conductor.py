@@ -93,13 +93,16 @@ class Endpoint:
         except Exception as exc:
             err = as_gateway_error(exc)
             run.status = err.status
+            run.error_code = run.error_code or err.code or err.type
             door = self.door
             await send_error(
                 send, err.status, door.write_error(err), request_id, err.headers, door.content_type
             )
         finally:
             metrics.IN_FLIGHT.dec()
-            metrics.observe(run.model or "-", self.door.operation, run.status, time.monotonic() - started)
+            metrics.observe(
+                run.model or "-", self.door.operation, run.status, time.monotonic() - started, run.error_code
+            )
 
 
 class _Run:
@@ -274,6 +277,7 @@ class _Run:
         else:
             body = self.door.write(response, req)
         overhead = time.monotonic() - self.started - upstream_s
+        metrics.OVERHEAD.observe(overhead)
         headers = [(b"content-type", self.door.content_type)]
         headers += common_headers(self.request_id, admission)
         headers += routing_headers(routed.deployment.id, routed.attempts, overhead)
@@ -305,6 +309,9 @@ class _Run:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             self.status = 200
+            # The router holds the first event already: it goes out next, with no upstream wait.
+            metrics.observe_ttft(req.model, time.monotonic() - self.started)
+            metrics.OVERHEAD.observe(overhead)
             strip = None if req.include_usage else UsageTap()
             try:
                 async for event in routed:

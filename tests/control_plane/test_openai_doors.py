@@ -78,7 +78,8 @@ def test_metrics_count_each_door_as_its_operation(doors_gateway: GatewayProcess)
     client.completions.create(model=MODEL, prompt="count me", max_tokens=5)
     page = httpx.get(doors_gateway.base_url + "/metrics", timeout=30).text
     for operation in ("embeddings", "completions"):
-        assert f'switchyard_requests_total{{model="{MODEL}",operation="{operation}",status="200"}}' in page
+        labels = f'error_type="none",model="{MODEL}",operation="{operation}",status="200"'
+        assert f"switchyard_requests_total{{{labels}}}" in page
         assert f'switchyard_request_duration_seconds_count{{model="{MODEL}",operation="{operation}"}}' in page
 
 

@@ -340,5 +340,7 @@ def test_metrics_label_only_configured_models(gateway: GatewayProcess) -> None:
     healthy(gateway)
     page = httpx.get(gateway.base_url + "/metrics", timeout=HANG_S).text
     assert "junk-model" not in page
-    assert 'switchyard_requests_total{model="unknown",operation="chat",status="404"}' in page
-    assert f'switchyard_requests_total{{model="{MODEL}",operation="chat",status="200"}}' in page
+    unknown = 'error_type="model_not_found",model="unknown",operation="chat",status="404"'
+    assert f"switchyard_requests_total{{{unknown}}}" in page
+    served = f'error_type="none",model="{MODEL}",operation="chat",status="200"'
+    assert f"switchyard_requests_total{{{served}}}" in page

@@ -91,6 +91,17 @@ def test_tokens_spend_refusals_and_backlog_on_the_page(gateway: GatewayProcess, 
     backlog = sample(page, "switchyard_spend_queue_records")
     assert backlog is not None and backlog >= 0
     assert "# TYPE switchyard_spend_usd_total counter" in page
+    assert (
+        sample(
+            page,
+            "switchyard_requests_total",
+            model=MODEL,
+            operation="chat",
+            status="429",
+            error_type="rate_limit_exceeded",
+        )
+        == 1
+    )
     # Labels: configured names only, never the caller's name or key.
     assert "made-up-model-x" not in page
     assert created["key"] not in page and created["token"] not in page
@@ -137,3 +148,21 @@ def test_retries_fallbacks_failures_cooldowns_and_health_by_deployment() -> None
     assert (
         sample(page, "switchyard_upstream_failures_total", deployment="backup-1", failure="retryable") is None
     )
+
+
+def test_time_to_first_token_and_overhead(gateway: GatewayProcess) -> None:
+    """One TTFT observation per streamed answer (none for a whole one); overhead for both."""
+    before = httpx.get(gateway.base_url + "/metrics", timeout=10).text
+    client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=new_key(gateway)["key"], max_retries=0)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    after = httpx.get(gateway.base_url + "/metrics", timeout=10).text
+
+    def grew(name: str, **labels: str) -> float:
+        return (sample(after, name, **labels) or 0) - (sample(before, name, **labels) or 0)
+
+    assert grew("switchyard_time_to_first_token_seconds_count", model=MODEL) == 1
+    assert grew("switchyard_gateway_overhead_seconds_count") == 2
