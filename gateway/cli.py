@@ -20,6 +20,7 @@ import argparse
 import importlib
 import ipaddress
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -94,7 +95,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = load_config(args.config, strict=args.strict)
     except ConfigError as exc:
         return _fail(f"bad config:\n{exc}")
-    for warning in config.warnings:
+    worker = args.worker_fd is not None  # a worker of `serve --workers N` (the supervisor warned)
+    for warning in [] if worker else config.warnings:
         # Each LiteLLM setting Switchyard ignores, once, with what happens instead.
         print(f"switchyard: warning: {warning}", file=sys.stderr, flush=True)
     if not config.general_settings.master_key and not is_loopback(args.host):
@@ -110,13 +112,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server.bounds import RequestBounds
     from gateway.server.drain import DrainingServer
     from gateway.server.protocol import protocol_class
+    from gateway.server.workers import worker_count
 
     _protect_secrets(config)
-    app = create_app(config)
     names = [e.model_name for e in config.model_list]
     names = list(dict.fromkeys(names))
     needs_key = bool(config.general_settings.master_key)
-    print(_banner(args.host, args.port, names, needs_key, config.source), flush=True)
+    if not worker:
+        print(_banner(args.host, args.port, names, needs_key, config.source), flush=True)
+        workers = worker_count(args.workers, config)
+        if workers > 1:
+            return _supervise(args, workers, config.general_settings.graceful_shutdown_s)
+    app = create_app(config)
     server_config = uvicorn.Config(
         app,
         host=args.host,
@@ -135,8 +142,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=config.general_settings.graceful_shutdown_s,
         backlog=4096,
     )
-    DrainingServer(server_config, app.state).run()
+    server = DrainingServer(server_config, app.state)
+    server.run(sockets=[socket.socket(fileno=args.worker_fd)] if worker else None)
     return 0
+
+
+def _supervise(args: argparse.Namespace, workers: int, grace_s: float) -> int:
+    """Bind the port once and run ``workers`` worker processes on it (gateway.server.workers)."""
+    from gateway.server.workers import Supervisor, listen
+
+    argv = [sys.executable, "-m", "gateway.cli", "serve", "--log-level", args.log_level]
+    if args.config:
+        argv += ["--config", os.path.abspath(args.config)]
+    argv += ["--access-log"] if args.access_log else []
+    argv += ["--strict"] if args.strict else []
+    return Supervisor(argv, workers, listen(args.host, args.port), grace_s).run()
 
 
 def _delegate(module: str, what: str, argv: Sequence[str]) -> int:
@@ -193,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--strict", action="store_true", help="refuse LiteLLM settings Switchyard ignores (default: warn)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="gateway processes on the port (default: one per core with a master key, else one; "
+        "more than one needs DATABASE_URL and REDIS_URL)",
+    )
+    # Set by the supervisor of `--workers N` for each worker: serve this inherited listening socket.
+    serve.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     engine = sub.add_parser("engine", help="the local inference engine (e.g. engine serve --model PATH)")

@@ -1,7 +1,9 @@
 """Prometheus metrics for the request path (served at ``GET /metrics``).
 
 Registered in prometheus-client's default registry so other components' metrics (Redis, the
-limiter, spend) appear on the same page. Label children are cached: ``labels()`` takes a lock
+limiter, spend) appear on the same page; under ``serve --workers N`` the page sums every worker
+(``render``, prometheus-client's multiprocess mode; gauges without a ``multiprocess_mode`` are
+listed per worker with a ``pid`` label). Label children are cached: ``labels()`` takes a lock
 and formats strings, which is measurable on the hot path.
 
 The ``model`` label takes only configured model names (``label_models``): callers choose the name
@@ -11,9 +13,19 @@ other name, and a request without one, is counted as ``unknown``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 REQUESTS = Counter(
     "switchyard_requests_total",
@@ -39,7 +51,12 @@ TTFT = Histogram(
     ["model"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-IN_FLIGHT = Gauge("switchyard_requests_in_flight", "Requests being served now (every door).")
+IN_FLIGHT = Gauge(
+    "switchyard_requests_in_flight",
+    "Requests being served now (every door).",
+    # Under `serve --workers N`: the sum over live workers.
+    multiprocess_mode="livesum",
+)
 UNPRICED = Counter(
     "switchyard_unpriced_requests_total",
     "Requests spent at 0 because no price is known for their deployment's model (provider/model): "
@@ -126,5 +143,13 @@ def observe_ttft(model: str, seconds: float) -> None:
 
 
 def render() -> tuple[bytes, str]:
-    """The exposition page and its content type."""
+    """The exposition page and its content type.
+
+    Under ``serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor) every worker
+    writes its values to files there, and the page is the sum over all workers, whichever answers.
+    """
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -14,6 +14,8 @@ out of the load balancer at once and turn a partial outage into a total one. Mon
 
 from __future__ import annotations
 
+import os
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -43,6 +45,8 @@ async def readiness(request: Request) -> Response:
         "status": "healthy",
         "models": len(services.router.model_names()),
         "auth": "key required" if services.auth.requires_key else "anonymous (local mode)",
+        # Which process answered (under `serve --workers N`, one of the workers).
+        "pid": os.getpid(),
     }
     plane = services.extras.get("control_plane")
     if plane is not None:

@@ -119,7 +119,17 @@ def gateway_process(
                 ["--config", str(config_path)] if config is not None or config_text is not None else []
             )
             proc = subprocess.Popen(
-                [*switchyard_command(), "serve", *config_args, "--port", str(port), *extra_args],
+                # One process unless a test asks for more (`extra_args=["--workers", "2"]` wins).
+                [
+                    *switchyard_command(),
+                    "serve",
+                    *config_args,
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                    *extra_args,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=full_env,
