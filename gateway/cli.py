@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="LiteLLM settings Switchyard ignores are errors (default: warn)"
     )
     check.set_defaults(func=cmd_config)
+
+    from gateway.keys_cli import add_parser as add_keys_parser
+
+    add_keys_parser(sub, f"http://{DEFAULT_HOST}:{DEFAULT_PORT}")
     return parser
 
 

@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import orjson
 import pytest
 
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.gateway_app import MASTER_KEY, gateway_config, own_database
-from tests.support.gateway_process import GatewayProcess, gateway_process
+from tests.support.gateway_process import GatewayProcess, gateway_process, run_switchyard
 from tests.support.redis_server import redis_url
 
 __all__ = ["redis_url"]  # the session fixture, used by `gateway` below
@@ -110,3 +111,31 @@ def test_a_killed_worker_is_replaced(gateway: GatewayProcess) -> None:
     assert len(seen) == 2 and pid not in seen, (seen, gateway.logs())
     assert gateway.alive()
     assert "starting another" in gateway.logs()
+
+
+def test_keys_create_makes_a_key_every_worker_serves(gateway: GatewayProcess) -> None:
+    env = {"SWITCHYARD_MASTER_KEY": MASTER_KEY}
+    made = run_switchyard(
+        ["keys", "create", "--url", gateway.base_url, "--alias", "cli-key", "--rpm", "50"], env=env
+    )
+    assert made.returncode == 0, made.stderr
+    created = orjson.loads(made.stdout)
+    assert created["key_alias"] == "cli-key" and created["rpm_limit"] == 50
+    assert MASTER_KEY not in made.stdout + made.stderr
+    first, first_pid = client_on_worker(gateway)
+    second, _ = client_on_worker(gateway, avoid={first_pid})
+    try:
+        assert chat(first, gateway, created["key"]) == 200
+        assert chat(second, gateway, created["key"]) == 200
+    finally:
+        first.close()
+        second.close()
+
+
+def test_keys_create_refusals_are_clear(gateway: GatewayProcess) -> None:
+    no_key = run_switchyard(["keys", "create", "--url", gateway.base_url], env={"SWITCHYARD_MASTER_KEY": ""})
+    assert no_key.returncode == 2 and "SWITCHYARD_MASTER_KEY" in no_key.stderr
+    wrong = run_switchyard(
+        ["keys", "create", "--url", gateway.base_url], env={"SWITCHYARD_MASTER_KEY": "sk-wrong-master-key"}
+    )
+    assert wrong.returncode == 1 and "refused (401)" in wrong.stderr and "Traceback" not in wrong.stderr
