@@ -139,3 +139,6 @@ def include_extra_routes(app: FastAPI) -> None:
     from gateway.admin.budgets import router as budgets_router  # CONTROL PLANE: budgets
 
     app.include_router(budgets_router)
+    from gateway.admin.global_spend import router as global_spend_router  # CONTROL PLANE: spend reports
+
+    app.include_router(global_spend_router)

@@ -85,6 +85,11 @@ ACCESS: dict[str, dict[Role, Scope]] = {
     "/budget/delete": {_PA: _ALL},
     "/budget/info": {_PA: _ALL, _PV: _ALL},
     "/budget/list": {_PA: _ALL, _PV: _ALL},
+    "/global/spend": {_PA: _ALL, _PV: _ALL},
+    "/global/spend/logs": {_PA: _ALL, _PV: _ALL},
+    "/global/spend/keys": {_PA: _ALL, _PV: _ALL},
+    "/global/spend/models": {_PA: _ALL, _PV: _ALL},
+    "/global/spend/teams": {_PA: _ALL, _PV: _ALL},
     # Models in the database (gateway/admin/models.py); SELF: the models the calling key may use.
     "/model/new": {_PA: _ALL},
     "/model/update": {_PA: _ALL},

@@ -215,6 +215,11 @@ MATRIX: dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]] = 
     ("POST", "/budget/delete"): (lambda w: Req("/budget/delete", {"id": w.fresh_budget()}), ADMIN_ONLY),
     ("POST", "/budget/info"): (lambda w: Req("/budget/info", {"budgets": [w.fresh_budget()]}), ADMIN_READ),
     ("GET", "/budget/list"): (lambda w: Req("/budget/list"), ADMIN_READ),
+    ("GET", "/global/spend"): (lambda w: Req("/global/spend"), ADMIN_READ),
+    ("GET", "/global/spend/logs"): (lambda w: Req("/global/spend/logs"), ADMIN_READ),
+    ("GET", "/global/spend/keys"): (lambda w: Req("/global/spend/keys"), ADMIN_READ),
+    ("GET", "/global/spend/models"): (lambda w: Req("/global/spend/models"), ADMIN_READ),
+    ("GET", "/global/spend/teams"): (lambda w: Req("/global/spend/teams"), ADMIN_READ),
     # Models in the database: proxy admins write; every key reads (the models it may use).
     ("POST", "/model/new"): (
         lambda w: Req(
