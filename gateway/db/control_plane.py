@@ -66,6 +66,7 @@ class ControlPlane:
             max_queue=settings.spend_buffer_max_records,
             on_charged=resolver.apply_spend,
             journal=journal,
+            json_logs=settings.json_logs,
         )
         # Also with the journal off now (it may have been on before). This process's own journal is
         # locked, so it is never taken for an orphan.

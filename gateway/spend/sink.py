@@ -33,6 +33,7 @@ from typing import Any
 from gateway.db.guarded_pool import GuardedPool
 from gateway.db.outage import DatabaseUnavailable, LogThrottle
 from gateway.pipeline import UsageEvent
+from gateway.spend import request_log
 from gateway.spend.journal import SpendJournal
 from gateway.spend.metrics import count_batch, watch_backlog
 from gateway.spend.prices import PriceTable
@@ -87,8 +88,12 @@ class PostgresSpendSink:
         max_queue: int = 100_000,
         on_charged: Callable[[str, str, float], None] | None = None,
         journal: SpendJournal | None = None,
+        json_logs: bool = False,
     ) -> None:
         self._pool = pool
+        self._json_logs = json_logs
+        if json_logs:
+            request_log.enable()
         self._journal = journal
         self._prices = prices or PriceTable()
         self._interval = flush_interval
@@ -319,7 +324,10 @@ class PostgresSpendSink:
                         col.append(value)
                 await conn.execute(_UPSERT_DAILY, *dcols)
         self.rows_written += len(inserted)
-        count_batch((e, cost) for (row_id, e), cost in zip(batch, costs, strict=True) if row_id in inserted)
+        written = [(e, cost) for (row_id, e), cost in zip(batch, costs, strict=True) if row_id in inserted]
+        count_batch(written)
+        if self._json_logs:
+            request_log.write(written)
         if self._on_charged is not None:
             for kind, entity, spend in charged:
                 self._on_charged(kind, entity, spend)

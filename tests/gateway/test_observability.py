@@ -8,6 +8,7 @@ appear on the page.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -166,3 +167,38 @@ def test_time_to_first_token_and_overhead(gateway: GatewayProcess) -> None:
 
     assert grew("switchyard_time_to_first_token_seconds_count", model=MODEL) == 1
     assert grew("switchyard_gateway_overhead_seconds_count") == 2
+
+
+def request_lines(gw: GatewayProcess) -> list[dict[str, object]]:
+    """The JSON request lines in the gateway's log (each line's JSON part)."""
+    found = []
+    for line in gw.logs().splitlines():
+        start = line.find('{"event":"request"')
+        if start >= 0:
+            found.append(json.loads(line[start:]))
+    return found
+
+
+def test_json_request_log_lines_only_when_enabled(gateway: GatewayProcess, database_url: str) -> None:
+    secret_prompt = "tell nobody: violet-octopus-42"
+    with FakeOpenAI() as fake:
+        config = gateway_config(fake.base_url, json_logs=True)
+        with keyed_gateway(config, database_url) as gw:
+            created = new_key(gw, key_alias="observed-alias")
+            client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=created["key"], max_retries=0)
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": secret_prompt}])
+            spend_rows(database_url, created["token"], 1)
+            deadline = time.monotonic() + 30
+            while not request_lines(gw) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            lines, logs = request_lines(gw), gw.logs()
+    assert len(lines) == 1, logs
+    line = lines[0]
+    assert line["key_alias"] == "observed-alias" and line["model"] == MODEL and line["status"] == "success"
+    assert isinstance(line["request_id"], str) and line["request_id"]
+    assert isinstance(line["deployment_id"], str) and line["deployment_id"]
+    assert line["prompt_tokens"] and line["completion_tokens"] and line["cost_usd"]
+    assert isinstance(line["latency_ms"], float)
+    assert secret_prompt not in logs and created["key"] not in logs and "sk-upstream-fake" not in logs
+    # The module's gateway runs without json_logs: no such lines.
+    assert request_lines(gateway) == []
