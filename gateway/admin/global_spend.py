@@ -56,8 +56,8 @@ async def global_spend_logs(request: Request, api_key: str | None = None) -> Res
 
 @router.get("/global/spend/keys")
 async def global_spend_keys(request: Request, limit: int | None = None) -> Response:
-    limit = _limit(limit)
     await _allow(request, "/global/spend/keys")
+    limit = _limit(limit)
     async with _read(request) as (conn, _):
         rows = await spend_sql.per_key(conn, limit)
     return _json(_rows(rows))
@@ -65,8 +65,8 @@ async def global_spend_keys(request: Request, limit: int | None = None) -> Respo
 
 @router.get("/global/spend/models")
 async def global_spend_models(request: Request, limit: int = 10) -> Response:
-    limit = _limit(limit)
     await _allow(request, "/global/spend/models")
+    limit = _limit(limit)
     async with _read(request) as (conn, _):
         rows = await spend_sql.per_model(conn, limit)
     return _json(_rows(rows))
