@@ -174,7 +174,7 @@ def _renamed(data: dict[str, Any], report: ConfigReport, out: Translated) -> Non
         if not isinstance(source, dict) or key not in source:
             continue
         value = source.pop(key)
-        if value is None or value == 0:
+        if value is None or (value == 0 and not isinstance(value, bool)):
             # LiteLLM's reference writes 0 for "unset"; ours must be positive.
             report.warn((section, key), f"{value!r} is not a value for {ours}.{our_key}: its default applies")
             continue

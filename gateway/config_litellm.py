@@ -1051,6 +1051,8 @@ RENAMED: dict[tuple[str, str], tuple[str, str]] = {
     ("general_settings", "database_connection_timeout"): ("general_settings", "database_timeout_s"),
     # "The max parallel requests allowed on the proxy all up".
     ("general_settings", "global_max_parallel_requests"): ("limit_settings", "max_parallel_requests"),
+    # JSON logs: one JSON line per request (gateway.spend.request_log).
+    ("litellm_settings", "json_logs"): ("general_settings", "json_logs"),
 }
 
 _LOGGING = (
@@ -1087,7 +1089,6 @@ INSTEAD: dict[str, str] = {
     "general_settings.custom_auth": "callers use the master key or virtual keys",
     "general_settings.disable_spend_logs": "spend logs are written",
     "litellm_settings.set_verbose": "logging follows switchyard serve --log-level",
-    "litellm_settings.json_logs": "the gateway log is plain text",
     "guardrails": "requests are not checked by LiteLLM guardrails",
     "mcp_servers": "no MCP gateway: MCP servers are not proxied",
     "mcp_tools": "no MCP gateway: MCP tools are not proxied",

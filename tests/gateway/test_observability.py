@@ -16,7 +16,9 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+import yaml
 
+from gateway.config import parse_config
 from tests.support.fake_openai import Behavior, FakeOpenAI
 from tests.support.gateway_app import MASTER_KEY, gateway_config, keyed_gateway, new_key, own_database
 from tests.support.gateway_process import GatewayProcess, gateway_process
@@ -202,3 +204,12 @@ def test_json_request_log_lines_only_when_enabled(gateway: GatewayProcess, datab
     assert secret_prompt not in logs and created["key"] not in logs and "sk-upstream-fake" not in logs
     # The module's gateway runs without json_logs: no such lines.
     assert request_lines(gateway) == []
+
+
+def test_litellm_json_logs_maps_to_ours_without_a_warning() -> None:
+    for value in (True, False):
+        text = yaml.safe_dump({"model_list": [], "litellm_settings": {"json_logs": value}})
+        config = parse_config(text, strict=True)  # strict: any warning would be an error
+        assert config.general_settings.json_logs is value
+    ours_wins = {"litellm_settings": {"json_logs": False}, "general_settings": {"json_logs": True}}
+    assert parse_config(yaml.safe_dump(ours_wins)).general_settings.json_logs is True
