@@ -145,6 +145,7 @@ class GeneralSettings(_Strict):
     redis_timeout_s: float = Field(default=0.1, gt=0, le=10)
     spend_flush_interval_s: float = Field(default=1.0, gt=0)
     json_logs: bool = False  # one JSON line per request, with the spend batch (gateway.spend.request_log)
+    webhook_url: str | None = None  # every request's record POSTed here in batches (gateway.spend.webhook)
     graceful_shutdown_s: float = Field(default=30.0, gt=0, le=3600)  # SIGTERM: in-flight requests finish
     spend_batch_size: int = Field(default=500, ge=1)
     # Database outages and crashes (see gateway/db/outage.py and gateway/spend/journal.py).

@@ -17,6 +17,7 @@ from gateway.spend.budget_reset import BudgetResetter
 from gateway.spend.journal import SpendJournal, orphan_journals
 from gateway.spend.prices import PriceTable
 from gateway.spend.sink import PostgresSpendSink
+from gateway.spend.webhook import WebhookLogger
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class ControlPlane:
             on_charged=resolver.apply_spend,
             journal=journal,
             json_logs=settings.json_logs,
+            webhook=WebhookLogger(settings.webhook_url) if settings.webhook_url else None,
         )
         # Also with the journal off now (it may have been on before). This process's own journal is
         # locked, so it is never taken for an orphan.

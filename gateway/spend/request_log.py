@@ -29,27 +29,31 @@ def enable() -> None:
         log.propagate = False
 
 
+def record(e: UsageEvent, cost: Decimal) -> dict[str, object]:
+    """The fields one request is logged with (also what the webhook sends)."""
+    p, u = e.principal, e.usage
+    return {
+        "event": "request",
+        "request_id": e.request_id,
+        "key_alias": p.key_alias,
+        "team_id": p.team_id,
+        "user_id": p.user_id,
+        "model": e.model,
+        "deployment_id": e.deployment_id,
+        "operation": e.operation,
+        "status": e.status,
+        "error_code": e.error_code,
+        "stream": e.stream,
+        "cache_hit": e.cache_hit,
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "cached_tokens": u.cache_read_tokens,
+        "latency_ms": round((e.ended_at - e.started_at) * 1000, 3),
+        "cost_usd": float(cost),
+    }
+
+
 def write(rows: Iterable[tuple[UsageEvent, Decimal]]) -> None:
     """One JSON line per row (``event``, its cost in US dollars)."""
     for e, cost in rows:
-        p, u = e.principal, e.usage
-        line = {
-            "event": "request",
-            "request_id": e.request_id,
-            "key_alias": p.key_alias,
-            "team_id": p.team_id,
-            "user_id": p.user_id,
-            "model": e.model,
-            "deployment_id": e.deployment_id,
-            "operation": e.operation,
-            "status": e.status,
-            "error_code": e.error_code,
-            "stream": e.stream,
-            "cache_hit": e.cache_hit,
-            "prompt_tokens": u.prompt_tokens,
-            "completion_tokens": u.completion_tokens,
-            "cached_tokens": u.cache_read_tokens,
-            "latency_ms": round((e.ended_at - e.started_at) * 1000, 3),
-            "cost_usd": float(cost),
-        }
-        log.info("%s", json.dumps(line, separators=(",", ":")))
+        log.info("%s", json.dumps(record(e, cost), separators=(",", ":")))

@@ -37,6 +37,7 @@ from gateway.spend import request_log
 from gateway.spend.journal import SpendJournal
 from gateway.spend.metrics import count_batch, watch_backlog
 from gateway.spend.prices import PriceTable
+from gateway.spend.webhook import WebhookLogger
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ class PostgresSpendSink:
         on_charged: Callable[[str, str, float], None] | None = None,
         journal: SpendJournal | None = None,
         json_logs: bool = False,
+        webhook: WebhookLogger | None = None,
     ) -> None:
+        self._webhook = webhook
         self._pool = pool
         self._json_logs = json_logs
         if json_logs:
@@ -148,6 +151,8 @@ class PostgresSpendSink:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="spend-flusher")
             watch_backlog(lambda: len(self._queue))
+            if self._webhook is not None:
+                self._webhook.start()
         if self._journal is not None:
             self._journal.start()
 
@@ -212,6 +217,8 @@ class PostgresSpendSink:
             except Exception as exc:
                 log.warning("final spend flush attempt %d failed: %s", attempt + 1, exc)
                 await asyncio.sleep(0.2 * (attempt + 1))
+        if self._webhook is not None:
+            await self._webhook.close()
         if self._journal is not None:
             await self._journal.close()  # keeps the files if anything is still uncommitted
         if self._queue:
@@ -328,6 +335,8 @@ class PostgresSpendSink:
         count_batch(written)
         if self._json_logs:
             request_log.write(written)
+        if self._webhook is not None:
+            self._webhook.submit([request_log.record(e, cost) for e, cost in written])
         if self._on_charged is not None:
             for kind, entity, spend in charged:
                 self._on_charged(kind, entity, spend)

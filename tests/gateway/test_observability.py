@@ -8,8 +8,10 @@ appear on the page.
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 
@@ -213,3 +215,57 @@ def test_litellm_json_logs_maps_to_ours_without_a_warning() -> None:
         assert config.general_settings.json_logs is value
     ours_wins = {"litellm_settings": {"json_logs": False}, "general_settings": {"json_logs": True}}
     assert parse_config(yaml.safe_dump(ours_wins)).general_settings.json_logs is True
+
+
+class WebhookReceiver:
+    """A loopback HTTP receiver: answers 500 to the first ``fail_first`` POSTs, then 200; keeps
+    every body it was sent."""
+
+    def __init__(self, fail_first: int) -> None:
+        self.bodies: list[list[dict[str, object]]] = []
+        self.statuses: list[int] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                status = 500 if len(receiver.statuses) < fail_first else 200
+                receiver.statuses.append(status)
+                receiver.bodies.append(json.loads(body))
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def delivered(self) -> list[dict[str, object]]:
+        return [r for body, s in zip(self.bodies, self.statuses, strict=True) if s == 200 for r in body]
+
+
+def test_webhook_gets_batched_records_and_retries_after_a_500(database_url: str) -> None:
+    receiver = WebhookReceiver(fail_first=1)
+    try:
+        with FakeOpenAI() as fake:
+            config = gateway_config(fake.base_url, webhook_url=receiver.url)
+            with keyed_gateway(config, database_url) as gw:
+                created = new_key(gw, key_alias="hooked")
+                client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=created["key"], max_retries=0)
+                for _ in range(3):
+                    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+                spend_rows(database_url, created["token"], 3)
+                deadline = time.monotonic() + 30
+                while len(receiver.delivered()) < 3 and time.monotonic() < deadline:
+                    time.sleep(0.1)
+    finally:
+        receiver.server.shutdown()
+    assert receiver.statuses[0] == 500 and 200 in receiver.statuses
+    records = receiver.delivered()
+    assert len(records) == 3 and len({r["request_id"] for r in records}) == 3
+    assert all(r["key_alias"] == "hooked" and r["model"] == MODEL and r["prompt_tokens"] for r in records)
+    # The batch that got a 500 is sent again, as it was.
+    assert receiver.bodies[0] == receiver.bodies[1] and receiver.statuses[1] == 200
