@@ -8,10 +8,12 @@ twice). The backlog gauge is read at scrape time from the sink's queue.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from gateway import metrics
 from gateway.pipeline import UsageEvent
@@ -25,7 +27,6 @@ TOKENS = Counter(
 SPEND = Counter(
     "switchyard_spend_usd_total", "Spend of written spend rows in US dollars, by model name.", ["model"]
 )
-BACKLOG = Gauge("switchyard_spend_queue_records", "Spend records queued and not yet written to Postgres.")
 
 
 def count_batch(rows: Iterable[tuple[UsageEvent, Decimal]]) -> None:
@@ -45,6 +46,26 @@ def count_batch(rows: Iterable[tuple[UsageEvent, Decimal]]) -> None:
         SPEND.labels(model).inc(spend)
 
 
+class _BacklogCollector(Collector):
+    """``switchyard_spend_queue_records``, read from the sink's queue at scrape time (a collector, not
+    a ``Gauge``: under multiprocess mode a gauge would report its file's stale value instead)."""
+
+    def __init__(self) -> None:
+        self.pending: Callable[[], int] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.pending is not None:
+            yield GaugeMetricFamily(
+                "switchyard_spend_queue_records",
+                "Spend records queued and not yet written to Postgres.",
+                value=self.pending(),
+            )
+
+
+_backlog = _BacklogCollector()
+REGISTRY.register(_backlog)
+
+
 def watch_backlog(pending: Callable[[], int]) -> None:
     """Report ``pending()`` as the backlog at each scrape (one sink per process)."""
-    BACKLOG.set_function(pending)
+    _backlog.pending = pending
