@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -44,6 +44,17 @@ def count_batch(rows: Iterable[tuple[UsageEvent, Decimal]]) -> None:
         TOKENS.labels(model, "output").inc(out)
         TOKENS.labels(model, "cached").inc(cached)
         SPEND.labels(model).inc(spend)
+
+
+BATCH_SECONDS = Histogram(
+    "switchyard_spend_batch_write_seconds",
+    "Time one spend batch took to write to Postgres (one transaction), failed ones included.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BATCH_FAILURES = Counter(
+    "switchyard_spend_batch_failures_total",
+    "Spend batches whose Postgres transaction failed (retried later).",
+)
 
 
 class _BacklogCollector(Collector):

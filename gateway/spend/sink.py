@@ -35,7 +35,7 @@ from gateway.db.outage import DatabaseUnavailable, LogThrottle
 from gateway.pipeline import UsageEvent
 from gateway.spend import request_log
 from gateway.spend.journal import SpendJournal
-from gateway.spend.metrics import count_batch, watch_backlog
+from gateway.spend.metrics import BATCH_FAILURES, BATCH_SECONDS, count_batch, watch_backlog
 from gateway.spend.prices import PriceTable
 from gateway.spend.webhook import WebhookLogger
 
@@ -184,9 +184,11 @@ class PostgresSpendSink:
                 n = min(self._batch_size, remaining, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(n)]
                 try:
-                    written += await self._write(batch)
+                    with BATCH_SECONDS.time():
+                        written += await self._write(batch)
                 except BaseException:
                     self.failed_flushes += 1
+                    BATCH_FAILURES.inc()
                     self._queue.extendleft(reversed(batch))  # back at the front, order kept
                     raise
                 if self._journal is not None:

@@ -93,6 +93,8 @@ def test_tokens_spend_refusals_and_backlog_on_the_page(gateway: GatewayProcess, 
     assert sample(page, "switchyard_tokens_total", model=MODEL, type="cached") == 0
     assert sample(page, "switchyard_spend_usd_total", model=MODEL) == pytest.approx(spend)
     assert sample(page, "switchyard_rate_limit_refusals_total", scope="key", limit="requests") == 1
+    assert (sample(page, "switchyard_spend_batch_write_seconds_count") or 0) >= 1
+    assert sample(page, "switchyard_spend_batch_failures_total") == 0
     backlog = sample(page, "switchyard_spend_queue_records")
     assert backlog is not None and backlog >= 0
     assert "# TYPE switchyard_spend_usd_total counter" in page
