@@ -1,14 +1,38 @@
-# Gateway image: the gateway and hosted-provider adapters, no torch (the local engine runs on GPU
-# nodes as `switchyard engine serve`, or add the engine extra in a derived image).
-FROM python:3.11-slim
+# syntax=docker/dockerfile:1
+# Switchyard gateway image. BASE is selectable so an offline build can use a locally imported
+# Debian root filesystem (deploy/smoke.sh); everyone else builds FROM python:3.11-slim.
+#   docker build -t switchyard .                         # gateway only: no torch, no embedded Postgres
+#   docker build --target engine -t switchyard-engine .  # adds the local engine (torch) for GPU nodes
+ARG BASE=python:3.11-slim
+
+FROM ${BASE} AS gateway
+# EXTRAS adds optional extras to the gateway image (e.g. "engine"); empty keeps it slim.
+ARG EXTRAS=""
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    SWITCHYARD_MIGRATIONS_DIR=/app/migrations
 WORKDIR /app
+RUN groupadd --system --gid 10001 switchyard \
+ && useradd --system --uid 10001 --gid switchyard --home-dir /app --shell /usr/sbin/nologin switchyard
 COPY pyproject.toml README.md schema.prisma ./
 COPY migrations ./migrations
 COPY gateway ./gateway
 COPY providers ./providers
 COPY local_engine ./local_engine
-# Editable so the gateway finds migrations/ beside the code it applies at start.
-RUN pip install --no-cache-dir -e .
+RUN pip install ".${EXTRAS:+[$EXTRAS]}"
+COPY deploy/config.yaml /etc/switchyard/config.yaml
+USER switchyard
 EXPOSE 4000
+# `switchyard serve` applies the committed migrations at start (gateway/db/migrations.py, under an
+# advisory lock, so replicas starting together are safe). Exec form: SIGTERM reaches the gateway,
+# which drains (readiness 503, in-flight finish, spend flushed) before exiting.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:4000/health/readiness', timeout=2).status == 200 else 1)"]
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["switchyard", "serve", "--host", "0.0.0.0", "--port", "4000"]
 CMD ["--config", "/etc/switchyard/config.yaml"]
+
+# GPU nodes: the same gateway plus the local engine (torch from the index, CUDA build).
+FROM gateway AS engine
+USER root
+RUN pip install ".[engine]"
+USER switchyard
