@@ -18,9 +18,10 @@ COPY migrations ./migrations
 COPY gateway ./gateway
 COPY providers ./providers
 COPY local_engine ./local_engine
+# hadolint ignore=DL3013
 RUN pip install ".${EXTRAS:+[$EXTRAS]}"
 COPY deploy/config.yaml /etc/switchyard/config.yaml
-USER switchyard
+USER 10001:10001
 EXPOSE 4000
 # `switchyard serve` applies the committed migrations at start (gateway/db/migrations.py, under an
 # advisory lock, so replicas starting together are safe). Exec form: SIGTERM reaches the gateway,
@@ -33,6 +34,8 @@ CMD ["--config", "/etc/switchyard/config.yaml"]
 
 # GPU nodes: the same gateway plus the local engine (torch from the index, CUDA build).
 FROM gateway AS engine
-USER root
+# hadolint ignore=DL3066
+USER 0
+# hadolint ignore=DL3013
 RUN pip install ".[engine]"
-USER switchyard
+USER 10001:10001
