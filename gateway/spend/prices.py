@@ -259,6 +259,9 @@ def count_unpriced(model: str) -> None:
         )
 
 
+_MAX_REMEMBERED = 4096
+
+
 class PriceTable:
     """Prices for spend rows that arrive without a cost: deployment overrides, then the table."""
 
@@ -267,8 +270,21 @@ class PriceTable:
     ) -> None:
         self._table = table if table is not None else bundled()
         self._deployments = dict(deployment_prices or {})
+        # The spend writer asks once per row; the answer per (deployment, model) never changes.
+        self._found: dict[tuple[str | None, str | None, str], Price | None] = {}
 
     def price(self, *, deployment_id: str | None, provider_model: str | None, model: str) -> Price | None:
+        key = (deployment_id, provider_model, model)
+        try:
+            return self._found[key]
+        except KeyError:
+            pass
+        found = self._find(deployment_id, provider_model, model)
+        if len(self._found) < _MAX_REMEMBERED:  # public names come from callers: bounded
+            self._found[key] = found
+        return found
+
+    def _find(self, deployment_id: str | None, provider_model: str | None, model: str) -> Price | None:
         for override in (deployment_id, provider_model):
             if override is not None and override in self._deployments:
                 return self._deployments[override]
