@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 import time
 import uuid
@@ -55,11 +54,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support.loopback_server import LoopbackServer
 
 _TOP_LEVEL = frozenset(
     {
@@ -174,8 +174,7 @@ class FakeAnthropic:
         self.cancelled = 0
         self._cancel_event = threading.Event()
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loopback: LoopbackServer | None = None
         self.port = 0
 
     # ------------------------------------------------------------------ control
@@ -224,12 +223,7 @@ class FakeAnthropic:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeAnthropic:
-        # IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted sockets (see fake_openai).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
+        self._loopback = LoopbackServer(
             Starlette(
                 routes=[
                     Route("/v1/messages", self._messages, methods=["POST"]),
@@ -241,24 +235,14 @@ class FakeAnthropic:
             lifespan="off",
             loop="asyncio",
             http="h11",
+            name="fake-anthropic",
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._server.serve(sockets=[sock])), daemon=True, name="fake-anthropic"
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake Anthropic server did not start")
-            time.sleep(0.01)
+        self.port = self._loopback.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._loopback is not None:
+            self._loopback.stop()
 
     def __enter__(self) -> FakeAnthropic:
         return self.start()

@@ -39,10 +39,8 @@ import datetime
 import hashlib
 import hmac
 import re
-import socket
 import struct
 import threading
-import time
 import uuid
 import zlib
 from collections import deque
@@ -52,7 +50,6 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import orjson
-import uvicorn
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -60,6 +57,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support.loopback_server import LoopbackServer
 
 ACCESS_KEY_ID = "AKIAFAKEBEDROCK00001"
 SECRET_ACCESS_KEY = "fake/bedrock/secret+key/0123456789abcdefghij"
@@ -224,8 +223,7 @@ class FakeBedrock:
         self.cancelled = 0
         self._cancel_event = threading.Event()
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loopback: LoopbackServer | None = None
         self.port = 0
 
     @property
@@ -260,30 +258,21 @@ class FakeBedrock:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeBedrock:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app(), log_level="warning", access_log=False, lifespan="off", loop="asyncio", http="h11"
+        self._loopback = LoopbackServer(
+            self.app(),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            loop="asyncio",
+            http="h11",
+            name="fake-bedrock",
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._server.serve(sockets=[sock])), daemon=True, name="fake-bedrock"
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake Bedrock server did not start")
-            time.sleep(0.01)
+        self.port = self._loopback.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._loopback is not None:
+            self._loopback.stop()
 
     def __enter__(self) -> FakeBedrock:
         return self.start()

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 import struct
 import threading
 import time
@@ -59,11 +58,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support.loopback_server import LoopbackServer
 
 _CHAT_FIELDS = frozenset(
     {
@@ -187,8 +187,7 @@ class FakeCohere:
         self.cancelled = 0
         self._cancel_event = threading.Event()
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loopback: LoopbackServer | None = None
         self.port = 0
 
     # ------------------------------------------------------------------ control
@@ -237,37 +236,27 @@ class FakeCohere:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeCohere:
-        # IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted sockets (see fake_openai).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
         app = Starlette(
             routes=[
                 Route("/v2/chat", self._chat, methods=["POST"]),
                 Route("/v2/embed", self._embed, methods=["POST"]),
             ]
         )
-        config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", loop="asyncio", http="h11"
+        self._loopback = LoopbackServer(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            loop="asyncio",
+            http="h11",
+            name="fake-cohere",
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._server.serve(sockets=[sock])), daemon=True, name="fake-cohere"
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake Cohere server did not start")
-            time.sleep(0.01)
+        self.port = self._loopback.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._loopback is not None:
+            self._loopback.stop()
 
     def __enter__(self) -> FakeCohere:
         return self.start()

@@ -46,7 +46,6 @@ import base64
 import binascii
 import hashlib
 import re
-import socket
 import threading
 import time
 from collections import deque
@@ -56,13 +55,14 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-import uvicorn
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support.loopback_server import LoopbackServer
 
 CHAT_MODELS = frozenset({"gemini-2.0-flash", "gemini-2.5-flash"})
 EMBED_MODELS = frozenset({"text-embedding-004", "gemini-embedding-001", "text-embedding-005"})
@@ -159,8 +159,7 @@ class FakeGemini:
         self._accounts: dict[str, _Account] = {}
         self._tokens: set[str] = set()
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loopback: LoopbackServer | None = None
         self.port = 0
 
     @property
@@ -218,10 +217,6 @@ class FakeGemini:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeGemini:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
         app = Starlette(
             routes=[
                 Route("/v1beta/models/{target:path}", self._gemini, methods=["POST"]),
@@ -233,24 +228,15 @@ class FakeGemini:
                 Route("/token", self._token, methods=["POST"]),
             ]
         )
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http="h11")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._server.serve(sockets=[sock])), daemon=True, name="fake-gemini"
+        self._loopback = LoopbackServer(
+            app, log_level="warning", access_log=False, lifespan="off", http="h11", name="fake-gemini"
         )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake Gemini server did not start")
-            time.sleep(0.01)
+        self.port = self._loopback.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._loopback is not None:
+            self._loopback.stop()
 
     def __enter__(self) -> FakeGemini:
         return self.start()

@@ -33,7 +33,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import socket
 import threading
 import time
 from collections import deque
@@ -43,11 +42,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.support.loopback_server import LoopbackServer
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 EMBEDDING_DIMENSIONS = 6
@@ -99,8 +99,7 @@ class FakeOllama:
         self.cancelled = 0
         self._cancel_event = threading.Event()
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._loopback: LoopbackServer | None = None
         self.port = 0
 
     @property
@@ -139,35 +138,21 @@ class FakeOllama:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeOllama:
-        # IPPROTO_TCP so asyncio sets TCP_NODELAY (see fake_openai: delayed ACKs otherwise).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
         app = Starlette(
             routes=[
                 Route("/api/chat", self._chat, methods=["POST"]),
                 Route("/api/embed", self._embed, methods=["POST"]),
             ]
         )
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http="h11")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._server.serve(sockets=[sock])), daemon=True, name="fake-ollama"
+        self._loopback = LoopbackServer(
+            app, log_level="warning", access_log=False, lifespan="off", http="h11", name="fake-ollama"
         )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake Ollama server did not start")
-            time.sleep(0.01)
+        self.port = self._loopback.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._loopback is not None:
+            self._loopback.stop()
 
     def __enter__(self) -> FakeOllama:
         return self.start()
