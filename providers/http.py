@@ -55,16 +55,23 @@ async def post(
     ``httpx.HTTPError``s.
     """
     if client is None:
-        shared_client()
-        transport = _transport
-        # An api_base with user:password@ needs httpx's Basic auth; rare enough to take its path.
-        if transport is not None and not url.userinfo:
-            raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-            status, raw_headers, body = await transport.post(url, raw, content, phase_timeout)
-            return Answer(status, body, raw_headers)
         client = shared_client()
+        transport = _direct(url)
+        if transport is not None:
+            status, raw_headers, body = await transport.post(url, _raw(headers), content, phase_timeout)
+            return Answer(status, body, raw_headers)
     resp = await client.post(url, content=content, headers=headers, timeout=phase_timeout)
     return Answer(resp.status_code, resp.content, resp.headers.raw)
+
+
+def _direct(url: httpx.URL) -> HTTP11Transport | None:
+    """The shared client's own transport, to call directly, if it is ours and ``url`` allows it."""
+    # An api_base with user:password@ needs httpx's Basic auth; rare enough to take its path.
+    return _transport if not url.userinfo else None
+
+
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
 class _NoCookies(httpx.Cookies):
@@ -126,15 +133,13 @@ async def post_stream(
     ``read_timeout`` bounds the wait for the headers and for each body read.
     """
     if client is None:
-        shared_client()
-        transport = _transport
-        if transport is not None and not url.userinfo:
-            raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        client = shared_client()
+        transport = _direct(url)
+        if transport is not None:
             status, raw_headers, body = await transport.open_post(
-                url, raw, content, pool_timeout, connect_timeout, read_timeout
+                url, _raw(headers), content, pool_timeout, connect_timeout, read_timeout
             )
             return StreamAnswer(status, raw_headers, body, body)
-        client = shared_client()
     timeout = httpx.Timeout(pool_timeout, read=read_timeout, connect=connect_timeout)
     request = client.build_request("POST", url, content=content, headers=headers, timeout=timeout)
     resp = await client.send(request, stream=True)
