@@ -47,6 +47,11 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
     # The response cache with the full request-path API (plan, lookup, store, stream replay).
     response_cache: ResponseCacheService | None = None
+    # Read once: the config's property recomputes it through pydantic on every request.
+    max_body_bytes: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.max_body_bytes = self.config.max_request_body_bytes
 
     async def aclose(self) -> None:
         for closer in reversed(self.closers):

@@ -31,6 +31,7 @@ _LOW_WATER = 1 << 18
 _IDLE_EXPIRY_S = 60.0
 _MAX_IDLE_PER_ORIGIN = 1024
 _CONNECT_TIMEOUT_S = 10.0  # providers.http.DEFAULT_TIMEOUT's connect, for ``post``
+_MAX_TARGETS = 4096
 
 Origin = tuple[bytes, str, int]
 
@@ -269,6 +270,22 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         # Requests in flight (= connections in use). Over the cap, callers wait up to httpx's
         # pool timeout, as with httpcore, instead of opening sockets until descriptors run out.
         self._slots = _Slots(max_connections)
+        # Per URL object: its origin and request head. Adapters keep one URL per api_base, and
+        # reading ``netloc``/``host`` off an httpx URL costs more per request than the rest of
+        # building the request (py-spy, concurrency 1). Keyed by id, with the URL held so the id
+        # cannot be reused while it is here.
+        self._targets: dict[int, tuple[httpx.URL, Origin, bytes]] = {}
+
+    def _target(self, url: httpx.URL) -> tuple[Origin, bytes]:
+        hit = self._targets.get(id(url))
+        if hit is not None and hit[0] is url:
+            return hit[1], hit[2]
+        origin = _origin(url)
+        head = b"".join([b"POST ", url.raw_path, b" HTTP/1.1\r\nHost: ", url.netloc, b"\r\n"])
+        if len(self._targets) >= _MAX_TARGETS:
+            self._targets.clear()  # URLs built per request (rare): start over rather than grow
+        self._targets[id(url)] = (url, origin, head)
+        return origin, head
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -348,10 +365,10 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         connection gets at most ``_CONNECT_TIMEOUT_S``. Raises httpx's exceptions, as
         ``handle_async_request`` does.
         """
-        origin = _origin(url)
+        origin, head = self._target(url)
         connect = min(phase_timeout, _CONNECT_TIMEOUT_S)
         conn = await self._open(
-            origin, _post_payload(url, headers, body), phase_timeout, connect, phase_timeout
+            origin, _post_payload(head, headers, body), phase_timeout, connect, phase_timeout
         )
         parts: list[bytes] = []
         try:
@@ -388,9 +405,9 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         ``post``'s reasons, for streams; the body stream must be closed (``aclose``), which
         returns the connection to the pool, or drops it if the body was not read to the end.
         """
-        origin = _origin(url)
+        origin, head = self._target(url)
         conn = await self._open(
-            origin, _post_payload(url, headers, body), read_timeout, connect_timeout, read_timeout
+            origin, _post_payload(head, headers, body), read_timeout, connect_timeout, read_timeout
         )
         return conn.status, conn.headers, _ResponseStream(self, origin, conn, read_timeout)
 
@@ -463,8 +480,8 @@ def _origin(url: httpx.URL) -> Origin:
     return (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
 
 
-def _post_payload(url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
-    lines = [b"POST ", url.raw_path, b" HTTP/1.1\r\nHost: ", url.netloc, b"\r\n"]
+def _post_payload(head: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    lines = [head]
     for name, value in headers:
         lines += [name, b": ", value, b"\r\n"]
     lines += [b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body]

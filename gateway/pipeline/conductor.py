@@ -143,7 +143,7 @@ class _Run:
         principal = await services.auth.authenticate(door.token(headers))
 
         # 2. Read the body (bounded); the door checks only the fields the gateway needs.
-        raw = await read_body(receive, headers.get(b"content-length"), services.config.max_request_body_bytes)
+        raw = await read_body(receive, headers.get(b"content-length"), services.max_body_bytes)
         call = DoorCall(headers, principal, services, self.request_id)
         req = await door.read(raw, call)
         policy = principal.policy

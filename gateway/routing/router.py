@@ -28,6 +28,7 @@ from gateway.errors import GatewayError
 from gateway.pipeline import Usage
 from gateway.routing.context_window import context_window_exceeded
 from gateway.routing.cooldowns import CooldownManager, CooldownSettings
+from gateway.routing.deadline import within
 from gateway.routing.deployment import Deployment
 from gateway.routing.fallbacks import FallbackKind, FallbackTable
 from gateway.routing.metrics import count_failure, count_fallback, count_retry, watch_deployments
@@ -541,8 +542,7 @@ class Router:
         try:
             if not inv.stream:
                 # The adapter enforces call.timeout; the outer guard covers adapters that don't.
-                async with asyncio.timeout(call.timeout + 1.0):
-                    resp = await inv.send(provider, call)
+                resp = await within(inv.send(provider, call), call.timeout + 1.0)
                 d.record_latency(time.monotonic() - t0)
                 if resp.usage is not None:
                     d.add_tokens(time.time(), resp.usage.total_tokens)
@@ -557,8 +557,7 @@ class Router:
             limit = first_timeout
             events = inv.open_stream(provider, call)
             try:
-                async with asyncio.timeout(first_timeout):
-                    first = await events.__anext__()
+                first = await within(events.__anext__(), first_timeout)
             except BaseException:
                 closer = getattr(events, "aclose", None)
                 if closer is not None:
