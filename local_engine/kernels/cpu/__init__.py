@@ -1,6 +1,7 @@
 """Fused CPU kernels for bf16 models: RMSNorm (+ residual add), rotary + KV-cache write, paged
-decode attention and decode-batch matmuls, from the C sources here compiled on first use (see
-``_build``) and called with ctypes.
+decode attention, decode-batch matmuls and matmuls against GGUF-quantized weights
+(``quant_gemm``), from the C sources here compiled on first use (see ``_build``) and called with
+ctypes.
 
 They exist because, on a CPU, the dozens of small torch ops around each layer's matmuls cost more
 than the matmuls at decode batch sizes. Each function takes and returns torch tensors and checks
@@ -31,6 +32,9 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "sy_paged_decode": (ctypes.c_int, [_P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _I, _I, _I, _F, _T]),
     "sy_pack_vnni": (None, [_P, _I, _I, _P, _T]),
     "sy_gemm_vnni": (ctypes.c_int, [_P, _I, _I, _I, _P, _I, _P, _P, _I, _T, ctypes.c_int]),
+    "sy_quant_row_bytes": (_I, [ctypes.c_int, _I]),
+    "sy_quant_gemm": (ctypes.c_int, [ctypes.c_int, _P, _I, _I, _I, _P, _I, _P, _P, _I, _T, ctypes.c_int]),
+    "sy_quant_dequant_rows": (None, [ctypes.c_int, _P, _I, _P, _I, _P]),
 }
 MAX_GROUP = 16  # query heads per KV head the decode kernel holds in registers / stack
 MAX_HEAD_DIM = 256
@@ -345,3 +349,81 @@ def gemm(
     if rc != 0:
         return None
     return out if x.dim() == 2 else out.view(*x.shape[:-1], width)
+
+
+# GGML type ids the quantized matmul reads as stored (quant.c).
+QUANT_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14}
+
+
+def quant_row_bytes(qtype: int, k: int) -> int:
+    """Bytes of one weight row of ``k`` values in GGML type ``qtype``; -1 if unsupported or ``k``
+    is not a whole number of blocks."""
+    return int(_lib().sy_quant_row_bytes(qtype, k))
+
+
+def _check_quant(weight: torch.Tensor, qtype: int, k: int) -> int:
+    row_bytes = quant_row_bytes(qtype, k)
+    if row_bytes < 0:
+        raise ValueError(f"GGML type {qtype} with rows of {k} values is not supported")
+    if weight.dtype != torch.uint8 or weight.dim() != 2 or weight.shape[1] != row_bytes:
+        raise ValueError(
+            f"a quantized weight must be uint8 [rows, {row_bytes}], not {weight.dtype} {tuple(weight.shape)}"
+        )
+    if not weight.is_contiguous():
+        raise ValueError("a quantized weight must be contiguous")
+    return row_bytes
+
+
+def quant_gemm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    qtype: int,
+    bias_f32: torch.Tensor | None = None,
+    silu_mul: bool = False,
+) -> torch.Tensor:
+    """``x @ W.T + bias`` (bf16 in and out) with ``W`` the GGUF blocks ``weight`` (uint8
+    ``[n, row bytes]``) of GGML type ``qtype``: activations quantized to int8 per 32 values,
+    integer dot products, fp32 sums. With ``silu_mul`` (``W`` a gated MLP's gate rows, then its up
+    rows) the result is ``silu(gate) * up``, ``n / 2`` wide."""
+    _require_bf16(x=x)
+    k = x.shape[-1]
+    _check_quant(weight, qtype, k)
+    n = weight.shape[0]
+    if bias_f32 is not None and (
+        bias_f32.dtype != torch.float32 or bias_f32.numel() != n or not bias_f32.is_contiguous()
+    ):
+        raise ValueError(f"bias must be {n} contiguous fp32 values")
+    if silu_mul and n % 2:
+        raise ValueError(f"a gated projection needs an even number of rows, not {n}")
+    width = n // 2 if silu_mul else n
+    x2 = _rows(x)
+    out = torch.empty((x2.shape[0], width), dtype=_BF16)
+    rc = _lib().sy_quant_gemm(
+        qtype,
+        x2.data_ptr(),
+        x2.shape[0],
+        x2.stride(0),
+        k,
+        weight.data_ptr(),
+        n,
+        None if bias_f32 is None else bias_f32.data_ptr(),
+        out.data_ptr(),
+        width,
+        torch.get_num_threads(),
+        int(silu_mul),
+    )
+    if rc != 0:
+        raise MemoryError("quant_gemm: could not allocate its activation scratch")
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], width)
+
+
+def quant_rows(weight: torch.Tensor, qtype: int, k: int, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of a GGUF-quantized ``[rows, k]`` weight, dequantized to bf16 (embedding
+    lookups: only the rows asked for are ever widened)."""
+    _check_quant(weight, qtype, k)
+    idx = _as(index.reshape(-1), torch.int64)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= weight.shape[0]):
+        raise IndexError(f"row index out of range for a table of {weight.shape[0]} rows")
+    out = torch.empty((idx.numel(), k), dtype=_BF16)
+    _lib().sy_quant_dequant_rows(qtype, weight.data_ptr(), k, idx.data_ptr(), idx.numel(), out.data_ptr())
+    return out.view(*index.shape, k)
