@@ -5,8 +5,8 @@ Of a deployment's params, the router itself uses the routing fields (``weight``,
 become its ``RequestShaper`` (``deployment_params``); ``organization`` becomes an
 ``OpenAI-Organization`` header (in ``params["extra_headers"]``) on OpenAI-compatible providers.
 Every param (``drop_params``, ``extra_headers``, ``api_version``, ``region_name``, ...) reaches the
-adapter in ``ProviderCall.params``. ``max_retries`` is not applied per deployment (see
-``deployments_from_entries``).
+adapter in ``ProviderCall.params``. ``max_retries`` is the router's: a retryable failure is retried
+on the same deployment that many times (as LiteLLM's client would) before the router moves on.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ class Deployment:
     rpm: int | None = None
     tpm: int | None = None
     max_parallel_requests: int | None = None
+    # Retries of a retryable failure on this deployment before the router moves on (LiteLLM's
+    # per-deployment ``max_retries``, its client's retries); the router's own retries come after.
+    max_retries: int = 0
     order: int = 0
     # Per token, as the deployment sets them, else the price table's (cost-based routing reads them).
     input_cost_per_token: float = 0.0
@@ -140,6 +143,7 @@ class Deployment:
             rpm=p.rpm,
             tpm=p.tpm,
             max_parallel_requests=p.max_parallel_requests,
+            max_retries=p.max_retries or 0,
             order=p.order if p.order is not None else 0,
             input_cost_per_token=price.input_per_token if price else 0.0,
             output_cost_per_token=price.output_per_token if price else 0.0,
@@ -150,14 +154,7 @@ class Deployment:
 
 
 def deployments_from_entries(entries: list[ModelEntry], default_timeout: float = 600.0) -> list[Deployment]:
-    """All deployments of a ``model_list``; identical generated ids get a ``-2``, ``-3``... suffix.
-
-    LiteLLM's per-deployment ``max_retries`` (its client's retries of one call to that deployment)
-    has no counterpart here: adapters never retry on their own, and the router retries a request's
-    retryable failures ``router_settings.num_retries`` times across the model's deployments,
-    preferring one not tried yet. ``max_retries: 0`` is therefore what every deployment does; a
-    higher value is warned about once, here, at start.
-    """
+    """All deployments of a ``model_list``; identical generated ids get a ``-2``, ``-3``... suffix."""
     seen: dict[str, int] = {}
     out: list[Deployment] = []
     for entry in entries:
@@ -167,12 +164,4 @@ def deployments_from_entries(entries: list[ModelEntry], default_timeout: float =
         if n > 1:
             dep.id = f"{dep.id}-{n}"
         out.append(dep)
-    retried = sorted({d.model_name for d in out if d.params.get("max_retries")})
-    if retried:
-        log.warning(
-            "litellm_params.max_retries is not applied per deployment (models: %s): a request's "
-            "retryable failures are retried router_settings.num_retries times across the model's "
-            "deployments instead",
-            ", ".join(retried),
-        )
     return out

@@ -82,6 +82,22 @@ def is_retryable(exc: BaseException) -> bool:
     return classify(exc) is Failure.RETRYABLE
 
 
+# The openai SDK's client retries (what LiteLLM's per-deployment ``max_retries`` configures):
+# 0.5 s doubling to at most 8 s, minus up to 25% jitter; a Retry-After of up to a minute wins.
+_CLIENT_RETRY_BASE_S = 0.5
+_CLIENT_RETRY_MAX_S = 8.0
+_CLIENT_RETRY_AFTER_MAX_S = 60.0
+
+
+def deployment_retry_pause(done: int, exc: BaseException, rng: random.Random | None = None) -> float:
+    """The wait before retrying the same deployment after ``done`` earlier retries of it."""
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, (int, float)) and 0 <= retry_after <= _CLIENT_RETRY_AFTER_MAX_S:
+        return float(retry_after)
+    delay = min(_CLIENT_RETRY_BASE_S * 2**done, _CLIENT_RETRY_MAX_S)
+    return delay * (1 - 0.25 * (rng or random).random())
+
+
 @dataclass(slots=True, frozen=True)
 class RetrySettings:
     """``num_retries`` extra attempts within ``budget_s`` seconds per request (per model)."""

@@ -33,7 +33,14 @@ from gateway.routing.deployment import Deployment
 from gateway.routing.fallbacks import FallbackKind, FallbackTable
 from gateway.routing.metrics import count_failure, count_fallback, count_retry, watch_deployments
 from gateway.routing.model_group import ModelGroup, Unavailable
-from gateway.routing.retry_policy import Failure, RetrySettings, classify, is_retryable, make_retrying
+from gateway.routing.retry_policy import (
+    Failure,
+    RetrySettings,
+    classify,
+    deployment_retry_pause,
+    is_retryable,
+    make_retrying,
+)
 from gateway.routing.state import DeploymentState
 from gateway.routing.strategies import make_strategy
 from gateway.routing.wildcards import WildcardRoutes
@@ -507,16 +514,29 @@ class Router:
                 raise last[-1]
             raise NoDeploymentAvailable(group.name, picked)
         tried.add(picked)
-        remaining = max(MIN_ATTEMPT_TIMEOUT_S, self.retry.budget_s - (time.monotonic() - started))
-        trace.attempts += 1
-        t0 = time.monotonic()
-        try:
-            return await self._attempt(picked, inv, ctx, remaining, trace, group.concrete)
-        except ProviderError as exc:
-            last.append(exc)
-            raise
-        finally:
-            trace.upstream_s += time.monotonic() - t0
+        retries_left = picked.deployment.max_retries
+        while True:
+            remaining = max(MIN_ATTEMPT_TIMEOUT_S, self.retry.budget_s - (time.monotonic() - started))
+            trace.attempts += 1
+            t0 = time.monotonic()
+            try:
+                return await self._attempt(picked, inv, ctx, remaining, trace, group.concrete)
+            except ProviderError as exc:
+                last.append(exc)
+                if retries_left <= 0 or not is_retryable(exc):
+                    raise
+                # The deployment's own ``max_retries`` (LiteLLM's per-deployment client retries):
+                # the same deployment again, unless it went into cooldown or time is short.
+                pause = deployment_retry_pause(picked.deployment.max_retries - retries_left, exc)
+                if picked.cooldown_until > time.time() or (
+                    time.monotonic() - started + pause >= self.retry.budget_s
+                ):
+                    raise
+                retries_left -= 1
+                count_retry(group.name)
+                await asyncio.sleep(pause)
+            finally:
+                trace.upstream_s += time.monotonic() - t0
 
     async def _attempt(
         self,

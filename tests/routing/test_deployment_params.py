@@ -6,7 +6,7 @@ caller leaves them out and lose to the caller's own values; ``additional_drop_pa
 ``organization`` and ``extra_headers`` become headers; a retry on another deployment gets the
 caller's body as it came, not the first deployment's defaults; the typed path (the anthropic SDK
 on ``/v1/messages``) gets the defaults in its empty slots; per-deployment ``timeout`` bounds a
-call; ``drop_params`` (global or per deployment) reaches the adapters in ``ProviderCall.params``.
+call; per-deployment ``max_retries`` retries the same deployment; ``drop_params`` (global or per deployment) reaches the adapters in ``ProviderCall.params``.
 """
 
 from __future__ import annotations
@@ -191,9 +191,21 @@ def test_a_deployment_stream_timeout_bounds_the_wait_for_the_first_event(
     assert fakes[0].wait_for_cancel(10)  # the gateway gave up on the upstream request
 
 
-def test_max_retries_is_warned_about_at_start(gw: GatewayProcess) -> None:
-    client(gw).chat.completions.create(model="retrying", messages=MSG)  # still served
-    assert "max_retries is not applied per deployment (models: retrying)" in gw.logs()
+def test_max_retries_retries_the_same_deployment(gw: GatewayProcess, fakes: Fakes) -> None:
+    # Three 503s (Retry-After: 0 keeps the test fast): the deployment's max_retries=3 makes four
+    # attempts on it; the router's own num_retries=1 alone would have given up after two.
+    fakes[0].enqueue(*[Behavior(status=503, headers={"retry-after": "0"}) for _ in range(3)])
+    reply = client(gw).chat.completions.with_raw_response.create(model="retrying", messages=MSG)
+    assert reply.headers["x-switchyard-attempts"] == "4"
+    assert len(sent(fakes[0], "retrying-up")) == 4
+    assert "max_retries is not applied" not in gw.logs()
+
+
+def test_without_max_retries_the_routers_retries_are_all(gw: GatewayProcess, fakes: Fakes) -> None:
+    fakes[0].enqueue(*[Behavior(status=503, headers={"retry-after": "0"}) for _ in range(3)])
+    with pytest.raises(openai.InternalServerError):
+        client(gw).chat.completions.create(model="plain", messages=MSG)
+    assert len(sent(fakes[0], "plain-up")) == 2  # the first attempt and num_retries=1
 
 
 # ---- drop_params: the setting reaches the adapters (providers/native.py honours it) -------------
