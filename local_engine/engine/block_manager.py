@@ -52,6 +52,11 @@ class BlockManager:
     def num_cached_blocks(self) -> int:
         return len(self._hash_to_block)
 
+    def cached_hashes(self) -> list[int]:
+        """Every hash registered in the prefix cache. One C-level copy under the GIL, so the server
+        may call it while the step thread mutates the cache (``local_engine.prefix_summary``)."""
+        return list(self._hash_to_block)
+
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
