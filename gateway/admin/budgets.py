@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.admin.budget_schemas import MAX_LIST, BudgetDeleteRequest, BudgetNewRequest, BudgetRequest
-from gateway.admin.router import _allow, _audit, _json, _money, _parse, _read, _write
+from gateway.admin.router import _allow, _audit, _invalidate_all, _json, _money, _parse, _read, _write
 from gateway.db import budgets as budgets_sql
 from gateway.errors import GatewayError, bad_request
 from gateway.keys.durations import next_reset
@@ -85,6 +85,7 @@ async def budget_update(request: Request) -> Response:
             raise _not_found(body.budget_id, "budget_id")
         view = _view(row)
         await _audit(conn, caller, "budget.update", "budget", body.budget_id, _view(before[0]), view)
+    _invalidate_all(request)  # the keys of teams, users and keys linked to it hold new limits now
     return _json(view)
 
 
@@ -98,6 +99,7 @@ async def budget_delete(request: Request) -> Response:
             raise _not_found(body.id, "id")
         view = _view(row)
         await _audit(conn, caller, "budget.delete", "budget", body.id, view, None)
+    _invalidate_all(request)
     return _json(view)
 
 

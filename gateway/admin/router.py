@@ -255,6 +255,7 @@ def _key_columns(
         "aliases",
         "permissions",
         "config",
+        "budget_id",
     ):
         if name in fields:
             values[name] = getattr(body, name)
@@ -560,7 +561,16 @@ def _team_columns(body: schemas.TeamFields, fields: set[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "team_alias" in fields:
         values["alias"] = body.team_alias
-    for name in (*_COMMON_LIMITS, "blocked", "models", "metadata", "model_rpm_limit", "model_tpm_limit"):
+    for name in (
+        *_COMMON_LIMITS,
+        "blocked",
+        "models",
+        "metadata",
+        "model_rpm_limit",
+        "model_tpm_limit",
+        "budget_id",
+        "organization_id",
+    ):
         if name in fields:
             values[name] = getattr(body, name)
     if "max_budget" in fields:
@@ -744,7 +754,7 @@ def _user_columns(body: schemas.UserFields, fields: set[str]) -> dict[str, Any]:
     for src, dst in (("user_email", "email"), ("user_alias", "alias"), ("user_role", "role")):
         if src in fields:
             values[dst] = getattr(body, src)
-    for name in (*_COMMON_LIMITS, "models", "metadata", "blocked"):
+    for name in (*_COMMON_LIMITS, "models", "metadata", "blocked", "budget_id"):
         if name in fields:
             values[name] = getattr(body, name)
     if "max_budget" in fields:

@@ -172,6 +172,8 @@ class KeyFields(_Body):
     soft_budget: Money | None = None
     permissions: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
+    # A budgets row (``/budget/new``) whose limits hold the key as well as its own.
+    budget_id: Ref | None = None
 
 
 class GenerateKeyRequest(KeyFields):
@@ -226,6 +228,8 @@ class TeamFields(_Body):
     model_tpm_limit: dict[ModelName, Limit] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     blocked: bool = False
+    budget_id: Ref | None = None
+    organization_id: Ref | None = None
 
 
 class NewTeamRequest(TeamFields):
@@ -274,6 +278,7 @@ class UserFields(_Body):
     max_parallel_requests: Limit | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     blocked: bool = False
+    budget_id: Ref | None = None
 
 
 class NewUserRequest(UserFields):

@@ -36,10 +36,13 @@ class TeamRecord:
     metadata: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    budget_id: str | None
+    organization_id: str | None
 
     COLUMNS = (
         "id, alias, models, max_budget, spend, budget_duration, budget_reset_at, rpm_limit, tpm_limit, "
-        "max_parallel_requests, model_rpm_limit, model_tpm_limit, blocked, metadata, created_at, updated_at"
+        "max_parallel_requests, model_rpm_limit, model_tpm_limit, blocked, metadata, created_at, updated_at, "
+        "budget_id, organization_id"
     )
 
     @classmethod
@@ -64,6 +67,8 @@ class TeamRecord:
             "model_tpm_limit": self.model_tpm_limit,
             "blocked": self.blocked,
             "metadata": self.metadata,
+            "budget_id": self.budget_id,
+            "organization_id": self.organization_id,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
         }
@@ -87,10 +92,11 @@ class UserRecord:
     metadata: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    budget_id: str | None
 
     COLUMNS = (
         "id, email, alias, role, models, max_budget, spend, budget_duration, budget_reset_at, rpm_limit, "
-        "tpm_limit, max_parallel_requests, blocked, metadata, created_at, updated_at"
+        "tpm_limit, max_parallel_requests, blocked, metadata, created_at, updated_at, budget_id"
     )
 
     @classmethod
@@ -115,6 +121,7 @@ class UserRecord:
             "max_parallel_requests": self.max_parallel_requests,
             "blocked": self.blocked,
             "metadata": self.metadata,
+            "budget_id": self.budget_id,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
         }
@@ -158,13 +165,14 @@ class KeyRecord:
     soft_budget: Decimal | None
     permissions: dict[str, Any]
     config: dict[str, Any]
+    budget_id: str | None
     extra: dict[str, Any] = field(default_factory=dict)
 
     COLUMNS = (
         "token_hash, key_name, key_alias, team_id, user_id, models, max_budget, spend, budget_duration, "
         "budget_reset_at, rpm_limit, tpm_limit, max_parallel_requests, model_rpm_limit, model_tpm_limit, "
         "expires, blocked, metadata, created_by, created_at, updated_at, aliases, model_max_budget, "
-        "soft_budget, permissions, config"
+        "soft_budget, permissions, config, budget_id"
     )
 
     @classmethod
@@ -203,6 +211,7 @@ class KeyRecord:
             "soft_budget": _money(self.soft_budget),
             "permissions": self.permissions,
             "config": self.config,
+            "budget_id": self.budget_id,
         }
 
     def status(self, now: datetime) -> str:

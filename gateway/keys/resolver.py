@@ -41,11 +41,25 @@ SELECT k.token_hash, k.key_alias, k.team_id, k.user_id, k.models, k.max_budget, 
        t.model_rpm_limit AS t_model_rpm_limit, t.model_tpm_limit AS t_model_tpm_limit, t.blocked AS t_blocked,
        u.id AS u_id, u.max_budget AS u_max_budget, u.spend AS u_spend, u.rpm_limit AS u_rpm_limit,
        u.tpm_limit AS u_tpm_limit, u.max_parallel_requests AS u_max_parallel, u.blocked AS u_blocked,
-       m.role AS member_role
+       m.role AS member_role,
+       kb.max_budget AS kb_max_budget, kb.soft_budget AS kb_soft_budget, kb.rpm_limit AS kb_rpm_limit,
+       kb.tpm_limit AS kb_tpm_limit, kb.max_parallel_requests AS kb_max_parallel,
+       tb.max_budget AS tb_max_budget, tb.rpm_limit AS tb_rpm_limit, tb.tpm_limit AS tb_tpm_limit,
+       tb.max_parallel_requests AS tb_max_parallel,
+       ub.max_budget AS ub_max_budget, ub.rpm_limit AS ub_rpm_limit, ub.tpm_limit AS ub_tpm_limit,
+       ub.max_parallel_requests AS ub_max_parallel,
+       o.id AS o_id, o.models AS o_models, o.spend AS o_spend,
+       ob.max_budget AS ob_max_budget, ob.rpm_limit AS ob_rpm_limit, ob.tpm_limit AS ob_tpm_limit,
+       ob.max_parallel_requests AS ob_max_parallel
 FROM virtual_keys k
 LEFT JOIN teams t ON t.id = k.team_id
 LEFT JOIN users u ON u.id = k.user_id
 LEFT JOIN team_memberships m ON m.team_id = k.team_id AND m.user_id = k.user_id
+LEFT JOIN budgets kb ON kb.id = k.budget_id
+LEFT JOIN budgets tb ON tb.id = t.budget_id
+LEFT JOIN budgets ub ON ub.id = u.budget_id
+LEFT JOIN organizations o ON o.id = t.organization_id
+LEFT JOIN budgets ob ON ob.id = o.budget_id
 WHERE k.token_hash = $1
 """
 
@@ -83,6 +97,24 @@ class _Entry:
 
 def _as_float(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
+
+
+def _tighter(own: Any, linked: Any) -> Any:
+    """The stricter of an entity's own limit and its budget row's (LiteLLM's ``budget_id``): a row
+    can only hold an entity tighter, never loosen what was set on it. None: no limit."""
+    if own is None:
+        return linked
+    return own if linked is None else min(own, linked)
+
+
+def _scope(kind: str, owner: str, row: asyncpg.Record, own: str, linked: str) -> LimitScope | None:
+    """``kind``'s rpm/tpm/parallel scope from its own columns (prefix ``own``) and its budget row's
+    (prefix ``linked``, absent for organizations), or None when neither sets a limit."""
+    names = ("rpm_limit", "tpm_limit", "max_parallel")
+    values = [_tighter(row[f"{own}{n}"] if own else None, row[f"{linked}{n}"]) for n in names]
+    if all(v is None for v in values):
+        return None
+    return LimitScope(kind, owner, *values)
 
 
 def _allowed_models(key_models: list[str], team_models: list[str] | None) -> tuple[str, ...]:
@@ -260,7 +292,7 @@ class PostgresKeyResolver:
         """The key's LiteLLM request rules, or None when it sets none (the common case costs nothing)."""
         aliases = dict(row["aliases"] or {})
         tags = (row["metadata"] or {}).get("tags") or []
-        soft = row["soft_budget"]
+        soft = _tighter(row["soft_budget"], row["kb_soft_budget"])
         if not (aliases or budgets or tags or soft is not None):
             return None
         return KeyPolicy(
@@ -274,6 +306,14 @@ class PostgresKeyResolver:
             key_budget=key_budget,
         )
 
+    @staticmethod
+    def _models(row: asyncpg.Record) -> tuple[str, ...]:
+        """The key's models within its team's, within the team's organization's."""
+        models = _allowed_models(list(row["models"] or []), None if row["t_id"] is None else row["t_models"])
+        if row["o_id"] is not None and row["o_models"]:
+            models = _allowed_models(list(models), row["o_models"])
+        return models
+
     def _entry_from_row(
         self,
         row: asyncpg.Record,
@@ -282,41 +322,48 @@ class PostgresKeyResolver:
         model_spend: dict[str, float],
     ) -> _Entry:
         token_hash: str = row["token_hash"]
-        team_id, user_id = row["t_id"], row["u_id"]
+        team_id, user_id, org_id = row["t_id"], row["u_id"], row["o_id"]
+        # Each of key, user, team and organization is held to its own limits and to its budget
+        # row's (``budget_id``), whichever is stricter; an organization has only its budget row's.
         limits: list[LimitScope] = []
+        key_scope = LimitScope(
+            "key",
+            token_hash,
+            _tighter(row["rpm_limit"], row["kb_rpm_limit"]),
+            _tighter(row["tpm_limit"], row["kb_tpm_limit"]),
+            _tighter(row["max_parallel_requests"], row["kb_max_parallel"]),
+        )
         if (
-            row["rpm_limit"] is not None
-            or row["tpm_limit"] is not None
-            or row["max_parallel_requests"] is not None
+            key_scope.rpm is not None
+            or key_scope.tpm is not None
+            or key_scope.max_parallel_requests is not None
         ):
-            limits.append(
-                LimitScope(
-                    "key", token_hash, row["rpm_limit"], row["tpm_limit"], row["max_parallel_requests"]
-                )
-            )
+            limits.append(key_scope)
         limits += _model_scopes("key_model", token_hash, row["model_rpm_limit"], row["model_tpm_limit"])
-        key_budget = self._budget("key", token_hash, row["max_budget"], row["spend"])
+        key_max = _tighter(row["max_budget"], row["kb_max_budget"])
+        key_budget = self._budget("key", token_hash, key_max, row["spend"])
         budgets = [("key", key_budget)]
         if team_id is not None:
-            if any(row[c] is not None for c in ("t_rpm_limit", "t_tpm_limit", "t_max_parallel")):
-                limits.append(
-                    LimitScope("team", team_id, row["t_rpm_limit"], row["t_tpm_limit"], row["t_max_parallel"])
-                )
+            limits += filter(None, [_scope("team", team_id, row, "t_", "tb_")])
             limits += _model_scopes("team_model", team_id, row["t_model_rpm_limit"], row["t_model_tpm_limit"])
-            budgets.append(("team", self._budget("team", team_id, row["t_max_budget"], row["t_spend"])))
+            team_max = _tighter(row["t_max_budget"], row["tb_max_budget"])
+            budgets.append(("team", self._budget("team", team_id, team_max, row["t_spend"])))
+        if org_id is not None:
+            limits += filter(None, [_scope("org", org_id, row, "", "ob_")])
+            budgets.append(
+                ("organization", self._budget("org", org_id, row["ob_max_budget"], row["o_spend"]))
+            )
         if user_id is not None:
-            if any(row[c] is not None for c in ("u_rpm_limit", "u_tpm_limit", "u_max_parallel")):
-                limits.append(
-                    LimitScope("user", user_id, row["u_rpm_limit"], row["u_tpm_limit"], row["u_max_parallel"])
-                )
-            budgets.append(("user", self._budget("user", user_id, row["u_max_budget"], row["u_spend"])))
+            limits += filter(None, [_scope("user", user_id, row, "u_", "ub_")])
+            user_max = _tighter(row["u_max_budget"], row["ub_max_budget"])
+            budgets.append(("user", self._budget("user", user_id, user_max, row["u_spend"])))
         principal = Principal(
             kind="virtual",
             key_hash=token_hash,
             key_alias=row["key_alias"],
             team_id=team_id,
             user_id=user_id,
-            models=_allowed_models(list(row["models"] or []), None if team_id is None else row["t_models"]),
+            models=self._models(row),
             limits=tuple(limits),
             team_admin=row["member_role"] == "admin",
             metadata=dict(row["metadata"] or {}),

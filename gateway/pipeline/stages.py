@@ -88,6 +88,8 @@ class UsageEvent:
     metadata: dict[str, Any] = field(default_factory=dict)
     # The client API it came through ("chat", "embeddings", "completions", "messages", "responses").
     operation: str = "chat"
+    # The customer (LiteLLM's end user) the request named, charged with its cost.
+    end_user: str | None = None
 
 
 class KeyResolver(Protocol):

@@ -70,6 +70,7 @@ def encode_record(row_id: str, event: UsageEvent) -> bytes:
                 event.ended_at,
                 event.metadata,
                 event.operation,
+                event.end_user,
             ],
             default=str,
         )
@@ -81,7 +82,8 @@ def decode_record(line: bytes) -> tuple[str, UsageEvent]:
     """The inverse of ``encode_record``; raises ``ValueError`` on a torn or foreign line."""
     try:
         fields: list[Any] = orjson.loads(line)
-        # Lines written before the operation was recorded have 18 fields: those were chat.
+        # Lines written before the customer was recorded have 19 fields, before the operation 18 (chat).
+        end_user = fields.pop() if isinstance(fields, list) and len(fields) == 20 else None
         operation = fields.pop() if isinstance(fields, list) and len(fields) == 19 else "chat"
         (
             row_id,
@@ -121,6 +123,7 @@ def decode_record(line: bytes) -> tuple[str, UsageEvent]:
             error_code=error_code,
             metadata=dict(metadata or {}),
             operation=str(operation),
+            end_user=None if end_user is None else str(end_user),
         )
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise ValueError(f"not a spend journal record: {exc}") from None

@@ -46,17 +46,35 @@ _CENT_FRACTION = Decimal("1e-12")  # the scale of NUMERIC(24, 12) columns
 _INSERT_LOGS = """
 INSERT INTO spend_logs (id, request_id, key_hash, team_id, user_id, model, deployment_id, provider_model,
                         prompt_tokens, completion_tokens, total_tokens, spend, status, cache_hit, stream,
-                        error_code, start_time, end_time, metadata, operation)
+                        error_code, start_time, end_time, metadata, operation, end_user)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                      $8::text[], $9::int[], $10::int[], $11::int[], $12::numeric[], $13::text[], $14::bool[],
                      $15::bool[], $16::text[], $17::timestamptz[], $18::timestamptz[], $19::jsonb[],
-                     $20::text[])
+                     $20::text[], $21::text[])
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
 
 # (table, primary key column, resolver kind)
 _ENTITIES = (("virtual_keys", "token_hash", "key"), ("teams", "id", "team"), ("users", "id", "user"))
+
+# A team's charge also goes to its organization (locked in id order, after the teams).
+_LOCK_ORGS = """
+SELECT 1 FROM organizations WHERE id IN (SELECT organization_id FROM teams WHERE id = ANY($1::text[]))
+ORDER BY id FOR UPDATE
+"""
+_CHARGE_ORGS = """
+UPDATE organizations AS o SET spend = o.spend + v.amount
+FROM (SELECT t.organization_id AS id, sum(x.amount) AS amount
+      FROM unnest($1::text[], $2::numeric[]) AS x(id, amount) JOIN teams t ON t.id = x.id
+      WHERE t.organization_id IS NOT NULL GROUP BY t.organization_id) AS v
+WHERE o.id = v.id RETURNING o.id, o.spend
+"""
+# Customers are created by their first charge, as LiteLLM upserts its end users (sorted: no deadlocks).
+_CHARGE_CUSTOMERS = """
+INSERT INTO customers AS c (id, spend) SELECT * FROM unnest($1::text[], $2::numeric[])
+ON CONFLICT (id) DO UPDATE SET spend = c.spend + EXCLUDED.spend RETURNING c.id, c.spend
+"""
 
 _UPSERT_DAILY = """
 INSERT INTO daily_spend (day, key_hash, team_id, user_id, model, requests, failed_requests, prompt_tokens,
@@ -257,7 +275,7 @@ class PostgresSpendSink:
 
     async def _write(self, batch: list[tuple[str, UsageEvent]]) -> int:
         costs = [self._cost(e) for _, e in batch]
-        cols: list[list[Any]] = [[] for _ in range(20)]
+        cols: list[list[Any]] = [[] for _ in range(21)]
         for (row_id, e), cost in zip(batch, costs, strict=True):
             p, u = e.principal, e.usage
             values = (
@@ -281,19 +299,27 @@ class PostgresSpendSink:
                 _utc(e.ended_at),
                 e.metadata,
                 e.operation,
+                e.end_user,
             )
             for col, value in zip(cols, values, strict=True):
                 col.append(value)
         charged: list[tuple[str, str, float]] = []
         async with self._pool.acquire() as conn, conn.transaction():
             inserted = {r["id"] for r in await conn.fetch(_INSERT_LOGS, *cols)}
-            amounts: dict[str, dict[str, Decimal]] = {kind: defaultdict(Decimal) for _, _, kind in _ENTITIES}
+            amounts: dict[str, dict[str, Decimal]] = {
+                kind: defaultdict(Decimal) for kind in ("key", "team", "user", "customer")
+            }
             daily: dict[tuple[date, str, str, str, str], list[Any]] = {}
             for (row_id, e), cost in zip(batch, costs, strict=True):
                 if row_id not in inserted:
                     continue  # already written by an earlier attempt whose commit we did not see
                 p = e.principal
-                for kind, entity in (("key", p.key_hash), ("team", p.team_id), ("user", p.user_id)):
+                for kind, entity in (
+                    ("key", p.key_hash),
+                    ("team", p.team_id),
+                    ("user", p.user_id),
+                    ("customer", e.end_user),
+                ):
                     if entity is not None:
                         amounts[kind][entity] += cost
                 group = (
@@ -325,6 +351,16 @@ class PostgresSpendSink:
                     [amounts[kind][i] for i in ids],
                 )
                 charged += [(kind, r["id"], float(r["spend"])) for r in rows]
+                if kind == "team":
+                    await conn.execute(_LOCK_ORGS, ids)
+                    rows = await conn.fetch(_CHARGE_ORGS, ids, [amounts[kind][i] for i in ids])
+                    charged += [("org", r["id"], float(r["spend"])) for r in rows]
+            customers = sorted(amounts["customer"])
+            if customers:
+                rows = await conn.fetch(
+                    _CHARGE_CUSTOMERS, customers, [amounts["customer"][c] for c in customers]
+                )
+                charged += [("customer", r["id"], float(r["spend"])) for r in rows]
             if daily:
                 groups = sorted(daily)
                 dcols: list[list[Any]] = [[] for _ in range(10)]
