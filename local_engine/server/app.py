@@ -1,7 +1,8 @@
 """The standalone OpenAI-compatible HTTP server for one model (``switchyard engine serve``).
 
 Routes: ``/v1/chat/completions``, ``/v1/completions`` (both with SSE streaming), ``/v1/models``,
-``/health``. Errors are OpenAI-shaped. A client that disconnects aborts its request in the engine.
+``/health``, and the prefix-cache summary for routers (``local_engine.server.prefix_cache``).
+Errors are OpenAI-shaped. A client that disconnects aborts its request in the engine.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from local_engine.engine.async_engine import AsyncEngine
 from local_engine.engine.outputs import RequestOutput
+from local_engine.server.prefix_cache import add_prefix_cache_routes
 from local_engine.server.protocol import OpenAIError
 from local_engine.server.serving import OpenAIServing, Prepared
 
@@ -190,4 +192,5 @@ def create_app(
         s = serving()
         return await run_request(request, s.prepare_completion, s.completion_response, s.completion_chunks)
 
+    add_prefix_cache_routes(app, engine)
     return app
