@@ -60,17 +60,31 @@ def _q8_activations(x: torch.Tensor) -> np.ndarray:
     return (q * (amax / np.float32(127)).astype(np.float64)).reshape(x.shape)
 
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
+PANEL_FORMATS = [Q.Q4_0, Q.Q4_1, Q.Q8_0]
+
+
+def _panels(raw: np.ndarray, qtype: Q, k: int) -> torch.Tensor:
+    weight = torch.from_numpy(raw.copy())
+    if not cpu_kernels.pack_panels(weight, int(qtype), k):
+        pytest.skip("this build has no panel layout (no AVX512-VNNI)")
+    return weight
+
+
+LAYOUTS = [(q, False) for q in FORMATS] + [(q, True) for q in PANEL_FORMATS]
+
+
+@pytest.mark.parametrize("qtype,panels", LAYOUTS, ids=lambda v: getattr(v, "name", "panels" if v else "rows"))
 @pytest.mark.parametrize("rows", [1, 3, 4, 7, 16])
-def test_quant_gemm_matches_dequantize_then_matmul(qtype: Q, rows: int) -> None:
-    n, k = 200, 512  # 200: chunks of features that do not divide evenly among threads
+def test_quant_gemm_matches_dequantize_then_matmul(qtype: Q, panels: bool, rows: int) -> None:
+    n, k = 208, 512  # 13 panels of 16: chunks that do not divide evenly among threads
     raw = quantized_weight(qtype, n, k, seed=rows)
     w = dequantize(raw, qtype).reshape(n, k).astype(np.float64)
+    weight = _panels(raw, qtype, k) if panels else torch.from_numpy(raw)
     torch.manual_seed(rows)
     wide = torch.randn(rows, k + 64).to(BF16)
     x = wide[:, 32 : 32 + k]  # strided rows: the kernel must honour the row stride
     bias = torch.randn(n)
-    got = cpu_kernels.quant_gemm(x, torch.from_numpy(raw), int(qtype), bias).double().numpy()
+    got = cpu_kernels.quant_gemm(x, weight, int(qtype), bias, panels=panels).double().numpy()
     assert got.shape == (rows, n)
     magnitude = np.abs(x.double().numpy()) @ np.abs(w).T
     exact = _q8_activations(x) @ w.T + bias.double().numpy()
@@ -80,30 +94,34 @@ def test_quant_gemm_matches_dequantize_then_matmul(qtype: Q, rows: int) -> None:
     assert np.linalg.norm(got - plain) <= 0.02 * np.linalg.norm(plain)
 
 
-@pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q6_K], ids=lambda q: q.name)
-def test_quant_gemm_fused_silu_mul(qtype: Q) -> None:
+@pytest.mark.parametrize("qtype,panels", [(Q.Q4_1, False), (Q.Q6_K, False), (Q.Q4_1, True), (Q.Q8_0, True)])
+def test_quant_gemm_fused_silu_mul(qtype: Q, panels: bool) -> None:
+    """HF's bf16 MLP rounds gate and up to bf16, silu(gate) to bf16, then their product."""
     inter, k, rows = 96, 256, 5
     raw = quantized_weight(qtype, 2 * inter, k, seed=7)  # gate rows, then up rows
+    weight = _panels(raw, qtype, k) if panels else torch.from_numpy(raw)
     torch.manual_seed(7)
     x = torch.randn(rows, k).to(BF16)
-    gate_up = cpu_kernels.quant_gemm(x, torch.from_numpy(raw), int(qtype)).float()
-    want = torch.nn.functional.silu(gate_up[:, :inter]) * gate_up[:, inter:]
-    got = cpu_kernels.quant_gemm(x, torch.from_numpy(raw), int(qtype), silu_mul=True)
+    bias = torch.randn(2 * inter)
+    gate_up = cpu_kernels.quant_gemm(x, weight, int(qtype), bias, panels=panels)
+    want = (torch.nn.functional.silu(gate_up[:, :inter].float()).to(BF16) * gate_up[:, inter:]).float()
+    got = cpu_kernels.quant_gemm(x, weight, int(qtype), bias, silu_mul=True, panels=panels)
     assert got.shape == (rows, inter)
     assert torch.allclose(got.float(), want, rtol=2**-6, atol=1e-4)
 
 
-@pytest.mark.parametrize("qtype", FORMATS, ids=lambda q: q.name)
-def test_quant_rows_dequantize_exactly_as_gguf(qtype: Q) -> None:
-    n, k = 50, 512
+@pytest.mark.parametrize("qtype,panels", LAYOUTS, ids=lambda v: getattr(v, "name", "panels" if v else "rows"))
+def test_quant_rows_dequantize_exactly_as_gguf(qtype: Q, panels: bool) -> None:
+    n, k = 48, 512
     raw = quantized_weight(qtype, n, k, seed=11)
-    index = torch.tensor([[3, 0], [49, 3]])
-    got = cpu_kernels.quant_rows(torch.from_numpy(raw), int(qtype), k, index)
+    weight = _panels(raw, qtype, k) if panels else torch.from_numpy(raw)
+    index = torch.tensor([[3, 0], [47, 17]])
+    got = cpu_kernels.quant_rows(weight, int(qtype), k, index, panels=panels)
     assert got.shape == (2, 2, k) and got.dtype == BF16
     want = torch.from_numpy(dequantize(raw, qtype).reshape(n, k))[index].to(BF16)
     assert torch.equal(got, want)
     with pytest.raises(IndexError):
-        cpu_kernels.quant_rows(torch.from_numpy(raw), int(qtype), k, torch.tensor([n]))
+        cpu_kernels.quant_rows(weight, int(qtype), k, torch.tensor([n]), panels=panels)
 
 
 def test_bad_quantized_weights_are_refused() -> None:
@@ -117,6 +135,10 @@ def test_bad_quantized_weights_are_refused() -> None:
         cpu_kernels.quant_gemm(x, raw[:, :20], int(Q.Q4_1))  # rows of one block, not two
     with pytest.raises(ValueError, match="bfloat16"):
         cpu_kernels.quant_gemm(x.float(), raw, int(Q.Q4_1))
+    with pytest.raises(ValueError, match="panel"):  # 8 rows: half a panel
+        cpu_kernels.quant_gemm(x, raw, int(Q.Q4_1), panels=True)
+    assert not cpu_kernels.pack_panels(raw, int(Q.Q4_1), 64)  # and it is left as it was
+    assert not cpu_kernels.pack_panels(torch.from_numpy(quantized_weight(Q.Q6_K, 16, 256)), int(Q.Q6_K), 256)
 
 
 @pytest.mark.parametrize(
@@ -140,7 +162,7 @@ def test_quant_gemm_without_vnni_or_avx2_computes_the_same(flags: tuple[str, ...
         raw = torch.from_numpy(quantized_weight(qtype, 40, 512, seed=5))
         want = cpu_kernels.quant_gemm(x, raw, int(qtype))
         out = torch.empty((6, 40), dtype=BF16)
-        args = (x.data_ptr(), 6, 512, 512, raw.data_ptr(), 40, None, out.data_ptr(), 40, 2, 0)
+        args = (x.data_ptr(), 6, 512, 512, raw.data_ptr(), 40, None, out.data_ptr(), 40, 2, 0, 0)
         assert fn(int(qtype), *args) == 0
         # same integer sums; fp32 summation order differs, so a last-bit bf16 difference at most
         assert torch.allclose(out.float(), want.float(), rtol=2**-7, atol=1e-5), qtype.name

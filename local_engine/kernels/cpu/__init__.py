@@ -33,8 +33,13 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "sy_pack_vnni": (None, [_P, _I, _I, _P, _T]),
     "sy_gemm_vnni": (ctypes.c_int, [_P, _I, _I, _I, _P, _I, _P, _P, _I, _T, ctypes.c_int]),
     "sy_quant_row_bytes": (_I, [ctypes.c_int, _I]),
-    "sy_quant_gemm": (ctypes.c_int, [ctypes.c_int, _P, _I, _I, _I, _P, _I, _P, _P, _I, _T, ctypes.c_int]),
-    "sy_quant_dequant_rows": (None, [ctypes.c_int, _P, _I, _P, _I, _P]),
+    "sy_quant_gemm": (
+        ctypes.c_int,
+        [ctypes.c_int, _P, _I, _I, _I, _P, _I, _P, _P, _I, _T, ctypes.c_int, ctypes.c_int],
+    ),
+    "sy_quant_dequant_rows": (None, [ctypes.c_int, _P, _I, _P, _I, _P, ctypes.c_int]),
+    "sy_quant_pack_panels": (ctypes.c_int, [ctypes.c_int, _P, _I, _I, _T]),
+    "sy_quant_panels_supported": (ctypes.c_int, []),
 }
 MAX_GROUP = 16  # query heads per KV head the decode kernel holds in registers / stack
 MAX_HEAD_DIM = 256
@@ -374,17 +379,31 @@ def _check_quant(weight: torch.Tensor, qtype: int, k: int) -> int:
     return row_bytes
 
 
+def pack_panels(weight: torch.Tensor, qtype: int, k: int) -> bool:
+    """Rearrange a GGUF tensor ``weight`` (uint8 ``[n, row bytes]``, rows of ``k`` values) into
+    quant.c's panel layout, in place (the same bytes, 16 rows' blocks interleaved), for the faster
+    ``quant_gemm`` path. False, and ``weight`` untouched, where that layout does not apply (a
+    format other than Q4_0 / Q4_1 / Q8_0, ``n`` not a multiple of 16, a build without
+    AVX512-VNNI)."""
+    _check_quant(weight, qtype, k)
+    rc = _lib().sy_quant_pack_panels(qtype, weight.data_ptr(), weight.shape[0], k, torch.get_num_threads())
+    if rc == -2:
+        raise MemoryError("pack_panels: could not allocate a panel's scratch")
+    return rc == 0
+
+
 def quant_gemm(
     x: torch.Tensor,
     weight: torch.Tensor,
     qtype: int,
     bias_f32: torch.Tensor | None = None,
     silu_mul: bool = False,
+    panels: bool = False,
 ) -> torch.Tensor:
     """``x @ W.T + bias`` (bf16 in and out) with ``W`` the GGUF blocks ``weight`` (uint8
-    ``[n, row bytes]``) of GGML type ``qtype``: activations quantized to int8 per 32 values,
-    integer dot products, fp32 sums. With ``silu_mul`` (``W`` a gated MLP's gate rows, then its up
-    rows) the result is ``silu(gate) * up``, ``n / 2`` wide."""
+    ``[n, row bytes]``, in the panel layout where ``panels``) of GGML type ``qtype``: activations
+    quantized to int8 per 32 values, integer dot products, fp32 sums. With ``silu_mul`` (``W`` a
+    gated MLP's gate rows, then its up rows) the result is ``silu(gate) * up``, ``n / 2`` wide."""
     _require_bf16(x=x)
     k = x.shape[-1]
     _check_quant(weight, qtype, k)
@@ -411,13 +430,18 @@ def quant_gemm(
         width,
         torch.get_num_threads(),
         int(silu_mul),
+        int(panels),
     )
+    if rc == -1:
+        raise ValueError(f"this build cannot run a panel-layout weight of {n} rows")
     if rc != 0:
         raise MemoryError("quant_gemm: could not allocate its activation scratch")
     return out if x.dim() == 2 else out.view(*x.shape[:-1], width)
 
 
-def quant_rows(weight: torch.Tensor, qtype: int, k: int, index: torch.Tensor) -> torch.Tensor:
+def quant_rows(
+    weight: torch.Tensor, qtype: int, k: int, index: torch.Tensor, panels: bool = False
+) -> torch.Tensor:
     """Rows ``index`` of a GGUF-quantized ``[rows, k]`` weight, dequantized to bf16 (embedding
     lookups: only the rows asked for are ever widened)."""
     _check_quant(weight, qtype, k)
@@ -425,5 +449,8 @@ def quant_rows(weight: torch.Tensor, qtype: int, k: int, index: torch.Tensor) ->
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= weight.shape[0]):
         raise IndexError(f"row index out of range for a table of {weight.shape[0]} rows")
     out = torch.empty((idx.numel(), k), dtype=_BF16)
-    _lib().sy_quant_dequant_rows(qtype, weight.data_ptr(), k, idx.data_ptr(), idx.numel(), out.data_ptr())
+    lib = _lib()
+    lib.sy_quant_dequant_rows(
+        qtype, weight.data_ptr(), k, idx.data_ptr(), idx.numel(), out.data_ptr(), int(panels)
+    )
     return out.view(*index.shape, k)
