@@ -57,7 +57,9 @@ class ModelRunner:
         self.kv_caches = self._allocate_kv_cache(self.num_blocks)
         # KERNELS (issue 7): pure-decode steps replay CUDA graphs, on CUDA unless enforce_eager.
         self.decode_graphs: DecodeGraphRunner | None = None
-        if self.device.type == "cuda" and not config.enforce_eager:
+        # Soft-capped or windowed attention reads host metadata, which a captured graph cannot replay.
+        windowed = self.model_config.needs_windowed_attention(self.max_model_len)
+        if self.device.type == "cuda" and not config.enforce_eager and not windowed:
             self.decode_graphs = self._capture_decode_graphs()
 
     # -- KV cache --------------------------------------------------------------------------

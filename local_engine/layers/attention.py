@@ -19,7 +19,15 @@ class Attention(nn.Module):
     step's own tokens, treating every sequence as a fresh prefill.
     """
 
-    def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int) -> None:
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        scale: float,
+        num_kv_heads: int,
+        sliding_window: int | None = None,
+        logit_softcap: float | None = None,
+    ) -> None:
         super().__init__()
         if num_heads % num_kv_heads:
             raise ValueError(f"{num_heads} query heads do not group over {num_kv_heads} KV heads")
@@ -27,6 +35,16 @@ class Attention(nn.Module):
         self.head_dim = head_dim
         self.scale = scale
         self.num_kv_heads = num_kv_heads
+        # Gemma / Phi-3: a layer seeing only the last ``sliding_window`` keys, scores soft-capped.
+        self.sliding_window = sliding_window
+        self.logit_softcap = logit_softcap
+
+    def windowed(self, meta: AttentionMetadata) -> bool:
+        """Whether this step needs ``attention.windowed`` (soft-capping, or a window shorter than a
+        sequence); the backends and the fused CPU kernels serve everything else."""
+        if self.logit_softcap is not None:
+            return True
+        return self.sliding_window is not None and meta.max_seq_len > self.sliding_window
 
     def forward(
         self,
@@ -42,7 +60,16 @@ class Attention(nn.Module):
         v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = kv_cache
         backend = get_backend(q.device)
-        if k_cache.numel() == 0:
+        if self.windowed(meta):
+            from local_engine.attention import windowed
+
+            window, cap = self.sliding_window, self.logit_softcap
+            if k_cache.numel() == 0:
+                out = windowed.attend_windowed_uncached(q, k, v, meta, self.scale, window, cap)
+            else:
+                backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+                out = windowed.attend_windowed(q, k_cache, v_cache, meta, self.scale, window, cap)
+        elif k_cache.numel() == 0:
             from local_engine.attention.torch_backend import attend_uncached
 
             out = attend_uncached(q, k, v, meta, self.scale)

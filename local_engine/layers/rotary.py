@@ -1,7 +1,7 @@
 """Rotary position embedding (neox style, as Hugging Face Llama), with the common rope scalings.
 
-Supported ``rope_scaling`` types: none/``default``, ``linear`` and ``llama3``. The cos/sin table is
-precomputed in float32 for every position up to ``max_position``.
+Supported ``rope_scaling`` types: none/``default``, ``linear``, ``llama3`` and ``longrope`` (Phi-3).
+The cos/sin table is precomputed in float32 for every position up to ``max_position``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,31 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.T
     return torch.where(is_medium, smoothed, scaled)
 
 
+def _longrope_freqs(
+    rotary_dim: int, base: float, max_position: int, scaling: dict[str, Any]
+) -> tuple[torch.Tensor, float]:
+    """LongRoPE's per-position angles ``[max_position, rotary_dim / 2]`` and its cos/sin scale.
+
+    Positions inside the original context rotate with ``short_factor``, those past it with
+    ``long_factor``. Transformers switches a whole sequence to the long factors once it crosses the
+    original length (re-rotating every key); a KV cache keeps the keys it has, so the switch is per
+    position here, and the two agree on every sequence within the original context.
+    """
+    original = int(scaling["original_max_position_embeddings"])
+    factor = scaling.get("factor") or int(scaling.get("max_position_embeddings", max_position)) / original
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
+    inv_freq = {
+        kind: 1.0 / (torch.tensor(scaling[f"{kind}_factor"], dtype=torch.float32) * base**exponents)
+        for kind in ("short", "long")
+    }
+    t = torch.arange(max_position, dtype=torch.float32)
+    per_position = torch.where((t >= original).unsqueeze(1), inv_freq["long"], inv_freq["short"])
+    return t.unsqueeze(1) * per_position, float(attention_factor)
+
+
 def rope_type(scaling: dict[str, Any] | None) -> str:
     """The scaling's type name, accepting both ``rope_type`` and the older ``type`` key."""
     if not scaling:
@@ -62,18 +87,24 @@ class RotaryEmbedding(nn.Module):
         self.rotary_dim = rotary_dim
         kind = rope_type(rope_scaling)
         inv_freq = _default_inv_freq(rotary_dim, base)
+        scale = 1.0
         if kind == "linear":
             inv_freq = inv_freq / float(rope_scaling["factor"])  # type: ignore[index]
         elif kind == "llama3":
             inv_freq = _llama3_inv_freq(inv_freq, rope_scaling)  # type: ignore[arg-type]
-        elif kind != "default":
+        elif kind not in ("default", "longrope"):
             raise UnsupportedRopeScaling(
-                f"rope scaling type {kind!r} is not supported (default, linear, llama3)"
+                f"rope scaling type {kind!r} is not supported (default, linear, llama3, longrope)"
             )
-        t = torch.arange(max_position, dtype=torch.float32)
-        freqs = torch.outer(t, inv_freq)
+        if kind == "longrope":
+            freqs, scale = _longrope_freqs(rotary_dim, base, max_position, rope_scaling)  # type: ignore[arg-type]
+        else:
+            freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
         # [max_position, rotary_dim]: cos in the first half, sin in the second.
-        self.register_buffer("cos_sin_cache", torch.cat([freqs.cos(), freqs.sin()], dim=-1), persistent=False)
+        table = torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+        if scale != 1.0:
+            table = table * scale
+        self.register_buffer("cos_sin_cache", table, persistent=False)
         self._typed_cache: torch.Tensor | None = None
         # This forward pass's (positions, dtype) -> (cos, sin) pair: every layer shares it.
         self._step_key: tuple[torch.Tensor, torch.dtype] | None = None

@@ -19,7 +19,14 @@ MODEL_TYPES = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
 }
+
+# Attention layer kinds (HF ``layer_types``): a sliding layer sees only the last ``sliding_window`` keys.
+SLIDING = "sliding_attention"
+FULL = "full_attention"
 
 
 class ModelConfigError(ValueError):
@@ -60,7 +67,37 @@ class ModelConfig:
     qk_norm: bool = False
     hidden_act: str = "silu"
     torch_dtype: str | None = None
+    # Fraction of each head RoPE rotates (Phi-4-mini: 0.75); the rest passes through.
+    partial_rotary_factor: float = 1.0
+    # Per-layer attention kind (``SLIDING`` / ``FULL``); empty means every layer is full.
+    layer_types: tuple[str, ...] = ()
+    sliding_window: int | None = None
+    # Gemma: tanh soft-capping of attention scores and of the final logits, the query scale
+    # ``query_pre_attn_scalar ** -0.5`` (instead of ``head_dim ** -0.5``) and the RoPE base of the
+    # sliding layers (Gemma 3's local layers rotate with their own base and no scaling).
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    query_pre_attn_scalar: float | None = None
+    local_rope_theta: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def window_of(self, layer: int) -> int | None:
+        """The sliding window of layer ``layer`` (None: it attends to the whole context)."""
+        if self.layer_types and self.layer_types[layer] == SLIDING:
+            return self.sliding_window
+        return None
+
+    def needs_windowed_attention(self, max_len: int) -> bool:
+        """Whether sequences up to ``max_len`` tokens take ``attention.windowed`` (soft-capped scores, or
+        a window shorter than them): that path reads host metadata, so no CUDA graphs with it."""
+        if self.attn_logit_softcap is not None:
+            return True
+        windows = (self.window_of(i) for i in range(len(self.layer_types)))
+        return any(w is not None and w < max_len for w in windows)
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
 
     @classmethod
     def from_hf_dict(cls, cfg: dict[str, Any], name: str = "model") -> ModelConfig:
@@ -71,6 +108,10 @@ class ModelConfig:
             raise ModelConfigError(
                 "config.json names no architecture (neither 'architectures' nor 'model_type')"
             )
+        if architecture == "Gemma3ForConditionalGeneration":
+            # The multimodal checkpoint: we run its language model (text in, text out).
+            cfg = {**dict(cfg.get("text_config") or {}), "architectures": [architecture]}
+            cfg.setdefault("model_type", "gemma3_text")
         model_type = str(cfg.get("model_type", ""))
         try:
             hidden = int(cfg["hidden_size"])
@@ -89,7 +130,7 @@ class ModelConfig:
         is_qwen2 = architecture.startswith("Qwen2") or model_type == "qwen2"
         is_qwen3 = architecture.startswith("Qwen3") or model_type == "qwen3"
         attention_bias = bool(cfg.get("attention_bias", False))
-        return cls(
+        config = cls(
             name=name,
             architecture=architecture,
             num_hidden_layers=layers,
@@ -114,6 +155,11 @@ class ModelConfig:
             hidden_act=str(cfg.get("hidden_act", "silu")),
             torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
         )
+        if architecture.startswith(("Gemma2", "Gemma3")):
+            _apply_gemma(config, cfg)
+        elif architecture.startswith("Phi3"):
+            _apply_phi3(config, cfg)
+        return config
 
     @classmethod
     def from_gguf_metadata(
@@ -170,3 +216,78 @@ class ModelConfig:
             o_bias="blk.0.attn_output.bias" in tensor_names,
             qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
         )
+
+
+def _layer_types(cfg: dict[str, Any], layers: int, sliding: Any) -> tuple[str, ...]:
+    """The config's ``layer_types``, else ``sliding(i)`` for each layer (older configs)."""
+    given = cfg.get("layer_types")
+    if given:
+        if len(given) != layers or any(t not in (SLIDING, FULL) for t in given):
+            raise ModelConfigError(
+                f"layer_types must list {SLIDING!r} or {FULL!r} for each of {layers} layers"
+            )
+        return tuple(str(t) for t in given)
+    return tuple(SLIDING if sliding(i) else FULL for i in range(layers))
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _apply_gemma(config: ModelConfig, cfg: dict[str, Any]) -> None:
+    """Gemma 2 / Gemma 3 (text): GeGLU, tied embeddings, soft-capping, alternating sliding layers."""
+    gemma3 = config.architecture.startswith("Gemma3")
+    layers = config.num_hidden_layers
+    config.hidden_act = str(cfg.get("hidden_activation") or "gelu_pytorch_tanh")
+    config.tie_word_embeddings = bool(cfg.get("tie_word_embeddings", True))
+    config.qk_norm = gemma3
+    config.query_pre_attn_scalar = float(cfg.get("query_pre_attn_scalar") or 256)
+    config.attn_logit_softcap = _optional_float(cfg.get("attn_logit_softcapping"))
+    config.final_logit_softcap = _optional_float(cfg.get("final_logit_softcapping"))
+    window = cfg.get("sliding_window")
+    config.sliding_window = int(window) if window else None
+    if gemma3:
+        pattern = int(cfg.get("sliding_window_pattern") or 6)
+        config.layer_types = _layer_types(cfg, layers, lambda i: (i + 1) % pattern != 0)
+    else:
+        config.layer_types = _layer_types(cfg, layers, lambda i: i % 2 == 0)
+    if not gemma3:
+        return
+    # Gemma 3 rotates global and local layers with different bases: transformers 4 writes
+    # ``rope_theta`` + ``rope_local_base_freq`` (+ ``rope_scaling`` for the global ones), transformers 5
+    # one ``rope_parameters`` entry per layer kind.
+    per_kind = cfg.get("rope_parameters") or {}
+    full = dict(per_kind.get(FULL) or {})
+    local = dict(per_kind.get(SLIDING) or {})
+    config.rope_theta = float(full.pop("rope_theta", cfg.get("rope_theta") or 1_000_000.0))
+    scaling = full or cfg.get("rope_scaling") or None
+    if scaling and str(scaling.get("rope_type") or scaling.get("type") or "default") == "default":
+        scaling = None
+    config.rope_scaling = dict(scaling) if scaling else None
+    local_type = str(local.get("rope_type") or local.get("type") or "default")
+    if local_type != "default":
+        raise ModelConfigError(f"rope type {local_type!r} on sliding layers is not supported (default)")
+    config.local_rope_theta = float(local.get("rope_theta", cfg.get("rope_local_base_freq") or 10_000.0))
+
+
+def _apply_phi3(config: ModelConfig, cfg: dict[str, Any]) -> None:
+    """Phi-3 / 3.5 / 4 (fused qkv and gate/up projections; partial rotary; LongRoPE)."""
+    rope_params = dict(cfg.get("rope_parameters") or {})
+    factor = rope_params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    config.partial_rotary_factor = float(factor or 1.0)
+    window = cfg.get("sliding_window")
+    if window:
+        config.sliding_window = int(window)
+        config.layer_types = (SLIDING,) * config.num_hidden_layers
+    scaling = config.rope_scaling
+    if scaling is None:
+        return
+    scaling.pop("partial_rotary_factor", None)
+    if str(scaling.get("rope_type") or scaling.get("type")) in ("su", "yarn", "longrope"):
+        # "su" and "yarn" are Phi-3's older names for LongRoPE (transformers maps them the same way).
+        scaling["rope_type"] = "longrope"
+        scaling.setdefault(
+            "original_max_position_embeddings",
+            int(cfg.get("original_max_position_embeddings") or config.max_position_embeddings),
+        )
+        scaling.setdefault("max_position_embeddings", config.max_position_embeddings)

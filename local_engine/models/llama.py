@@ -1,5 +1,5 @@
 """The Llama family in one file: Llama 2/3.x, Mistral, Qwen2/2.5 (q/k/v bias), Qwen3 (per-head
-q/k RMSNorm) and SmolLM2 (tied embeddings).
+q/k RMSNorm), SmolLM2 (tied embeddings), and the sliding window and partial rotary Phi-3 adds.
 
 Parameter names follow Hugging Face's (``model.layers.N.self_attn.q_proj.weight`` ...); q/k/v and
 gate/up are fused here and ``load_weights`` routes each checkpoint tensor to its shard.
@@ -30,7 +30,7 @@ class WeightLoadError(ValueError):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding) -> None:
+    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer: int) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -43,7 +43,13 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, bias=config.o_bias)
         # One table shared by every layer: at 128k positions it is tens of MB.
         self.rotary_emb = rotary_emb
-        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim**-0.5, self.num_kv_heads)
+        self.attn = Attention(
+            self.num_heads,
+            self.head_dim,
+            self.head_dim**-0.5,
+            self.num_kv_heads,
+            sliding_window=config.window_of(layer),
+        )
         self.qk_norm = config.qk_norm
         if self.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -59,7 +65,7 @@ class LlamaAttention(nn.Module):
             q = self.q_norm(q.reshape(num_tokens, self.num_heads, self.head_dim))
             k = self.k_norm(k.reshape(num_tokens, self.num_kv_heads, self.head_dim))
             q, k = self.rotary_emb(positions, q, k)  # type: ignore[arg-type]
-        elif self.attn.rotary_fusable(qkv, self.rotary_emb, kv_cache):
+        elif not self.attn.windowed(meta) and self.attn.rotary_fusable(qkv, self.rotary_emb, kv_cache):
             return self.o_proj(self.attn.forward_qkv(qkv, positions, self.rotary_emb, kv_cache, meta))
         else:
             # Rotate q and k heads together in one pass over the fused projection's output.
@@ -89,9 +95,9 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding) -> None:
+    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer: int) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, rotary_emb)
+        self.self_attn = LlamaAttention(config, rotary_emb, layer)
         self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -119,10 +125,14 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         rotary_emb = get_rope(
-            config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
+            config.head_dim,
+            config.max_position_embeddings,
+            config.rope_theta,
+            config.rope_scaling,
+            config.rotary_dim,
         )
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, rotary_emb) for _ in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, rotary_emb, i) for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 

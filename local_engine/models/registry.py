@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from torch import nn
 
+from local_engine.models.gemma import Gemma2ForCausalLM, Gemma3ForCausalLM
 from local_engine.models.llama import LlamaForCausalLM
+from local_engine.models.phi3 import Phi3ForCausalLM
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": LlamaForCausalLM,
+    "Gemma2ForCausalLM": Gemma2ForCausalLM,
+    "Gemma3ForCausalLM": Gemma3ForCausalLM,
+    "Gemma3ForConditionalGeneration": Gemma3ForCausalLM,  # its language model only
+    "Phi3ForCausalLM": Phi3ForCausalLM,
 }
 
 

@@ -56,12 +56,21 @@ def write_tokenizer(model_dir: Path, vocab_size: int = 400) -> int:
 
 
 def make_hf_model(kind: str, model_dir: Path, seed: int = 0, **overrides: object) -> torch.nn.Module:
-    """Save a tiny random ``kind`` ("llama", "qwen2", "qwen3") model with a tokenizer into ``model_dir``.
+    """Save a tiny random ``kind`` model with a tokenizer into ``model_dir`` (kinds: "llama", "qwen2",
+    "qwen3", "gemma2", "gemma3_text", "phi3").
 
     Every parameter is perturbed from its init so norms and biases are not the trivial ones/zeros.
     Returns the transformers model (float32, eval mode).
     """
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+    from transformers import (
+        AutoModelForCausalLM,
+        Gemma2Config,
+        Gemma3TextConfig,
+        LlamaConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
     vocab = write_tokenizer(model_dir)
     common: dict[str, object] = dict(
@@ -78,8 +87,15 @@ def make_hf_model(kind: str, model_dir: Path, seed: int = 0, **overrides: object
         pad_token_id=0,
     )
     common.update(overrides)
-    config_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[kind]
-    if kind == "qwen3":
+    config_cls = {
+        "llama": LlamaConfig,
+        "qwen2": Qwen2Config,
+        "qwen3": Qwen3Config,
+        "gemma2": Gemma2Config,
+        "gemma3_text": Gemma3TextConfig,
+        "phi3": Phi3Config,
+    }[kind]
+    if kind in ("qwen3", "gemma2", "gemma3_text"):
         common.setdefault("head_dim", 16)
     config = config_cls(**common)
     torch.manual_seed(seed)

@@ -1,0 +1,147 @@
+"""Gemma 2, Gemma 3 (text) and Phi-3 against transformers' reference implementations (float32).
+
+Same method as ``test_models``: tiny random models saved by transformers, loaded by our loader, and
+logits compared for a whole-prompt prefill and for chunked prefill + mixed + decode steps through a
+paged cache with scattered blocks of size 4. Sliding windows are a few tokens long so every test
+sequence outgrows them, on prefill and on decode.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from local_engine.loader import load_model
+from local_engine.models.config import FULL, SLIDING
+from tests.support.engine_models import PagedRunner, PagedSeq, make_hf_model
+
+ATOL = 2e-4
+
+FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
+    "gemma2": (
+        "gemma2",
+        {
+            "sliding_window": 5,
+            "query_pre_attn_scalar": 24,
+            "attn_logit_softcapping": 1.5,  # small enough that capping changes the scores a lot
+            "final_logit_softcapping": 3.0,
+            "num_hidden_layers": 3,
+        },
+    ),
+    "gemma3": (
+        "gemma3_text",
+        {
+            "sliding_window": 6,
+            "query_pre_attn_scalar": 20,
+            "num_hidden_layers": 3,
+            "layer_types": [SLIDING, FULL, SLIDING],
+            "rope_parameters": {
+                FULL: {"rope_type": "linear", "factor": 2.0, "rope_theta": 50000.0},
+                SLIDING: {"rope_type": "default", "rope_theta": 100.0},
+            },
+        },
+    ),
+    "phi3": ("phi3", {"sliding_window": 7, "tie_word_embeddings": False}),
+    "phi3-longrope-partial": (
+        "phi3",
+        {
+            "original_max_position_embeddings": 64,
+            "rope_parameters": {
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "short_factor": [1.0, 1.3, 1.7, 2.0],
+                "long_factor": [2.0, 3.0, 5.0, 8.0],
+            },
+        },
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def tiny_pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    kind, overrides = FAMILIES[request.param]
+    model_dir = tmp_path_factory.mktemp(request.param)
+    reference = make_hf_model(kind, model_dir, **overrides)
+    ours = load_model(model_dir, dtype=torch.float32)
+    return request.param, reference, ours
+
+
+def _reference_logits(reference: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return reference(torch.tensor([ids])).logits[0].float()
+
+
+def test_config_read_from_hf_dir(tiny_pair) -> None:
+    name, reference, ours = tiny_pair
+    cfg = ours.config
+    assert cfg.architecture == reference.config.architectures[0]
+    assert cfg.num_hidden_layers == reference.config.num_hidden_layers
+    if name == "gemma2":
+        assert cfg.layer_types == (SLIDING, FULL, SLIDING)  # transformers' alternation, sliding first
+        assert (cfg.attn_logit_softcap, cfg.final_logit_softcap) == (1.5, 3.0)
+        assert cfg.query_pre_attn_scalar == 24
+        assert cfg.tie_word_embeddings and not cfg.qk_norm
+    elif name == "gemma3":
+        assert cfg.qk_norm and cfg.attn_logit_softcap is None
+        assert (cfg.rope_theta, cfg.local_rope_theta) == (50000.0, 100.0)
+        assert cfg.rope_scaling == {"rope_type": "linear", "factor": 2.0}
+        assert [cfg.window_of(i) for i in range(3)] == [6, None, 6]
+    elif name == "phi3":
+        assert cfg.window_of(0) == 7 and cfg.rope_scaling is None and cfg.rotary_dim == cfg.head_dim
+    else:
+        assert cfg.rotary_dim == cfg.head_dim // 2
+        assert cfg.rope_scaling is not None and cfg.rope_scaling["rope_type"] == "longrope"
+        assert cfg.rope_scaling["original_max_position_embeddings"] == 64
+
+
+def test_prefill_logits_match_transformers(tiny_pair) -> None:
+    _, reference, ours = tiny_pair
+    torch.manual_seed(1)
+    ids = torch.randint(3, ours.config.vocab_size, (23,)).tolist()
+    runner = PagedRunner(ours.model, ours.config, block_size=4)
+    logits = runner.step([(PagedSeq(blocks=[11, 3, 7, 0, 14, 9]), ids)])
+    assert logits.shape == (23, ours.config.vocab_size)
+    torch.testing.assert_close(logits, _reference_logits(reference, ids), atol=ATOL, rtol=1e-4)
+
+
+def test_paged_chunked_mixed_and_decode_steps_match_transformers(tiny_pair) -> None:
+    _, reference, ours = tiny_pair
+    torch.manual_seed(2)
+    vocab = ours.config.vocab_size
+    a_ids = torch.randint(3, vocab, (19,)).tolist()
+    b_ids = torch.randint(3, vocab, (9,)).tolist()
+    runner = PagedRunner(ours.model, ours.config, block_size=4)
+    a = PagedSeq(blocks=[20, 5, 13, 2, 30, 8, 17])
+    b = PagedSeq(blocks=[6, 25, 1, 12, 19])
+    got_a: list[torch.Tensor] = []
+    got_b: list[torch.Tensor] = []
+    out = runner.step([(a, a_ids[:10]), (b, b_ids[:7])])
+    got_a.append(out[:10])
+    got_b.append(out[10:])
+    out = runner.step([(b, b_ids[7:8]), (a, a_ids[10:15])])
+    got_b.append(out[:1])
+    got_a.append(out[1:])
+    for i in range(4):
+        out = runner.step([(a, [a_ids[15 + i]]), (b, [b_ids[8] if i == 0 else a_ids[i]])])
+        got_a.append(out[:1])
+        got_b.append(out[1:])
+    torch.testing.assert_close(torch.cat(got_a), _reference_logits(reference, a.ids), atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(got_b), _reference_logits(reference, b.ids), atol=ATOL, rtol=1e-4)
+
+
+def test_bf16_model_tracks_fp32(tiny_pair) -> None:
+    name, _, ours = tiny_pair
+    bf16 = load_model(ours.path, dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    ids = torch.randint(3, ours.config.vocab_size, (12,)).tolist()
+    ref = PagedRunner(ours.model, ours.config).step([(PagedSeq(blocks=[1, 2, 3]), ids)])
+    low = PagedRunner(bf16.model, bf16.config).step([(PagedSeq(blocks=[1, 2, 3]), ids)])
+    assert (low - ref).abs().max().item() < 0.05 * ref.abs().max().item(), name
+
+
+def test_windowed_layers_keep_cuda_graphs_off_only_where_needed(tiny_pair) -> None:
+    name, _, ours = tiny_pair
+    # Soft-capping always needs the windowed path; a window only for sequences longer than it.
+    assert ours.config.needs_windowed_attention(4) == (name == "gemma2")
+    assert ours.config.needs_windowed_attention(64) == (name != "phi3-longrope-partial")
