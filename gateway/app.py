@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -9,7 +10,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.config import GatewayConfig
 from gateway.doors.chat import ChatDoor
 from gateway.doors.completions import CompletionsDoor
@@ -64,6 +65,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.configure(config.general_settings)  # before the services: the router's adapters are traced
         services = await builder(config)
         app.state.services = services
         try:
@@ -71,6 +73,7 @@ def create_app(
         finally:
             app.state.services = None
             await services.aclose()
+            await asyncio.to_thread(tracing.shutdown)  # flushes the spans not yet exported
 
     app = GatewayApp(
         title="Switchyard",

@@ -32,6 +32,7 @@ RoutingStrategyName = Literal[
     "latency-based-routing",
     "usage-based-routing",
     "cost-based-routing",
+    "prefix-cache-aware",
 ]
 
 
@@ -146,6 +147,10 @@ class GeneralSettings(_Strict):
     spend_flush_interval_s: float = Field(default=1.0, gt=0)
     json_logs: bool = False  # one JSON line per request, with the spend batch (gateway.spend.request_log)
     webhook_url: str | None = None  # every request's record POSTed here in batches (gateway.spend.webhook)
+    # OpenTelemetry traces over OTLP/HTTP (gateway.tracing): `otel: true` exports to the standard
+    # OTEL_EXPORTER_OTLP_ENDPOINT (else localhost:4318); otel_endpoint names the collector itself.
+    otel: bool = False
+    otel_endpoint: str | None = None
     graceful_shutdown_s: float = Field(default=30.0, gt=0, le=3600)  # SIGTERM: in-flight requests finish
     spend_batch_size: int = Field(default=500, ge=1)
     # Database outages and crashes (see gateway/db/outage.py and gateway/spend/journal.py).

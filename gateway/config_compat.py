@@ -202,6 +202,29 @@ def _prepare_model_list(
         _filter(report, item, loc, entry_fields | litellm_keys.MODEL_ENTRY, None)
 
 
+def _otel_callbacks(data: dict[str, Any]) -> None:
+    """LiteLLM's ``callbacks: ["otel"]`` (or ``success_callback``) is our ``general_settings.otel``;
+    the other callbacks stay, to be warned about as ignored."""
+    ls = data.get("litellm_settings")
+    if not isinstance(ls, dict):
+        return
+    found = False
+    for key in ("callbacks", "success_callback"):
+        value = ls.get(key)
+        if isinstance(value, list) and "otel" in value:
+            found = True
+            rest = [v for v in value if v != "otel"]
+            if rest:
+                ls[key] = rest
+            else:
+                del ls[key]
+    if found:
+        general = data.get("general_settings")
+        general = dict(general) if isinstance(general, dict) else {}
+        general.setdefault("otel", True)
+        data["general_settings"] = general
+
+
 def _mapped(section: str) -> frozenset[str]:
     """The LiteLLM keys of ``section`` that ``translate`` maps onto ours."""
     renamed = {key for (sec, key) in litellm_keys.RENAMED if sec == section}
@@ -214,6 +237,7 @@ def prepare(data: dict[str, Any], fields: Mapping[str, frozenset[str]], report: 
     its environment variable. ``fields`` holds our own keys by section ("" the top level,
     "model_entry")."""
     out = Translated()
+    _otel_callbacks(data)
     theirs_top = litellm_keys.TOP_LEVEL
     for key in list(data):
         if key in fields[""]:

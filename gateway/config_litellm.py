@@ -1083,7 +1083,6 @@ INSTEAD: dict[str, str] = {
     "when called, and failing deployments cool down on their own",
     "general_settings.health_check_interval": "no background probes; GET /health probes when called",
     "general_settings.database_connection_pool_limit": "Switchyard's own small connection pool is used",
-    "general_settings.otel": "no OpenTelemetry export; /metrics serves Prometheus metrics",
     "general_settings.enable_jwt_auth": "JWTs are not accepted: callers use the master key or virtual keys",
     "general_settings.litellm_jwtauth": "JWTs are not accepted: callers use the master key or virtual keys",
     "general_settings.custom_auth": "callers use the master key or virtual keys",

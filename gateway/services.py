@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway import tracing
 from gateway.auth import Authenticator, ChainKeyResolver, MasterKeyResolver
 from gateway.config import GatewayConfig
 from gateway.null_stages import NullLimiter
@@ -47,6 +48,8 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
     # The response cache with the full request-path API (plan, lookup, store, stream replay).
     response_cache: ResponseCacheService | None = None
+    # Customers (LiteLLM's end users) named by requests: ``gateway.keys.customers.CustomerResolver``.
+    customers: Any = None
     # Read once: the config's property recomputes it through pydantic on every request.
     max_body_bytes: int = field(init=False, default=0)
 
@@ -67,6 +70,10 @@ async def build_services(config: GatewayConfig) -> Services:
     closers: list[Closer] = [aclose_shared_client]
     providers = ProviderRegistry.default()
     closers.append(providers.aclose)
+    if tracing.tracer is not None:
+        from gateway.traced_provider import instrument
+
+        instrument(providers)  # each upstream attempt a span (gateway.tracing)
 
     # SLOT (limits & cache): the shared Redis pool when general_settings.redis_url is set.
     redis: Any = None
@@ -134,5 +141,6 @@ async def build_services(config: GatewayConfig) -> Services:
         redis=redis,
         closers=closers,
         response_cache=response_cache,
+        customers=control_plane.customers,
         extras={"control_plane": control_plane, "model_sync": model_sync},
     )

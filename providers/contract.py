@@ -17,7 +17,7 @@ events; closing the iterator (``aclose``) must cancel the upstream request.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
@@ -53,6 +53,10 @@ class ProviderCall:
     request_id: str = ""
     extra_headers: dict[str, str] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
+    # Told about the phases of the work the adapter itself runs for this call (the local engine's
+    # queue, prefill and decode): ``(name, start, end, attributes)``, times on ``time.monotonic()``.
+    # None when nobody listens (the gateway sets it when tracing is on).
+    on_phase: Callable[[str, float, float, dict[str, Any]], None] | None = None
 
 
 @dataclass(slots=True)

@@ -54,6 +54,7 @@ DEFAULT_API_BASES: dict[str, str] = {
 
 
 ProviderFactory = Callable[[], ChatProvider]
+ProviderWrapper = Callable[[str, ChatProvider], ChatProvider]
 
 
 class ProviderRegistry:
@@ -67,6 +68,13 @@ class ProviderRegistry:
         self._factories: dict[str, ProviderFactory] = {}
         self._instances: dict[str, ChatProvider] = {}
         self._capabilities: dict[str, frozenset[Operation]] = {}
+        self._wrap: ProviderWrapper | None = None
+
+    def wrap_with(self, wrapper: ProviderWrapper) -> None:
+        """Hand out ``wrapper(name, adapter)`` instead of each adapter from now on (the gateway's
+        tracing; a seam so that this package never imports the gateway)."""
+        self._wrap = wrapper
+        self._instances = {name: wrapper(name, p) for name, p in self._instances.items()}
 
     def register(
         self, name: str, factory: ProviderFactory, capabilities: Iterable[Operation] = DEFAULT_CAPABILITIES
@@ -78,7 +86,7 @@ class ProviderRegistry:
     def register_instance(self, name: str, provider: ChatProvider) -> None:
         self._factories[name] = lambda: provider
         self._capabilities[name] = capabilities_of(provider)
-        self._instances[name] = provider
+        self._instances[name] = self._wrap(name, provider) if self._wrap is not None else provider
 
     def register_lazy(
         self, name: str, target: str, capabilities: Iterable[Operation] = DEFAULT_CAPABILITIES
@@ -105,6 +113,8 @@ class ProviderRegistry:
         provider = self._instances.get(name)
         if provider is None:
             provider = self._factories[name]()
+            if self._wrap is not None:
+                provider = self._wrap(name, provider)
             self._instances[name] = provider
         return provider
 

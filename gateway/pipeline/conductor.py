@@ -23,11 +23,12 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.auth import KEY_HEADERS
 from gateway.context import RequestContext
 from gateway.doors.base import Door, DoorCall, DoorRequest
 from gateway.errors import GatewayError, as_gateway_error
+from gateway.keys.customers import CUSTOMER_HEADERS, admit_customer
 from gateway.pipeline.assemble import Assembler
 from gateway.pipeline.respond import (
     SSE_HEADERS,
@@ -56,7 +57,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchyard.pipeline")
 
 # Headers every request may use; a door adds its own (``Door.extra_headers``).
-_COMMON_HEADERS = (*(h.encode() for h in KEY_HEADERS), b"x-request-id", b"content-length", b"cache-control")
+_COMMON_HEADERS = (
+    *(h.encode() for h in KEY_HEADERS),
+    *CUSTOMER_HEADERS,
+    b"x-request-id",
+    b"content-length",
+    b"cache-control",
+)
 
 # Request ids: a random per-process prefix and a counter. Unique without a getrandom() syscall
 # per request (uuid4 costs one); ids need not be unpredictable.
@@ -85,6 +92,8 @@ class Endpoint:
         if not request_id or not (request_id.isascii() and request_id.isprintable()):
             request_id = _new_request_id()  # none given, or one we could not echo in a header
         run = _Run(self.door, scope["app"].state.services, headers, request_id, started)
+        # Tracing off (the usual case): one test, no span objects.
+        span = tracing.start_request(scope, self.door.operation, request_id) if tracing.tracer else None
         metrics.IN_FLIGHT.inc()
         try:
             await run.serve(scope, receive, send)
@@ -103,6 +112,8 @@ class Endpoint:
             metrics.observe(
                 run.model or "-", self.door.operation, run.status, time.monotonic() - started, run.error_code
             )
+            if span is not None:
+                span.end(run.model, run.status, run.error_code, run.usage, run.deployment, run.cache_hit)
 
 
 class _Run:
@@ -112,6 +123,7 @@ class _Run:
         "cache_hit",
         "deployment",
         "door",
+        "end_user",
         "error_code",
         "headers",
         "model",
@@ -135,12 +147,13 @@ class _Run:
         self.usage: Usage | None = None
         self.deployment: Any = None
         self.cache_hit = False
+        self.end_user: str | None = None
         self.error_code: str | None = None
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         services, door, headers = self.services, self.door, self.headers
         # 1. Authenticate.
-        principal = await services.auth.authenticate(door.token(headers))
+        principal = await tracing.step("auth", services.auth.authenticate(door.token(headers)))
 
         # 2. Read the body (bounded); the door checks only the fields the gateway needs.
         raw = await read_body(receive, headers.get(b"content-length"), services.max_body_bytes)
@@ -155,6 +168,13 @@ class _Run:
                 req.cache_material = {**req.cache_material, "model": target}
             req.model = target
         self.model = req.model
+        # The customer (LiteLLM end user) the request names: refused when blocked, outside its models
+        # or over budget; its limits join the key's.
+        customer = None
+        if services.customers is not None:
+            principal, customer, self.end_user = await admit_customer(
+                services.customers, headers, req, principal
+            )
 
         # 3. Model access.
         check_model(services, principal, req.model, door)
@@ -173,14 +193,18 @@ class _Run:
             hit = cache.peek(plan)
         pending: asyncio.Future[Entry | None] | None = None
         if hit is not None:
-            admission = await services.limiter.admit(principal, req.model, 0, instant=True)
+            admission = await tracing.step(
+                "rate_limits", services.limiter.admit(principal, req.model, 0, instant=True)
+            )
         else:
             if cache is not None and plan is not None and plan.lookup and cache.pool is not None:
                 # Ask Redis for the entry now: the GET is written with the admission's script
                 # (auto-pipelining), so a miss or a shared hit costs one round trip, not two.
-                pending = asyncio.ensure_future(cache.lookup(plan))
+                pending = asyncio.ensure_future(tracing.step("cache_lookup", cache.lookup(plan)))
             try:
-                admission = await services.limiter.admit(principal, req.model, req.estimated_tokens)
+                admission = await tracing.step(
+                    "rate_limits", services.limiter.admit(principal, req.model, req.estimated_tokens)
+                )
             except BaseException:
                 if pending is not None:
                     pending.cancel()
@@ -188,13 +212,17 @@ class _Run:
                 raise
         if policy is not None:
             policy.annotate(admission.headers)  # the soft-budget warning, once the key has crossed it
+        if customer is not None:
+            customer.annotate(admission.headers)
 
         try:
             # 5. Cache.
             recorder: StreamRecorder | None = None
             if cache is not None and plan is not None:
                 if hit is None:
-                    hit = await (pending if pending is not None else cache.lookup(plan))
+                    hit = await (
+                        pending if pending is not None else tracing.step("cache_lookup", cache.lookup(plan))
+                    )
                 if hit is not None:
                     await self._answer_cached(send, req, plan, hit, admission)
                     return
@@ -388,6 +416,7 @@ class _Run:
             stream=ctx.stream,
             error_code=None if ok else self.error_code,
             operation=self.door.operation,
+            end_user=self.end_user,
         )
         policy = ctx.principal.policy
         if policy is not None:

@@ -33,6 +33,7 @@ def openai_call(request: GenerationRequest, call: ProviderCall, *, stream: bool)
         request_id=call.request_id,
         extra_headers=call.extra_headers,
         params=call.params,
+        on_phase=call.on_phase,
     )
 
 

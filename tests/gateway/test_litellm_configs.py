@@ -93,13 +93,11 @@ EXPECTED: dict[str, tuple[list[str], list[str], list[str]]] = {
     ),
     "config_settings_reference.yaml": (
         [
-            "litellm_settings.callbacks",
             "litellm_settings.failure_callback",
             "callback_settings",
             "general_settings.enable_jwt_auth",
             "general_settings.background_health_checks",
             "general_settings.health_check_interval",
-            "general_settings.otel",
         ],
         ["string"],
         [],
