@@ -145,3 +145,31 @@ def test_windowed_layers_keep_cuda_graphs_off_only_where_needed(tiny_pair) -> No
     # Soft-capping always needs the windowed path; a window only for sequences longer than it.
     assert ours.config.needs_windowed_attention(4) == (name == "gemma2")
     assert ours.config.needs_windowed_attention(64) == (name != "phi3-longrope-partial")
+
+
+def _hf_greedy(model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt) :]
+
+
+def test_engine_greedy_matches_transformers(tiny_pair) -> None:
+    """Through the scheduler: chunked prefill, prefix-cache hits and batched decode of sequences
+    that outgrow the window, greedy tokens equal to transformers' own."""
+    from local_engine import LLM, EngineConfig, SamplingParams
+
+    name, reference, ours = tiny_pair
+    torch.manual_seed(4)
+    vocab = ours.config.vocab_size
+    shared = torch.randint(3, vocab, (9,)).tolist()
+    prompts = [shared + torch.randint(3, vocab, (k,)).tolist() for k in (1, 6, 14)]
+    prompts.append(torch.randint(3, vocab, (3,)).tolist())
+    llm = LLM(
+        EngineConfig(model=ours.path, dtype="float32", num_threads=1, block_size=4, max_num_batched_tokens=8)
+    )
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    outputs = llm.generate(prompts, params)
+    assert [o.outputs[0].token_ids for o in outputs] == [_hf_greedy(reference, p, 10) for p in prompts], name
+    assert llm.engine.block_manager.prefix_cache_hits > 0
