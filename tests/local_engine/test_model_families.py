@@ -173,3 +173,57 @@ def test_engine_greedy_matches_transformers(tiny_pair) -> None:
     outputs = llm.generate(prompts, params)
     assert [o.outputs[0].token_ids for o in outputs] == [_hf_greedy(reference, p, 10) for p in prompts], name
     assert llm.engine.block_manager.prefix_cache_hits > 0
+
+
+def test_gemma3_multimodal_checkpoint_serves_its_language_model(tmp_path) -> None:
+    """Gemma 3 4B and up ship as ``Gemma3ForConditionalGeneration``: the text config is nested and the
+    language model's tensors prefixed; the vision tower's are skipped. Text logits match transformers'."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from tests.support.engine_models import write_tokenizer
+
+    vocab = write_tokenizer(tmp_path)
+    text = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        sliding_window=4,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        image_token_index=vocab - 1,
+        boi_token_index=vocab - 2,
+        eoi_token_index=vocab - 3,
+    )
+    torch.manual_seed(0)
+    reference = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    reference.save_pretrained(tmp_path)
+    ours = load_model(tmp_path, dtype=torch.float32)
+    assert ours.config.architecture == "Gemma3ForConditionalGeneration"
+    assert ours.config.hidden_size == 64 and ours.config.sliding_window == 4
+    ids = torch.randint(3, vocab - 4, (13,)).tolist()
+    got = PagedRunner(ours.model, ours.config).step([(PagedSeq(blocks=[3, 1, 2, 5]), ids)])
+    with torch.no_grad():
+        want = reference(input_ids=torch.tensor([ids])).logits[0].float()
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
