@@ -324,6 +324,8 @@ class Router:
         # Names with a "*" also serve the names they match (None when there are none).
         self.wildcards = WildcardRoutes.build(self.groups, self.serving)
         self.strategy = make_strategy(settings.routing_strategy)
+        # A strategy that reads the request (prefix-cache-aware) is bound to it per pick.
+        self._bind_strategy = getattr(self.strategy, "for_request", None)
         self.cooldowns = CooldownManager(
             self.states,
             CooldownSettings(
@@ -506,7 +508,8 @@ class Router:
         started: float,
     ) -> RoutedResponse | RoutedStream:
         """Pick a deployment (an untried one first) and make one attempt."""
-        picked = group.pick(self.strategy, time.time(), exclude=tried, stream=inv.stream)
+        strategy = self.strategy if self._bind_strategy is None else self._bind_strategy(inv)
+        picked = group.pick(strategy, time.time(), exclude=tried, stream=inv.stream)
         if isinstance(picked, Unavailable):
             if last:
                 # The deployments this request already tried are now cooling down: report

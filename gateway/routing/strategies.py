@@ -193,6 +193,9 @@ class CostBased:
         return best
 
 
+# Request-aware (``for_request``): gateway.routing.prefix_aware, made by ``make_strategy``.
+PREFIX_CACHE_AWARE = "prefix-cache-aware"
+
 STRATEGIES: dict[str, type] = {
     SimpleShuffle.name: SimpleShuffle,
     LeastBusy.name: LeastBusy,
@@ -212,9 +215,15 @@ def make_strategy(
     key = name or SimpleShuffle.name
     if key == "usage-based-routing-v2":  # LiteLLM's newer name for the same idea
         key = UsageBased.name
+    if key == PREFIX_CACHE_AWARE:
+        # Imported here: it loads the engine's tokenizer stack, which no other strategy needs.
+        from gateway.routing.prefix_aware import PrefixCacheAware
+
+        return PrefixCacheAware(rng=rng)
     cls = STRATEGIES.get(key)
     if cls is None:
-        raise ValueError(f"unknown routing_strategy {name!r}; expected one of {sorted(STRATEGIES)}")
+        known = sorted([*STRATEGIES, PREFIX_CACHE_AWARE])
+        raise ValueError(f"unknown routing_strategy {name!r}; expected one of {known}")
     if cls is LatencyBased:
         return LatencyBased(buffer=latency_buffer, rng=rng)
     return cls(rng=rng)

@@ -2,8 +2,9 @@
 ``prefix-cache-aware`` strategy; see ``local_engine.prefix_summary``):
 
 - ``GET /v1/prefix_cache/summary``: a Bloom filter of the block hashes in the prefix cache, the
-  block size, the hash check, the tokenizer's fingerprint and the hit counters. Rebuilt at most
-  every ``REFRESH_S``, so any number of readers polling each second cost one build.
+  block size, the hash check, the tokenizer's fingerprint and the hit counters. The filter is
+  rebuilt at most every ``REFRESH_S``, so any number of readers polling each second cost one
+  build; the counters are read on every call.
 - ``GET /v1/prefix_cache/tokenizer``: the tokenizer spec that fingerprint names (read once per
   fingerprint by each reader).
 
@@ -61,7 +62,10 @@ def add_prefix_cache_routes(app: FastAPI, engine: AsyncEngine) -> None:
                 bm.prefix_cache_hits,
             )
             published.summary, published.built_at = summary.to_json(), now
-        return JSONResponse(published.summary)
+        bm = inner.block_manager
+        # The counters are always current (operators and tests read them); only the filter waits.
+        counters = {"queries": bm.prefix_cache_queries, "hits": bm.prefix_cache_hits}
+        return JSONResponse({**published.summary, "prefix_cache": counters})
 
     @app.get("/v1/prefix_cache/tokenizer")
     async def prefix_cache_tokenizer() -> JSONResponse:
