@@ -8,7 +8,8 @@ is ``azure/<deployment name>`` (LiteLLM's convention); ``api_base`` is the resou
 ``AZURE_API_BASE``. ``api_version`` in the deployment's params (LiteLLM's name), else
 ``AZURE_API_VERSION``, else ``DEFAULT_API_VERSION``: 2024-10-21, the latest GA data-plane version
 (it takes ``stream_options.include_usage``, which the gateway always sends on streams).
-Credentials: ``providers.azure.auth``; errors (content filter included): ``providers.azure.errors``.
+Credentials (key, Entra ID token, service principal): ``providers.azure.auth``; errors
+(content filter included): ``providers.azure.errors``.
 
 Everything else is ``OpenAICompatProvider``'s: only the URL, the headers and the error reading
 differ.
@@ -17,16 +18,16 @@ differ.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import httpx
 import orjson
 
-from providers.azure import auth, errors
+from providers.azure import auth
+from providers.azure.auth import AzureAuthProvider
 from providers.contract import Operation, ProviderCall
-from providers.errors import ProviderError
-from providers.openai_compat.adapter import CAPABILITIES, OpenAICompatProvider
+from providers.openai_compat.adapter import CAPABILITIES
 from providers.openai_compat.typed import generate_stream_via_chat
 from providers.schema import GenerationRequest, StreamEvent
 
@@ -41,10 +42,11 @@ _PATHS: dict[Operation, str] = {
 }
 
 
-class AzureOpenAIProvider(OpenAICompatProvider):
+class AzureOpenAIProvider(AzureAuthProvider):
     """``Provider`` for Azure OpenAI deployments (chat, completions, embeddings)."""
 
     capabilities = CAPABILITIES
+    key_env = KEY_ENV
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         super().__init__(client)
@@ -65,14 +67,6 @@ class AzureOpenAIProvider(OpenAICompatProvider):
             )
             self._azure_urls[key] = url
         return url
-
-    def _headers(self, call: ProviderCall) -> dict[str, str]:
-        return auth.headers(call, KEY_ENV)
-
-    def _error(
-        self, call: ProviderCall, status: int, body: bytes, headers: Mapping[str, str] | None = None
-    ) -> ProviderError:
-        return errors.upstream_error(status, body, headers, auth.scrubber(call, KEY_ENV))
 
     def generate_stream(self, request: GenerationRequest, call: ProviderCall) -> AsyncIterator[StreamEvent]:
         return generate_stream_via_chat(_AnswerChunks(self), request, call)

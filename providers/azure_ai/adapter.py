@@ -4,7 +4,7 @@ Reference: https://learn.microsoft.com/en-us/rest/api/aifoundry/model-inference/
 reference-model-inference-chat-completions (and .../reference-model-inference-embeddings):
 ``POST {api_base}/chat/completions?api-version=2024-05-01-preview`` and ``/embeddings``, with
 ``api-key`` or ``Authorization: Bearer`` (``providers.azure.auth``, key variable
-``AZURE_AI_API_KEY``). ``api_base`` is the endpoint (``https://<name>.services.ai.azure.com/models``
+``AZURE_AI_API_KEY``; Entra ID service principals as for Azure OpenAI). ``api_base`` is the endpoint (``https://<name>.services.ai.azure.com/models``
 or a serverless ``https://<name>.<region>.models.ai.azure.com``; a full ``.../chat/completions``
 URL is accepted), else ``AZURE_AI_API_BASE``. ``model`` (``azure_ai/<model>``) is sent in the
 body, which selects the model on a multi-model endpoint. ``api_version`` in the params overrides
@@ -19,16 +19,15 @@ Azure OpenAI's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import httpx
 import orjson
 
-from providers.azure import auth, errors
+from providers.azure import auth
+from providers.azure.auth import AzureAuthProvider
 from providers.contract import Operation, ProviderCall
 from providers.errors import ProviderError
-from providers.openai_compat.adapter import OpenAICompatProvider
 
 API_VERSION = "2024-05-01-preview"
 KEY_ENV = "AZURE_AI_API_KEY"
@@ -38,10 +37,11 @@ CAPABILITIES: frozenset[Operation] = frozenset({"chat", "embeddings"})
 _PATHS: dict[Operation, str] = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 
 
-class AzureAIProvider(OpenAICompatProvider):
+class AzureAIProvider(AzureAuthProvider):
     """``Provider`` for Azure AI model inference endpoints (chat, embeddings)."""
 
     capabilities = CAPABILITIES
+    key_env = KEY_ENV
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         super().__init__(client)
@@ -77,12 +77,7 @@ class AzureAIProvider(OpenAICompatProvider):
         return orjson.dumps(body)
 
     def _headers(self, call: ProviderCall) -> dict[str, str]:
-        headers = auth.headers(call, KEY_ENV)
+        headers = super()._headers(call)
         if call.params.get("drop_params"):
             headers.setdefault("extra-parameters", "drop")
         return headers
-
-    def _error(
-        self, call: ProviderCall, status: int, body: bytes, headers: Mapping[str, str] | None = None
-    ) -> ProviderError:
-        return errors.upstream_error(status, body, headers, auth.scrubber(call, KEY_ENV))

@@ -18,6 +18,7 @@ from tests.support.fake_azure import (
     context_window_error,
     rate_limited,
 )
+from tests.support.fake_entra import CLIENT_ID, CLIENT_SECRET, TENANT, FakeEntra
 from tests.support.fake_openai import Behavior, fake_embedding
 from tests.support.gateway_process import GatewayProcess, gateway_process
 
@@ -41,13 +42,21 @@ MSG: list[Any] = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def azure() -> Iterator[FakeAzure]:
-    with FakeAzure(deployments={"gpt4o-prod", "embed-prod"}, ai_models={"mistral-large"}) as fake:
+def entra() -> Iterator[FakeEntra]:
+    with FakeEntra() as fake:
         yield fake
 
 
 @pytest.fixture(scope="module")
-def gw(azure: FakeAzure) -> Iterator[GatewayProcess]:
+def azure(entra: FakeEntra) -> Iterator[FakeAzure]:
+    with FakeAzure(
+        deployments={"gpt4o-prod", "embed-prod"}, ai_models={"mistral-large"}, entra=entra
+    ) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def gw(azure: FakeAzure, entra: FakeEntra) -> Iterator[GatewayProcess]:
     def dep(name: str, model: str, dep_id: str, **params: Any) -> dict[str, Any]:
         return {
             "model_name": name,
@@ -63,6 +72,15 @@ def gw(azure: FakeAzure) -> Iterator[GatewayProcess]:
             dep(
                 "az-entra", "azure/gpt4o-prod", "az-entra-0", api_base=azure.endpoint, azure_ad_token=AD_TOKEN
             ),
+            dep(
+                "az-sp",
+                "azure/gpt4o-prod",
+                "az-sp-0",
+                api_base=azure.endpoint,
+                tenant_id=TENANT,
+                client_id=CLIENT_ID,
+                client_secret=CLIENT_SECRET,
+            ),
             dep("az-embed", "azure/embed-prod", "az-embed-0", **base),
             dep("az-ai", "azure_ai/mistral-large", "az-ai-0", api_base=azure.ai_endpoint, api_key=API_KEY),
         ],
@@ -70,7 +88,7 @@ def gw(azure: FakeAzure) -> Iterator[GatewayProcess]:
         # One attempt per request: each test sees exactly what Azure answered.
         "router_settings": {"num_retries": 0},
     }
-    with gateway_process(config) as g:
+    with gateway_process(config, env={"AZURE_AUTHORITY_HOST": entra.authority}) as g:
         yield g
 
 
@@ -179,6 +197,18 @@ def test_entra_id_token_deployment(gw: GatewayProcess, fake: FakeAzure) -> None:
     resp = client(gw).chat.completions.create(model="az-entra", messages=MSG)
     assert resp.choices[0].message.content == Behavior().text()
     assert fake.requests[-1].headers["authorization"] == f"Bearer {AD_TOKEN}"
+
+
+def test_service_principal_deployment_plain_and_streamed(
+    gw: GatewayProcess, fake: FakeAzure, entra: FakeEntra
+) -> None:
+    c = client(gw)
+    resp = c.chat.completions.create(model="az-sp", messages=MSG)
+    assert resp.choices[0].message.content == Behavior().text()
+    chunks = list(c.chat.completions.create(model="az-sp", messages=MSG, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == Behavior().text()
+    bearer = fake.requests[-1].headers["authorization"].removeprefix("Bearer ")
+    assert entra.accepts(bearer) and len(entra.token_requests) == 1
 
 
 def test_embeddings(gw: GatewayProcess, fake: FakeAzure) -> None:

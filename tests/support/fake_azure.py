@@ -6,7 +6,8 @@ Wire format followed:
   with OpenAI's bodies; ``api-key`` header or ``Authorization: Bearer <Entra ID token>``; a missing
   ``api-version`` is 404 "Resource not found", a malformed one 400 "API version not supported";
   a wrong or missing credential 401 ("Access denied due to invalid subscription key or wrong API
-  endpoint"); an unknown deployment 404 ``DeploymentNotFound``; an argument the API does not have
+  endpoint"; a bearer token is also accepted when ``tests.support.fake_entra`` issued it and it
+  has not expired); an unknown deployment 404 ``DeploymentNotFound``; an argument the API does not have
   400 "Unrecognized request argument supplied"; a ``tool`` message that answers no preceding
   ``tool_calls`` 400. Answers carry ``prompt_filter_results`` and per-choice
   ``content_filter_results``; a stream opens with a chunk whose ``choices`` is empty and which
@@ -42,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tests.support.fake_entra import FakeEntra
 from tests.support.fake_openai import Behavior, FakeOpenAI
 
 API_KEY = "azure-fake-key-0123456789"
@@ -141,12 +143,15 @@ class FakeAzure(FakeOpenAI):
         ai_models: Iterable[str] = ("mistral-large",),
         api_key: str = API_KEY,
         ad_token: str = AD_TOKEN,
+        entra: FakeEntra | None = None,
     ) -> None:
         super().__init__()
         self.deployments = set(deployments)
         self.ai_models = set(ai_models)
         self.api_key = api_key
         self.ad_token = ad_token
+        # Bearer tokens this (fake) Entra ID tenant issued are accepted until they expire.
+        self.entra = entra
 
     @property
     def endpoint(self) -> str:
@@ -214,7 +219,7 @@ class FakeAzure(FakeOpenAI):
             return _json(azure_error("BadRequest", "API version not supported"), 400)
         key = request.headers.get("api-key")
         bearer = request.headers.get("authorization", "")
-        if key != self.api_key and bearer != f"Bearer {self.ad_token}":
+        if key != self.api_key and bearer != f"Bearer {self.ad_token}" and not self._entra_token(bearer):
             return _json(
                 azure_error(
                     "401",
@@ -225,6 +230,10 @@ class FakeAzure(FakeOpenAI):
                 401,
             )
         return None
+
+    def _entra_token(self, bearer: str) -> bool:
+        scheme, _, token = bearer.partition(" ")
+        return self.entra is not None and scheme == "Bearer" and self.entra.accepts(token)
 
     # ---- Azure AI model inference
 
