@@ -142,6 +142,9 @@ def include_extra_routes(app: FastAPI) -> None:
     from gateway.admin.budgets import router as budgets_router  # CONTROL PLANE: budgets
 
     app.include_router(budgets_router)
+    from gateway.admin.customers import router as customers_router  # CONTROL PLANE: customers (end users)
+
+    app.include_router(customers_router)
     from gateway.admin.global_spend import router as global_spend_router  # CONTROL PLANE: spend reports
 
     app.include_router(global_spend_router)

@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from gateway.admin import budget_schemas, model_schemas, schemas
+from gateway.admin import budget_schemas, customer_schemas, model_schemas, schemas
 
 # Every admin POST route and the model its body is validated against. A POST route missing here
 # gets no body schema, which tests/gateway/test_schemathesis.py refuses.
@@ -49,6 +49,17 @@ ADMIN_BODIES: dict[str, type[BaseModel]] = {
     "/budget/update": budget_schemas.BudgetNewRequest,
     "/budget/delete": budget_schemas.BudgetDeleteRequest,
     "/budget/info": budget_schemas.BudgetRequest,
+    **{
+        f"{prefix}/{action}": body
+        for prefix in ("/customer", "/end_user")
+        for action, body in (
+            ("new", customer_schemas.CustomerNewRequest),
+            ("update", customer_schemas.CustomerUpdateRequest),
+            ("delete", customer_schemas.CustomerDeleteRequest),
+            ("block", customer_schemas.CustomerBlockRequest),
+            ("unblock", customer_schemas.CustomerBlockRequest),
+        )
+    },
 }
 # The path variant takes the key from the path; its body (the other fields) is optional.
 _OPTIONAL_BODY = {"/key/{key}/regenerate"}

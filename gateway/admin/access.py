@@ -96,6 +96,14 @@ ACCESS: dict[str, dict[Role, Scope]] = {
     "/model/delete": {_PA: _ALL},
     "/model/info": {_PA: _ALL, _PV: _ALL, _TA: _SELF, _IU: _SELF, _KEY: _SELF},
     "/model_group/info": {_PA: _ALL, _PV: _ALL, _TA: _SELF, _IU: _SELF, _KEY: _SELF},
+    # Customers (LiteLLM's end users; also under /end_user/): proxy admins write, admins and viewers read.
+    "/customer/new": {_PA: _ALL},
+    "/customer/update": {_PA: _ALL},
+    "/customer/delete": {_PA: _ALL},
+    "/customer/block": {_PA: _ALL},
+    "/customer/unblock": {_PA: _ALL},
+    "/customer/info": {_PA: _ALL, _PV: _ALL},
+    "/customer/list": {_PA: _ALL, _PV: _ALL},
 }
 
 # Global user roles a team admin may attach keys to (or add to its team): none above its own.

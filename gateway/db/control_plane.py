@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.db.database import Database, open_database
+from gateway.keys.customers import CustomerResolver
 from gateway.keys.resolver import PostgresKeyResolver
 from gateway.spend.budget_reset import BudgetResetter
 from gateway.spend.journal import SpendJournal, orphan_journals
@@ -31,6 +32,7 @@ class ControlPlane:
     sink: PostgresSpendSink
     resetter: BudgetResetter
     master_key: str | None
+    customers: CustomerResolver
 
     @classmethod
     async def open(cls, config: Any, *, start_background: bool = True) -> ControlPlane:
@@ -46,8 +48,16 @@ class ControlPlane:
             db.pool, ttl=settings.key_cache_ttl_s, stale_ttl=settings.key_cache_stale_ttl_s
         )
 
+        customers = CustomerResolver(
+            db.pool, ttl=settings.key_cache_ttl_s, stale_ttl=settings.key_cache_stale_ttl_s
+        )
+
+        def on_charged(kind: str, entity: str, spend: float) -> None:
+            resolver.apply_spend(kind, entity, spend)
+            customers.apply_spend(kind, entity, spend)
+
         def on_reset(kind: str, entity: str) -> None:
-            resolver.apply_spend(kind, entity, 0.0)
+            on_charged(kind, entity, 0.0)
 
         journal_dir = config.data_dir / "spend-journal"
         journal = (
@@ -65,7 +75,7 @@ class ControlPlane:
             flush_interval=settings.spend_flush_interval_s,
             batch_size=settings.spend_batch_size,
             max_queue=settings.spend_buffer_max_records,
-            on_charged=resolver.apply_spend,
+            on_charged=on_charged,
             journal=journal,
             json_logs=settings.json_logs,
             webhook=WebhookLogger(settings.webhook_url) if settings.webhook_url else None,
@@ -74,7 +84,14 @@ class ControlPlane:
         # locked, so it is never taken for an orphan.
         await _replay_orphans(journal_dir, sink)
         resetter = BudgetResetter(db.pool, on_reset=on_reset)
-        plane = cls(db=db, resolver=resolver, sink=sink, resetter=resetter, master_key=settings.master_key)
+        plane = cls(
+            db=db,
+            resolver=resolver,
+            sink=sink,
+            resetter=resetter,
+            master_key=settings.master_key,
+            customers=customers,
+        )
         if start_background:
             plane.start()
         return plane

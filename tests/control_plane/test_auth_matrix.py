@@ -238,6 +238,40 @@ MATRIX: dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]] = 
 }
 
 
+def _customer_rows(prefix: str) -> dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]]:
+    """Customers (LiteLLM's end users), under ``/customer`` and ``/end_user``: proxy admins write,
+    admins and viewers read."""
+
+    def fresh(w: World) -> str:
+        return str(_admin(w.gw, f"{prefix}/new", {"user_id": unique("mx-customer")})["user_id"])
+
+    return {
+        ("POST", f"{prefix}/new"): (lambda w: Req(f"{prefix}/new", {"user_id": unique("mx-c")}), ADMIN_ONLY),
+        ("POST", f"{prefix}/update"): (
+            lambda w: Req(f"{prefix}/update", {"user_id": fresh(w), "alias": "matrix"}),
+            ADMIN_ONLY,
+        ),
+        ("POST", f"{prefix}/delete"): (
+            lambda w: Req(f"{prefix}/delete", {"user_ids": [fresh(w)]}),
+            ADMIN_ONLY,
+        ),
+        ("POST", f"{prefix}/block"): (lambda w: Req(f"{prefix}/block", {"user_ids": [fresh(w)]}), ADMIN_ONLY),
+        ("POST", f"{prefix}/unblock"): (
+            lambda w: Req(f"{prefix}/unblock", {"user_ids": [fresh(w)]}),
+            ADMIN_ONLY,
+        ),
+        ("GET", f"{prefix}/info"): (
+            lambda w: Req(f"{prefix}/info", params={"end_user_id": fresh(w)}),
+            ADMIN_READ,
+        ),
+        ("GET", f"{prefix}/list"): (lambda w: Req(f"{prefix}/list"), ADMIN_READ),
+    }
+
+
+MATRIX.update(_customer_rows("/customer"))
+MATRIX.update(_customer_rows("/end_user"))
+
+
 def _walk(routes: Sequence[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
     for route in routes:
         included = getattr(route, "original_router", None)  # FastAPI's wrapper of an included router
