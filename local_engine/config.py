@@ -54,6 +54,9 @@ class EngineConfig:
     enforce_eager: bool = False
     num_threads: int | None = None  # CPU: torch intra-op threads; None = all cores
     warmup: bool = True
+    # The completion budget of a chat request naming no max_tokens, unless the model's own
+    # generation_config gives one (max_new_tokens); None: up to the context length.
+    default_max_tokens: int | None = 512
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,6 +67,12 @@ class EngineConfig:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len: must be at least 2, got {self.max_model_len!r}")
+        if self.default_max_tokens is not None and (
+            not isinstance(self.default_max_tokens, int) or self.default_max_tokens < 1
+        ):
+            raise ValueError(
+                f"default_max_tokens: must be a positive integer, got {self.default_max_tokens!r}"
+            )
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
             raise ValueError(f"kv_cache_memory_bytes: must be positive, got {self.kv_cache_memory_bytes!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from local_engine.config import EngineConfig
 from local_engine.engine.llm_engine import LLMEngine
@@ -88,6 +89,11 @@ class AsyncEngine:
     @property
     def max_model_len(self) -> int:
         return self._engine().max_model_len
+
+    @property
+    def generation_config(self) -> dict[str, Any]:
+        """The model's generation defaults (``generation_config.json``, GGUF sampling metadata)."""
+        return self._engine().loaded.generation_config
 
     @property
     def is_running(self) -> bool:

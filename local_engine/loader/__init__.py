@@ -87,6 +87,7 @@ def _build_model(
 
 
 def _load_gguf(path: Path, name: str, dtype: torch.dtype, device: str | torch.device) -> LoadedModel:
+    from local_engine.generation_defaults import sampling_from_gguf
     from local_engine.loader.gguf import GGUFFile, build_tokenizer
 
     gguf_file = GGUFFile(path)
@@ -95,7 +96,9 @@ def _load_gguf(path: Path, name: str, dtype: torch.dtype, device: str | torch.de
     config.eos_token_ids = _merge_eos(config.eos_token_ids, tokenizer.eos_token_ids)
     tensors = gguf_file.iter_tensors(config.num_attention_heads, config.num_key_value_heads)
     model = _build_model(config, tensors, dtype, device)
-    generation_config: dict[str, Any] = {"eos_token_id": list(config.eos_token_ids)}
+    # The file's recommended sampling (llama.cpp's general.sampling.* keys), named as HF names it.
+    generation_config: dict[str, Any] = {**sampling_from_gguf(gguf_file.metadata)}
+    generation_config["eos_token_id"] = list(config.eos_token_ids)
     if config.bos_token_id is not None:
         generation_config["bos_token_id"] = config.bos_token_id
     return LoadedModel(model, tokenizer, config, generation_config, path)

@@ -22,6 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype", default="bfloat16", help="bfloat16, float16 or float32")
     serve.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     serve.add_argument("--max-model-len", type=int, default=None)
+    serve.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=512,
+        help="completion budget of a chat request naming no max_tokens, unless the model's "
+        "generation_config sets max_new_tokens (0: up to the context length)",
+    )
     serve.add_argument("--max-num-seqs", type=int, default=64)
     serve.add_argument("--max-num-batched-tokens", type=int, default=2048)
     serve.add_argument("--block-size", type=int, default=16)
@@ -60,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=args.max_model_len,
+            default_max_tokens=args.default_max_tokens or None,
             kv_cache_memory_bytes=args.kv_cache_memory_bytes,
             gpu_memory_utilization=args.gpu_memory_utilization,
             enable_prefix_caching=not args.no_prefix_caching,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from local_engine.engine.async_engine import AsyncEngine
 from local_engine.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
+from local_engine.generation_defaults import GenerationDefaults
 from local_engine.sampling_params import SamplingParams
 from local_engine.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 from local_engine.tokenizer import ChatTemplateError
@@ -69,6 +70,10 @@ class OpenAIServing:
     def __init__(self, engine: AsyncEngine, model_name: str | None = None) -> None:
         self.engine = engine
         self.model_name = model_name or engine.model_name
+        # The model's own sampling defaults, and the completion budget of requests that name none.
+        self.defaults = GenerationDefaults.from_generation_config(
+            engine.generation_config, engine.config.default_max_tokens
+        )
 
     # -- preparing -------------------------------------------------------------------------------
 
@@ -78,13 +83,10 @@ class OpenAIServing:
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         values: dict[str, Any] = {
             "n": req.n,
-            "temperature": 1.0 if req.temperature is None else req.temperature,
-            "top_p": 1.0 if req.top_p is None else req.top_p,
-            "top_k": req.top_k or 0,
-            "min_p": req.min_p or 0.0,
+            # temperature, top_p, top_k, min_p, repetition_penalty: the request's, else the model's.
+            **self.defaults.sampling_for(req),
             "presence_penalty": req.presence_penalty or 0.0,
             "frequency_penalty": req.frequency_penalty or 0.0,
-            "repetition_penalty": req.repetition_penalty or 1.0,
             "seed": req.seed,
             "stop": stop,
             "stop_token_ids": list(req.stop_token_ids or []),
@@ -133,6 +135,8 @@ class OpenAIServing:
             raise OpenAIError(400, str(exc), param="messages") from None
         prompt = tokenizer.encode(text)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        if max_tokens is None:
+            max_tokens = self.defaults.max_tokens_for(len(prompt), self.engine.max_model_len)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
             raise OpenAIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")

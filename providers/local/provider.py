@@ -3,7 +3,8 @@
 ``local/smollm2`` (or ``local/default``) serves the bundled SmolLM2 GGUF; any other name needs a
 ``model_path`` param (a HF directory or a ``.gguf`` file), or is itself taken as that path.
 Optional deployment params: ``dtype``, ``device``, ``max_model_len``, ``max_num_seqs``,
-``max_num_batched_tokens``, ``block_size``, ``kv_cache_memory_bytes``, ``num_threads``.
+``max_num_batched_tokens``, ``block_size``, ``kv_cache_memory_bytes``, ``num_threads``,
+``default_max_tokens`` (the completion budget of a request naming none; default 512).
 
 The OpenAI translation is the engine server's own (``local_engine.server.serving``), so a request
 gets the same answer through the gateway as from ``switchyard engine serve``.
@@ -39,6 +40,7 @@ _ENGINE_PARAMS = {
     "block_size": int,
     "kv_cache_memory_bytes": int,
     "num_threads": int,
+    "default_max_tokens": int,
 }
 
 
