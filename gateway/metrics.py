@@ -27,6 +27,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from gateway.live_metrics import LiveFiles
+
 REQUESTS = Counter(
     "switchyard_requests_total",
     "Requests through the pipeline, by model name, operation (the door: chat, embeddings, "
@@ -146,10 +148,13 @@ def render() -> tuple[bytes, str]:
     """The exposition page and its content type.
 
     Under ``serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor) every worker
-    writes its values to files there, and the page is the sum over all workers, whichever answers.
+    writes its values to files there, and the page is the sum over all workers, whichever answers;
+    scrape-time collectors too (``gateway.live_metrics``).
     """
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        registry.register(LiveFiles(directory))  # what collectors compute at scrape time, every worker's
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from gateway import tracing
 from gateway.auth import Authenticator, ChainKeyResolver, MasterKeyResolver
 from gateway.config import GatewayConfig
+from gateway.engine_metrics import watch_engines
+from gateway.live_metrics import start_publishing
 from gateway.null_stages import NullLimiter
 from gateway.pipeline import KeyResolver, Limiter, SpendSink
 from gateway.routing.deployment import deployments_from_entries
@@ -74,6 +76,10 @@ async def build_services(config: GatewayConfig) -> Services:
         from gateway.traced_provider import instrument
 
         instrument(providers)  # each upstream attempt a span (gateway.tracing)
+    watch_engines(providers)  # the local engines' numbers on /metrics
+    publishing = start_publishing()  # scrape-time metrics under serve --workers N
+    if publishing is not None:
+        closers.append(publishing)
 
     # SLOT (limits & cache): the shared Redis pool when general_settings.redis_url is set.
     redis: Any = None

@@ -118,6 +118,10 @@ class ProviderRegistry:
             self._instances[name] = provider
         return provider
 
+    def built(self, name: str) -> ChatProvider | None:
+        """``name``'s adapter if something has asked for it already (never builds one)."""
+        return self._instances.get(name)
+
     async def aclose(self) -> None:
         """Close adapters that hold resources (those with an ``aclose`` method)."""
         for provider in list(self._instances.values()):

@@ -12,11 +12,12 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway import metrics
+from gateway.live_metrics import register_live
 from gateway.routing.state import DeploymentState
 
 RETRIES = Counter(
@@ -77,7 +78,8 @@ class _HealthCollector(Collector):
 
 
 _health = _HealthCollector()
-REGISTRY.register(_health)
+# Under serve --workers N: in rotation only if every worker has it in rotation.
+register_live(_health, merge={"switchyard_deployment_healthy": "min"})
 
 
 class _Routes(Protocol):

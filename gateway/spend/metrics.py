@@ -11,11 +11,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway import metrics
+from gateway.live_metrics import register_live
 from gateway.pipeline import UsageEvent
 
 TOKENS = Counter(
@@ -59,7 +60,8 @@ BATCH_FAILURES = Counter(
 
 class _BacklogCollector(Collector):
     """``switchyard_spend_queue_records``, read from the sink's queue at scrape time (a collector, not
-    a ``Gauge``: under multiprocess mode a gauge would report its file's stale value instead)."""
+    a ``Gauge``: under multiprocess mode a gauge would report its file's stale value instead; there
+    the workers' readings are summed, see ``gateway.live_metrics``)."""
 
     def __init__(self) -> None:
         self.pending: Callable[[], int] | None = None
@@ -74,7 +76,7 @@ class _BacklogCollector(Collector):
 
 
 _backlog = _BacklogCollector()
-REGISTRY.register(_backlog)
+register_live(_backlog)
 
 
 def watch_backlog(pending: Callable[[], int]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from local_engine.config import EngineConfig
 from local_engine.engine.llm_engine import LLMEngine
 from local_engine.engine.outputs import CompletionOutput, RequestOutput
+from local_engine.engine.stats import EngineSnapshot
 from local_engine.loader import LoadedModel
 from local_engine.sampling_params import SamplingParams
 
@@ -94,6 +95,10 @@ class AsyncEngine:
     def generation_config(self) -> dict[str, Any]:
         """The model's generation defaults (``generation_config.json``, GGUF sampling metadata)."""
         return self._engine().loaded.generation_config
+
+    def snapshot(self) -> EngineSnapshot | None:
+        """The engine's numbers now, for metrics (None before ``start``)."""
+        return self.engine.snapshot() if self.engine is not None else None
 
     @property
     def is_running(self) -> bool:

@@ -17,8 +17,9 @@ from local_engine.config import EngineConfig
 from local_engine.detokenizer import IncrementalDetokenizer
 from local_engine.engine.block_manager import BlockManager
 from local_engine.engine.model_runner import ModelRunner
-from local_engine.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
+from local_engine.engine.outputs import CompletionOutput, RequestOutput, RequestTimes, TokenLogprob
 from local_engine.engine.scheduler import Scheduler
+from local_engine.engine.stats import EngineSnapshot, EngineStats
 from local_engine.loader import LoadedModel, load_model
 from local_engine.sampling_params import SamplingParams
 from local_engine.sequence import Sequence
@@ -34,7 +35,7 @@ class _Request:
     seqs: list[Sequence]
     # n > 1: siblings wait until sequence 0 has computed the prompt, then reuse its cached blocks.
     pending_siblings: list[Sequence] = field(default_factory=list)
-    arrival_time: float = field(default_factory=time.monotonic)
+    times: RequestTimes = field(default_factory=lambda: RequestTimes(time.monotonic()))
     max_stop_len: int = 0
 
     @property
@@ -72,6 +73,7 @@ class LLMEngine:
         self.requests: dict[str, _Request] = {}
         self._reported: dict[int, _Reported] = {}
         self.num_steps = 0
+        self.stats = EngineStats()
         if config.warmup:
             self.warmup()
 
@@ -118,6 +120,7 @@ class LLMEngine:
             if seq.finish_reason is None:
                 seq.finish_reason = "abort"
             self.scheduler.finish(seq)
+        request.times.finished = time.monotonic()
         output = self._make_output(request)
         for seq in request.seqs:
             self._reported.pop(seq.seq_id, None)
@@ -136,16 +139,25 @@ class LLMEngine:
                 # Cannot happen while add_request's size check holds; never spin silently.
                 raise RuntimeError("the waiting request cannot be scheduled into an empty KV cache")
             return []
+        started = time.monotonic()
         result = self.runner.execute(batch)
+        now = time.monotonic()
         self.num_steps += 1
         bm = self.block_manager
+        requests = self.requests
         for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
             seq.num_computed_tokens += n
             bm.commit(seq)
+            times = requests[seq.request_id].times
+            if times.scheduled is None:
+                times.scheduled = started
         touched: dict[str, _Request] = {}
         sampled = result.sampled
+        self.stats.generated(now, len(result.seqs))
         for seq, token_id, logprob in zip(result.seqs, sampled.token_ids, sampled.logprobs, strict=True):
-            request = self.requests[seq.request_id]
+            request = requests[seq.request_id]
+            if request.times.first_token is None:
+                request.times.first_token = now
             self._append_token(request, seq, token_id, logprob)
             if seq.finish_reason is not None:
                 self.scheduler.finish(seq)
@@ -154,6 +166,9 @@ class LLMEngine:
                     self.scheduler.add(sibling, front=True)
                 request.pending_siblings = []
             touched[request.request_id] = request
+        for request in touched.values():
+            if request.finished:
+                self._finished(request, now)
         outputs = [self._make_output(r) for r in touched.values()]
         for request in touched.values():
             if request.finished:
@@ -161,6 +176,34 @@ class LLMEngine:
                 for seq in request.seqs:
                     self._reported.pop(seq.seq_id, None)
         return outputs
+
+    def _finished(self, request: _Request, now: float) -> None:
+        times = request.times
+        times.finished = now
+        # Time per output token after the first, over the request's first completion.
+        made = request.seqs[0].num_output_tokens
+        tpot = None
+        if made > 1 and times.first_token is not None:
+            tpot = (now - times.first_token) / (made - 1)
+        self.stats.finished(tpot)
+
+    def snapshot(self) -> EngineSnapshot:
+        """The engine's state and totals now (safe to call from another thread between steps or
+        during one: every field is a plain read)."""
+        stats, bm = self.stats, self.block_manager
+        return EngineSnapshot(
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+            kv_blocks_used=bm.num_blocks - bm.num_free_blocks,
+            kv_blocks_total=bm.num_blocks,
+            prefix_cache_query_tokens=bm.prefix_cache_queries,
+            prefix_cache_hit_tokens=bm.prefix_cache_hits,
+            generation_tokens=stats.generation_tokens,
+            finished_requests=stats.finished_requests,
+            tpot_counts=tuple(stats.tpot_counts),
+            tpot_sum=stats.tpot_sum,
+            generation_tokens_per_s=stats.tokens_per_s(time.monotonic()),
+        )
 
     def _append_token(
         self,
@@ -260,6 +303,7 @@ class LLMEngine:
             outputs,
             finished=request.finished,
             num_cached_tokens=request.seqs[0].num_cached_tokens,
+            times=request.times,
         )
 
     # -- housekeeping ----------------------------------------------------------------------------
@@ -273,3 +317,4 @@ class LLMEngine:
             self.step()
         self.block_manager.reset_prefix_cache()
         self.num_steps = 0
+        self.stats = EngineStats()  # the warmup request is no one's

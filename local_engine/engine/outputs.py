@@ -35,6 +35,17 @@ class CompletionOutput:
 
 
 @dataclass(slots=True)
+class RequestTimes:
+    """When a request went through the engine (``time.monotonic()``): queued from ``arrival`` to
+    ``scheduled`` (its first step began), prefill until ``first_token``, decode until ``finished``."""
+
+    arrival: float
+    scheduled: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+
+
+@dataclass(slots=True)
 class RequestOutput:
     """A request's state after a step: all its completions, ``finished`` once every one is done."""
 
@@ -43,3 +54,4 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    times: RequestTimes | None = None  # the request's phases so far (the same object every step)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
 
 from local_engine.config import EngineConfig
 from local_engine.engine.async_engine import AsyncEngine, EngineDeadError
+from local_engine.engine.outputs import RequestOutput
 from local_engine.loader import ModelLoadError
 from local_engine.server.protocol import OpenAIError
 from local_engine.server.serving import OpenAIServing
@@ -42,6 +43,38 @@ _ENGINE_PARAMS = {
     "num_threads": int,
     "default_max_tokens": int,
 }
+
+
+PhaseListener = Callable[[str, float, float, dict[str, Any]], None]
+
+
+def report_phases(on_phase: PhaseListener, output: RequestOutput) -> None:
+    """Tell ``on_phase`` (``ProviderCall.on_phase``) when a finished request queued, prefilled and
+    decoded in the engine."""
+    t = output.times
+    if t is None or t.scheduled is None:
+        return
+    on_phase("engine.queue", t.arrival, t.scheduled, {})
+    if t.first_token is None:
+        return
+    prefill = {
+        "gen_ai.usage.input_tokens": len(output.prompt_token_ids),
+        "switchyard.engine.prefix_cache_hit_tokens": output.num_cached_tokens,
+    }
+    on_phase("engine.prefill", t.scheduled, t.first_token, prefill)
+    if t.finished is not None:
+        made = sum(len(c.token_ids) for c in output.outputs)
+        on_phase("engine.decode", t.first_token, t.finished, {"gen_ai.usage.output_tokens": made})
+
+
+async def _watch_phases(
+    outputs: AsyncIterator[tuple[int, RequestOutput]], on_phase: PhaseListener
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    async with contextlib.aclosing(outputs):
+        async for item in outputs:
+            yield item
+            if item[1].finished:
+                report_phases(on_phase, item[1])
 
 
 def _provider_error(exc: OpenAIError) -> ProviderError:
@@ -79,6 +112,10 @@ class LocalProvider:
     def __init__(self) -> None:
         self._servings: dict[tuple[Any, ...], OpenAIServing] = {}
         self._lock = asyncio.Lock()
+
+    def engines(self) -> list[tuple[str, AsyncEngine]]:
+        """The engines started so far, each with the upstream model name it serves (for metrics)."""
+        return [(key[0], serving.engine) for key, serving in list(self._servings.items())]
 
     async def _serving(self, call: ProviderCall) -> OpenAIServing:
         config = engine_config(call.upstream_model, call.params)
@@ -152,6 +189,9 @@ class LocalProvider:
             else:
                 _, prepared = serving.prepare_completion(body)
             outputs = await serving.run_all(prepared)
+            if call.on_phase is not None:
+                for output in outputs:
+                    report_phases(call.on_phase, output)
         except OpenAIError as exc:
             raise _provider_error(exc) from None
         except EngineDeadError as exc:
@@ -180,6 +220,8 @@ class LocalProvider:
         except OpenAIError as exc:
             raise _provider_error(exc) from None
         stream = serving.stream_outputs(prepared)
+        if call.on_phase is not None:
+            stream = _watch_phases(stream, call.on_phase)
         # Usage always goes last; the gateway drops it when the client did not ask for it.
         if operation == "chat":
             chunks = serving.chat_chunks(prepared, stream, force_usage=True)
