@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from providers.anthropic.chat import OPENAI_EXTRAS, UpstreamRequest, prepare, prepare_count
-from providers.anthropic.errors import malformed, transport_error, upstream_error
+from providers.anthropic.errors import malformed, transport_error
 from providers.anthropic.stream import read_stream
 from providers.contract import Operation, ProviderCall
 from providers.formats.anthropic_messages import parse_response
@@ -66,7 +66,7 @@ class AnthropicProvider(NativeProvider):
         except httpx.HTTPError as exc:
             raise transport_error(exc, f"upstream timed out after {call.timeout:g}s") from exc
         if resp.status_code >= 300:
-            raise upstream_error(resp.status_code, resp.content, resp.headers, up.clean)
+            raise up.read_error(resp.status_code, resp.content, resp.headers, up.clean)
         try:
             body = orjson.loads(resp.content)
         except orjson.JSONDecodeError:

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 
+from providers.anthropic.errors import upstream_error
 from providers.contract import ProviderCall
 from providers.errors import ProviderError
 from providers.formats import anthropic_messages, openai_chat
@@ -61,6 +62,9 @@ class UpstreamRequest:
     payload: bytes
     json_mode: bool  # response_format was asked for: the json_tool_call answer is the text
     clean: Scrubber  # scrubs this call's secrets from anything the upstream echoes
+    # Reads an error answer (status, body, headers, clean); a host of Anthropic's models that
+    # answers some errors in its own shape (Vertex AI) reads them with its own.
+    read_error: Callable[[int, bytes, Mapping[str, str] | None, Scrubber], ProviderError] = upstream_error
 
 
 def messages_url(api_base: str | None) -> httpx.URL:
@@ -86,20 +90,21 @@ def count_tokens_url(api_base: str | None) -> httpx.URL:
 
 def prepare(request: GenerationRequest, call: ProviderCall, *, stream: bool) -> UpstreamRequest:
     """The upstream request for ``request`` (never mutated: a retry may send it elsewhere)."""
-    body, req = _body(request, call, stream)
+    body, req = build_body(request, call, stream)
     return _upstream(messages_url(call.api_base), body, req, call)
 
 
 def prepare_count(request: GenerationRequest, call: ProviderCall) -> UpstreamRequest:
     """The ``count_tokens`` request counting ``request``'s prompt as ``prepare`` would send it."""
-    body, req = _body(request, call, False)
+    body, req = build_body(request, call, False)
     counted = {k: v for k, v in body.items() if k in COUNT_FIELDS}
     return _upstream(count_tokens_url(call.api_base), counted, req, call)
 
 
-def _body(
+def build_body(
     request: GenerationRequest, call: ProviderCall, stream: bool
 ) -> tuple[dict[str, Any], GenerationRequest]:
+    """The Messages body for ``request`` with the deployment's defaults, and the request as sent."""
     params = call.params
     if request.seed is not None and not params.get("drop_params"):
         raise ProviderError(
@@ -140,11 +145,16 @@ def _upstream(
     key = call.api_key or os.environ.get("ANTHROPIC_API_KEY")
     return UpstreamRequest(
         url=url,
-        headers=_headers(key, call.params, call.extra_headers),
+        headers=headers(key, call.params, call.extra_headers),
         payload=orjson.dumps(body),
-        json_mode=req.response_format is not None and req.response_format.type != "text",
+        json_mode=json_mode(req),
         clean=call_scrubber(key, call.params, call.extra_headers),
     )
+
+
+def json_mode(req: GenerationRequest) -> bool:
+    """Whether the answer's JSON tool call is to be read back as the text (``response_format``)."""
+    return req.response_format is not None and req.response_format.type != "text"
 
 
 def _default(given: Any, configured: Any) -> Any:
@@ -159,7 +169,8 @@ def _stops(configured: Any) -> list[str]:
     return []
 
 
-def _headers(key: str | None, params: Mapping[str, Any], call_headers: Mapping[str, str]) -> dict[str, str]:
+def headers(key: str | None, params: Mapping[str, Any], call_headers: Mapping[str, str]) -> dict[str, str]:
+    """The Messages API headers: version, key (when given), betas joined, extra headers."""
     headers = {
         "content-type": "application/json",
         "accept": "application/json",

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 
 from providers.anthropic.chat import UpstreamRequest
-from providers.anthropic.errors import malformed, stream_error, transport_error, upstream_error
+from providers.anthropic.errors import malformed, stream_error, transport_error
 from providers.contract import ProviderCall
 from providers.errors import ProviderError, ProviderTimeoutError
 from providers.formats.anthropic_messages import StreamParser
@@ -49,7 +49,7 @@ async def read_stream(
                 body = await resp.aread()
             except httpx.HTTPError as exc:
                 raise transport_error(exc, f"upstream timed out after {read_timeout:g}s") from exc
-            raise upstream_error(resp.status_code, body, resp.headers, up.clean)
+            raise up.read_error(resp.status_code, body, resp.headers, up.clean)
         reader = _EventReader(up, int(time.time()))
         # Each event must follow the last within read_timeout: httpx's read timeout alone would
         # not see an upstream that keeps the socket busy without ever completing an event.

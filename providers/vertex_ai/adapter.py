@@ -1,4 +1,5 @@
-"""Google's generative models on Vertex AI: the Gemini API's body at Vertex URLs, with OAuth.
+"""Models on Vertex AI: Google's (the Gemini API's body at Vertex URLs, with OAuth), and Anthropic's
+Claude (``claude-*``: the Messages API body, ``providers.vertex_ai.claude``).
 
 ``POST https://{location}-aiplatform.googleapis.com/v1/projects/{project}/locations/{location}/
 publishers/google/models/{model}:generateContent`` (``:streamGenerateContent?alt=sse``; the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import httpx
@@ -28,10 +30,17 @@ from providers.formats.errors import FormatError
 from providers.gemini.adapter import Endpoint, GoogleGenAIProvider, gather_limited, model_name
 from providers.gemini.errors import malformed
 from providers.redaction import call_scrubber
-from providers.schema import EmbeddingRequest, EmbeddingResponse
+from providers.schema import (
+    EmbeddingRequest,
+    EmbeddingResponse,
+    GenerationRequest,
+    GenerationResponse,
+    StreamEvent,
+)
 from providers.usage import Usage
 from providers.vertex_ai import embed
 from providers.vertex_ai.auth import TokenCache
+from providers.vertex_ai.claude import VertexClaude, is_claude
 
 DEFAULT_LOCATION = "us-central1"
 PROJECT_ENVS = ("VERTEXAI_PROJECT", "GOOGLE_CLOUD_PROJECT")
@@ -40,13 +49,33 @@ _LOCATION = re.compile(r"[a-z0-9-]+")
 
 
 class VertexAIProvider(GoogleGenAIProvider):
-    """``Provider`` for Gemini models on Vertex AI; ``client`` defaults to the shared pool."""
+    """``Provider`` for models on Vertex AI: Google's, and Anthropic's Claude (``claude-*``, by
+    ``providers.vertex_ai.claude``); ``client`` defaults to the shared pool."""
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         super().__init__(client)
         self._tokens = TokenCache()
+        self._claude = VertexClaude(client, self.endpoint)
 
-    async def endpoint(self, call: ProviderCall, method: str) -> Endpoint:
+    def check_params(self, request: GenerationRequest, call: ProviderCall) -> None:
+        if is_claude(call.upstream_model):
+            self._claude.check_params(request, call)  # Anthropic's parameters, not Gemini's
+        else:
+            super().check_params(request, call)
+
+    async def generate(self, request: GenerationRequest, call: ProviderCall) -> GenerationResponse:
+        if is_claude(call.upstream_model):
+            return await self._claude.generate(request, call)
+        return await super().generate(request, call)
+
+    def generate_stream(self, request: GenerationRequest, call: ProviderCall) -> AsyncIterator[StreamEvent]:
+        if is_claude(call.upstream_model):
+            return self._claude.generate_stream(request, call)
+        return super().generate_stream(request, call)
+
+    async def endpoint(self, call: ProviderCall, method: str, publisher: str = "google") -> Endpoint:
+        """``method`` on the call's model from ``publisher`` (``google``, or ``anthropic`` for
+        Claude), with this deployment's project, location and bearer token."""
         params = call.params
         clean = call_scrubber(None, params, call.extra_headers)
         token = await self._tokens.token(params.get("vertex_credentials"), clean)
@@ -78,10 +107,11 @@ class VertexAIProvider(GoogleGenAIProvider):
             "aiplatform.googleapis.com" if location == "global" else f"{location}-aiplatform.googleapis.com"
         )
         base = (call.api_base or f"https://{host}").rstrip("/")
-        model = quote(model_name(call.upstream_model), safe="")
+        # "@" stays as it is: partner models are versioned as claude-sonnet-4@20250514.
+        model = quote(model_name(call.upstream_model), safe="@")
         url = (
             f"{base}/v1/projects/{quote(str(project), safe='')}/locations/{location}"
-            f"/publishers/google/models/{model}:{method}"
+            f"/publishers/{publisher}/models/{model}:{method}"
         )
         return Endpoint(url, {"authorization": f"Bearer {token.value}"}, token.value)
 

@@ -268,7 +268,8 @@ class FakeGemini:
             )
         return None
 
-    def _check_bearer(self, request: Request) -> Response | None:
+    def check_bearer(self, request: Request) -> Response | None:
+        """Vertex AI's 401 for a request without a bearer token this server issued, else None."""
         auth = request.headers.get("authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else ""
         with self._lock:
@@ -331,7 +332,7 @@ class FakeGemini:
         return await self._serve(request, request.path_params["target"], vertex=False)
 
     async def _vertex(self, request: Request) -> Response:
-        denied = self._check_bearer(request)
+        denied = self.check_bearer(request)
         if denied is not None:
             return denied
         return await self._serve(request, request.path_params["target"], vertex=True)
