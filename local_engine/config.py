@@ -21,13 +21,16 @@ _DTYPES = {
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """A torch dtype from a dtype or its common spelling (``"bf16"``, ``"float32"`` ...)."""
+    """A torch dtype from a dtype or its common spelling (``"bf16"``, ``"float32"`` ...); ``"auto"``
+    computes in bfloat16."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if str(dtype).lower() == "auto":
+        return torch.bfloat16
     try:
         return _DTYPES[str(dtype).lower().removeprefix("torch.")]
     except KeyError:
-        raise ValueError(f"dtype: unsupported value {dtype!r} (one of {sorted(_DTYPES)})") from None
+        raise ValueError(f"dtype: unsupported value {dtype!r} (auto or one of {sorted(_DTYPES)})") from None
 
 
 @dataclass(slots=True)
@@ -35,13 +38,15 @@ class EngineConfig:
     """How to run the engine.
 
     ``model`` is a HF safetensors directory, a ``.gguf`` file, or ``None`` for the bundled SmolLM2 GGUF.
+    ``dtype`` ``"auto"`` keeps a GGUF file's quantization where the CPU kernels run it (no widened
+    copy of the weights) and computes in bfloat16; a named dtype dequantizes everything to it.
     The KV cache is sized from ``kv_cache_memory_bytes`` (CPU; default derived from
     ``max_model_len * max_num_seqs``, capped at 1 GiB) or from free GPU memory times
     ``gpu_memory_utilization`` (CUDA), and never grows past that.
     """
 
     model: str | Path | None = None
-    dtype: str | torch.dtype = "bfloat16"
+    dtype: str | torch.dtype = "auto"
     device: str = "cpu"
     block_size: int = 16
     max_num_seqs: int = 64
@@ -60,7 +65,8 @@ class EngineConfig:
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.dtype = resolve_dtype(self.dtype)
+        auto = isinstance(self.dtype, str) and self.dtype.lower() == "auto"
+        self.dtype = "auto" if auto else resolve_dtype(self.dtype)
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -83,6 +89,16 @@ class EngineConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return resolve_dtype(self.dtype)
+
+    @property
+    def keep_quantized(self) -> bool:
+        """Whether a GGUF file's weights stay quantized (``dtype="auto"``)."""
+        return self.dtype == "auto"
+
+    def context_length(self, max_position_embeddings: int) -> int:
+        """The context the engine serves a model with: ``max_model_len``, else the model's own capped at
+        8192 (a longer default would size the KV cache for contexts few requests use)."""
+        return self.max_model_len or min(max_position_embeddings, 8192)
 
     def threads(self) -> int:
         """Intra-op threads for CPU execution: all cores this process may run on, unless set."""

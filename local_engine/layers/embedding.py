@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from local_engine.layers import quant_linear
+from local_engine.layers.quant_linear import QuantizedTensor
+
 
 class VocabParallelEmbedding(nn.Module):
     """Embedding table holding rows ``[tp_rank * V/tp, (tp_rank + 1) * V/tp)`` of the vocabulary."""
@@ -22,19 +25,27 @@ class VocabParallelEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.shard_size, embedding_dim))
         self.weight.weight_loader = self.weight_loader  # type: ignore[attr-defined]
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
-        """Copy this rank's rows of the full table ``loaded``."""
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor | QuantizedTensor) -> None:
+        """Copy this rank's rows of the full table ``loaded`` (a quantized one stays quantized)."""
         shard = loaded.narrow(0, self.vocab_start, self.shard_size)
         if shard.shape != param.shape:
             raise ValueError(f"embedding shape {tuple(loaded.shape)} does not fit {tuple(param.shape)}")
-        param.data.copy_(shard)
+        if isinstance(shard, QuantizedTensor):
+            quant_linear.store_rows(self, "weight", shard, 0, self.shard_size)
+        else:
+            param.data.copy_(shard)
+
+    def _lookup(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if quant_linear.is_quantized(self.weight):
+            return quant_linear.embedding(input_ids, self.weight)
+        return F.embedding(input_ids, self.weight)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            return F.embedding(input_ids, self.weight)
+            return self._lookup(input_ids)
         local = input_ids - self.vocab_start
         in_range = (local >= 0) & (local < self.shard_size)
-        out = F.embedding(local.clamp(0, self.shard_size - 1), self.weight) * in_range.unsqueeze(-1)
+        out = self._lookup(local.clamp(0, self.shard_size - 1)) * in_range.unsqueeze(-1)
         torch.distributed.all_reduce(out)
         return out
 
@@ -51,21 +62,33 @@ class ParallelLMHead(VocabParallelEmbedding):
             self.bias.weight_loader = self.weight_loader  # type: ignore[attr-defined]
         else:
             self.register_parameter("bias", None)
+        self._tied_to: VocabParallelEmbedding | None = None
+        self._quant_bias: torch.Tensor | None = None  # fp32, for a quantized head
 
     def pack_weight(self) -> bool:
-        """Keep a oneDNN-packed copy of the head for CPU bf16 matmuls (the largest one in small models)."""
+        """Keep a oneDNN-packed copy of the head for CPU bf16 matmuls (the largest one in small
+        models); a quantized head is rearranged in place instead (``quant_linear.pack``)."""
         from local_engine.layers.linear import _pack
 
+        if self._tied_to is not None:  # loading may have swapped the table for a quantized one
+            self.weight = self._tied_to.weight
+        if quant_linear.is_quantized(self.weight):
+            quant_linear.pack(self.weight)
+            self._quant_bias = None if self.bias is None else self.bias.detach().float().contiguous()
+            return True
         self._packed = _pack(self.weight, self.bias)
         return self._packed is not None
 
     def tie(self, embedding: VocabParallelEmbedding) -> None:
         """Share the embedding table (``tie_word_embeddings``)."""
         self.weight = embedding.weight
+        object.__setattr__(self, "_tied_to", embedding)  # a reference, not a second submodule
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         packed = getattr(self, "_packed", None)
-        if packed is not None:
+        if quant_linear.is_quantized(self.weight):
+            logits = quant_linear.linear(hidden, self.weight, self._quant_bias).float()
+        elif packed is not None:
             from local_engine.layers.linear import packed_linear
 
             logits = packed_linear(hidden, packed, self.bias).float()

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from local_engine.kernels import cpu as cpu_kernels
+from local_engine.layers import quant_linear
+from local_engine.layers.quant_linear import QuantizedTensor
 
 # On CPUs without bf16 dot products the C kernel (cpu_kernels.gemm, bf16 pairs widened for FMAs)
 # serves up to this many rows, where a matmul is still a pass over its weight (memory-bound);
@@ -167,27 +169,41 @@ class LinearBase(nn.Module):
         else:
             self.register_parameter("bias", None)
         self._packed: PackedWeight | None = None
+        self._quant_bias: torch.Tensor | None = None  # fp32, for a quantized weight
 
     def pack_weight(self) -> bool:
-        """Keep a oneDNN-packed copy of the weight for CPU bf16 matmuls (see ``pack_cpu_weights``)."""
+        """Keep a oneDNN-packed copy of the weight for CPU bf16 matmuls (see ``pack_cpu_weights``);
+        a quantized weight is rearranged in place instead (``quant_linear.pack``)."""
+        if quant_linear.is_quantized(self.weight):
+            quant_linear.pack(self.weight)
+            self._quant_bias = None if self.bias is None else self.bias.detach().float().contiguous()
+            return True
         self._packed = _pack(self.weight, self.bias)
         return self._packed is not None
 
-    @staticmethod
-    def _copy(param: torch.Tensor, loaded: torch.Tensor) -> None:
+    def _copy(self, param: torch.Tensor, loaded: torch.Tensor | QuantizedTensor, row_offset: int = 0) -> None:
+        """``loaded`` into ``param`` (rows ``row_offset...`` of the weight, for a quantized one)."""
         if param.shape != loaded.shape:
             raise ValueError(
                 f"checkpoint tensor shape {tuple(loaded.shape)} does not fit {tuple(param.shape)}"
             )
-        param.copy_(loaded)
+        if isinstance(loaded, QuantizedTensor):
+            quant_linear.store_rows(self, "weight", loaded, row_offset, self.weight.shape[0])
+        else:
+            param.copy_(loaded)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
         self._copy(param.data, loaded)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if quant_linear.is_quantized(self.weight):
+            return quant_linear.linear(x, self.weight, self._quant_bias)
         if self._packed is not None:
             return packed_linear(x, self._packed, self.bias)
         return F.linear(x, self.weight, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._matmul(x)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -221,6 +237,8 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor | None:
         """``silu(gate) * up`` of this gate/up projection in one fused call, or None where the
         fused kernel does not apply (use ``SiluAndMul()(self(x))``)."""
+        if quant_linear.is_quantized(self.weight) and len(self.output_sizes) == 2:
+            return quant_linear.linear(x, self.weight, self._quant_bias, silu_mul=True)
         return None if self._packed is None else packed_silu_and_mul(x, self._packed)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
@@ -229,7 +247,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         offset = _divide(sum(self.output_sizes[:shard_id]), self.tp_size)
         size = _divide(self.output_sizes[shard_id], self.tp_size)
         target = param.data.narrow(0, offset, size)
-        self._copy(target, loaded.narrow(0, self.tp_rank * size, size))
+        self._copy(target, loaded.narrow(0, self.tp_rank * size, size), offset)
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -265,7 +283,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         else:
             raise ValueError(f"QKVParallelLinear shard_id must be 'q', 'k' or 'v', not {shard_id!r}")
         target = param.data.narrow(0, offset, size)
-        self._copy(target, loaded.narrow(0, rank * size, size))
+        self._copy(target, loaded.narrow(0, rank * size, size), offset)
 
 
 class RowParallelLinear(LinearBase):
@@ -284,11 +302,7 @@ class RowParallelLinear(LinearBase):
         self._copy(param.data, loaded.narrow(1, self.tp_rank * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = (
-            packed_linear(x, self._packed, self.bias)
-            if self._packed is not None
-            else F.linear(x, self.weight, self.bias)
-        )
+        y = self._matmul(x)
         if self.tp_size > 1:
             torch.distributed.all_reduce(y)
         return y

@@ -86,7 +86,23 @@ def _build_model(
     return model
 
 
-def _load_gguf(path: Path, name: str, dtype: torch.dtype, device: str | torch.device) -> LoadedModel:
+def _quant_types(quantized: bool, dtype: torch.dtype, device: str | torch.device) -> frozenset[int]:
+    """The GGML types a GGUF file's weights may stay in: those the CPU kernels run, when asked
+    for, on the CPU, with bf16 activations and a built kernel library; otherwise none."""
+    from local_engine.kernels import cpu as cpu_kernels
+
+    usable = (
+        quantized
+        and torch.device(device).type == "cpu"
+        and dtype == torch.bfloat16
+        and cpu_kernels._library() is not None
+    )
+    return frozenset(cpu_kernels.QUANT_TYPES.values()) if usable else frozenset()
+
+
+def _load_gguf(
+    path: Path, name: str, dtype: torch.dtype, device: str | torch.device, quantized: bool = False
+) -> LoadedModel:
     from local_engine.generation_defaults import sampling_from_gguf
     from local_engine.loader.gguf import GGUFFile, build_tokenizer
 
@@ -94,7 +110,9 @@ def _load_gguf(path: Path, name: str, dtype: torch.dtype, device: str | torch.de
     config = ModelConfig.from_gguf_metadata(gguf_file.metadata, gguf_file.tensor_names, name=name)
     tokenizer = build_tokenizer(gguf_file)
     config.eos_token_ids = _merge_eos(config.eos_token_ids, tokenizer.eos_token_ids)
-    tensors = gguf_file.iter_tensors(config.num_attention_heads, config.num_key_value_heads)
+    tensors = gguf_file.iter_tensors(
+        config.num_attention_heads, config.num_key_value_heads, _quant_types(quantized, dtype, device)
+    )
     model = _build_model(config, tensors, dtype, device)
     # The file's recommended sampling (llama.cpp's general.sampling.* keys), named as HF names it.
     generation_config: dict[str, Any] = {**sampling_from_gguf(gguf_file.metadata)}
@@ -123,20 +141,27 @@ def _load_hf_dir(model_dir: Path, name: str, dtype: torch.dtype, device: str | t
 
 
 def load_model(
-    path: str | Path | None = None, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"
+    path: str | Path | None = None,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    quantized: bool = False,
 ) -> LoadedModel:
-    """Load a HF model directory, a ``.gguf`` file (or a directory holding exactly one), or the default."""
+    """Load a HF model directory, a ``.gguf`` file (or a directory holding exactly one), or the default.
+
+    ``quantized``: a GGUF file's weight matrices stay in the file's quantization where the CPU
+    kernels run it (bf16 activations on the CPU); everything else is dequantized to ``dtype``."""
     resolved, name = resolve_model_path(path)
     try:
         if resolved.is_file():
             if resolved.suffix.lower() != ".gguf":
                 raise ModelLoadError(f"{resolved} is neither a .gguf file nor a model directory")
-            return _load_gguf(resolved, name, dtype, device)
+            return _load_gguf(resolved, name, dtype, device, quantized)
         if (resolved / "config.json").is_file():
             return _load_hf_dir(resolved, name, dtype, device)
         ggufs = sorted(resolved.glob("*.gguf"))
         if len(ggufs) == 1:
-            return _load_gguf(ggufs[0], name, dtype, device)
+            return _load_gguf(ggufs[0], name, dtype, device, quantized)
         if ggufs:
             raise ModelLoadError(f"{resolved} holds several .gguf files; pass the one to load")
         raise ModelLoadError(f"{resolved / 'config.json'} is missing (and {resolved} holds no .gguf file)")

@@ -1,4 +1,5 @@
-"""Reading a GGUF file: config from metadata, dequantized tensors under HF names, and the tokenizer.
+"""Reading a GGUF file: config from metadata, tensors under HF names (dequantized, or kept as the
+file's quantized blocks where the CPU kernels run them), and the tokenizer.
 
 Two llama.cpp conventions are undone to match Hugging Face's own GGUF loader:
 - Q/K projection rows of ``llama``/``mistral`` files are permuted for llama.cpp's interleaved rope;
@@ -20,6 +21,7 @@ import tokenizers
 import torch
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
+from local_engine.layers.quant_linear import QuantizedTensor
 from local_engine.loader.errors import ModelLoadError
 from local_engine.tokenizer import Tokenizer
 
@@ -45,6 +47,10 @@ _GLOBAL_NAMES = {
     "output": "lm_head",
 }
 _BLOCK = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
+# Matrices that may stay quantized, and the groups fused into one matmul (which must then share
+# one quantization: a fused weight is one block tensor).
+_QUANTIZABLE = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}
+_FUSED_GROUPS = (("attn_q", "attn_k", "attn_v"), ("ffn_gate", "ffn_up"))
 
 # Pre-tokenizer split patterns by ``tokenizer.ggml.pre`` (as transformers maps them); others use GPT-2's.
 _LLAMA3_SPLIT = (
@@ -112,15 +118,50 @@ class GGUFFile:
     def architecture(self) -> str:
         return str(self.metadata.get("general.architecture", ""))
 
-    def iter_tensors(self, num_heads: int, num_kv_heads: int) -> Iterator[tuple[str, torch.Tensor]]:
-        """``(hf_name, float32 tensor)``, dequantized, with Q/K rows restored where needed."""
+    def _kept_quantized(self, quant_types: frozenset[int]) -> set[str]:
+        """GGUF names of the weight matrices to keep as stored: of a type in ``quant_types`` and,
+        in a fused group, only where the whole group shares it."""
+        types = {t.name: int(t.tensor_type) for t in self.reader.tensors}
+
+        def eligible(name: str) -> bool:
+            match = _BLOCK.match(name)
+            if match is None:
+                return name in ("token_embd.weight", "output.weight")
+            layer, kind, suffix = match.groups()
+            if kind not in _QUANTIZABLE or suffix != "weight":
+                return False
+            group = next((g for g in _FUSED_GROUPS if kind in g), (kind,))
+            return len({types.get(f"blk.{layer}.{member}.weight") for member in group}) == 1
+
+        return {name for name, qtype in types.items() if qtype in quant_types and eligible(name)}
+
+    def iter_tensors(
+        self, num_heads: int, num_kv_heads: int, quant_types: frozenset[int] = frozenset()
+    ) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
+        """``(hf_name, float32 tensor)``, dequantized, with Q/K rows restored where needed; weight
+        matrices stored in one of ``quant_types`` (GGML type ids) come as ``QuantizedTensor``
+        instead, their blocks as stored (rows reordered where Q/K rows are restored)."""
         from gguf.quants import dequantize
 
         permuted = self.architecture in _PERMUTED_QK_ARCHS
+        kept = self._kept_quantized(quant_types) if quant_types else set()
         for t in self.reader.tensors:
             name = hf_tensor_name(t.name)
             if name is None:
                 continue  # e.g. rope_freqs: llama.cpp's precomputed factors, recomputed from the config here
+            if t.name in kept:
+                blocks = np.asarray(t.data, dtype=np.uint8)
+                rows, cols = int(t.shape[1]), int(t.shape[0])
+                blocks = blocks.reshape(rows, -1)
+                if permuted and name.endswith(("q_proj.weight", "k_proj.weight")):
+                    heads = num_heads if "q_proj" in name else num_kv_heads
+                    order = reverse_qk_permutation(np.arange(rows), heads)
+                    blocks = blocks[order]  # whole rows of blocks: the permutation is over rows
+                # A copy: the layer copies it again into its (fused) parameter, and the file's
+                # pages must not stay mapped.
+                data = torch.from_numpy(np.array(blocks, copy=True))
+                yield name, QuantizedTensor(data, int(t.tensor_type), (rows, cols))
+                continue
             try:
                 array = dequantize(t.data, t.tensor_type)
             except Exception as exc:

@@ -19,7 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", default=None, help="name clients use (default: from the model)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--dtype", default="bfloat16", help="bfloat16, float16 or float32")
+    serve.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (a GGUF file's quantization as stored, bfloat16 compute), bfloat16, float16 or float32",
+    )
     serve.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     serve.add_argument("--max-model-len", type=int, default=None)
     serve.add_argument(

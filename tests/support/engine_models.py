@@ -125,7 +125,7 @@ class PagedRunner:
     ) -> None:
         self.model = model
         self.block_size = block_size
-        dtype = next(model.parameters()).dtype
+        dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())  # not a quantized weight's
         shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)  # type: ignore[attr-defined]
         self.caches = [
             (torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
@@ -202,10 +202,13 @@ _GGUF_LAYER_NAMES = {
 }
 
 
-def write_gguf_like_llama_cpp(model: torch.nn.Module, model_dir: Path, out: Path) -> Path:
+def write_gguf_like_llama_cpp(
+    model: torch.nn.Module, model_dir: Path, out: Path, quant: dict[str, int] | None = None
+) -> Path:
     """Write a HF model (from ``make_hf_model``) as an F32 GGUF the way llama.cpp's converter does:
     its metadata keys, tensor names, gpt2 tokenizer metadata, and (for ``llama``) Q/K rows permuted
-    for llama.cpp's interleaved rope."""
+    for llama.cpp's interleaved rope. ``quant`` maps GGUF tensor names to the GGML type (Q8_0,
+    Q4_0 or Q4_1: those gguf-py can quantize) to store them in instead."""
     import gguf
     import numpy as np
 
@@ -262,7 +265,12 @@ def write_gguf_like_llama_cpp(model: torch.nn.Module, model_dir: Path, out: Path
                 array = permute(array, cfg.num_attention_heads)
             elif arch == "llama" and rest == "self_attn.k_proj.weight":
                 array = permute(array, cfg.num_key_value_heads)
-        writer.add_tensor(gguf_name, np.ascontiguousarray(array))
+        qtype = (quant or {}).get(gguf_name)
+        if qtype is None:
+            writer.add_tensor(gguf_name, np.ascontiguousarray(array))
+        else:
+            qt = gguf.GGMLQuantizationType(qtype)
+            writer.add_tensor(gguf_name, gguf.quants.quantize(np.ascontiguousarray(array), qt), raw_dtype=qt)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
