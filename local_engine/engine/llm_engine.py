@@ -59,7 +59,9 @@ class LLMEngine:
         if config.device == "cpu":
             torch.set_num_threads(config.threads())
         if loaded is None:
-            loaded = load_model(config.model, dtype=config.torch_dtype, device=config.device)
+            loaded = load_model(
+                config.model, dtype=config.torch_dtype, device=config.device, quantized=config.keep_quantized
+            )
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.model_name = loaded.config.name
