@@ -125,17 +125,19 @@ class GoogleGenAIProvider(NativeProvider):
         except FormatError as exc:
             raise ProviderError(400, exc.message, "invalid_request_error", param=exc.param) from None
 
-        async def one(body: dict[str, Any]) -> list[list[float]]:
+        async def one(body: dict[str, Any]) -> tuple[list[list[float]], int]:
             answer = await self.post(
                 call, await self.upstream_request(call, "batchEmbedContents", orjson.dumps(body))
             )
             try:
-                return embed.parse_batch(answer, len(body["requests"]))
+                vectors, counted = embed.parse_batch(answer, len(body["requests"]))
             except FormatError as exc:
                 raise malformed(f"upstream answer does not parse: {exc.message}") from None
+            return vectors, embed.estimated_tokens(body) if counted is None else counted
 
         results = await gather_limited([one(b) for b in batches])
-        return EmbeddingResponse(call.upstream_model, [v for batch in results for v in batch], Usage())
+        vectors = [v for batch, _ in results for v in batch]
+        return EmbeddingResponse(call.upstream_model, vectors, Usage(sum(t for _, t in results)))
 
     # ---- HTTP
 

@@ -253,9 +253,21 @@ async def test_embeddings_batch_by_100(provider: GeminiProvider, fake: FakeGemin
     assert resp.vectors == [fake_embedding(t, 4) for t in texts]
     assert [len(r.body["requests"]) for r in fake.requests] == [100, 50]
     assert fake.requests[0].path == "/v1beta/models/text-embedding-004:batchEmbedContents"
+    # usageMetadata.promptTokenCount of both batches: the fake counts a token a word.
+    assert resp.usage.prompt_tokens == 2 * 150
     with pytest.raises(ProviderError) as exc:
         await provider.embed(EmbeddingRequest("p", [[1, 2]]), call(fake, upstream_model="text-embedding-004"))
     assert (exc.value.status_code, exc.value.param) == (400, "input")
+
+
+async def test_embeddings_without_usage_metadata_are_charged_by_the_estimate(
+    provider: GeminiProvider, fake: FakeGemini
+) -> None:
+    fake.embed_usage = False  # an answer without usageMetadata, as older models give
+    texts = ["a" * 9, "b", "c" * 400]
+    resp = await provider.embed(EmbeddingRequest("p", texts), call(fake, upstream_model="text-embedding-004"))
+    # Four characters a token, rounded up, at least one a text: 3 + 1 + 100.
+    assert resp.usage.prompt_tokens == 104
 
 
 # ---- Vertex AI -----------------------------------------------------------------------------------

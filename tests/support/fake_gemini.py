@@ -15,7 +15,9 @@ Wire format followed:
   ``responseMimeType``, at most 5 ``stopSequences``.
 - https://ai.google.dev/api/embeddings: ``POST /v1beta/models/{model}:batchEmbedContents``
   (``requests`` of ``{model: "models/{model}", content, taskType?, outputDimensionality?}``, at
-  most 100) -> ``{"embeddings": [{"values"}]}``.
+  most 100) -> ``{"embeddings": [{"values"}], "usageMetadata": {"promptTokenCount",
+  "promptTokenDetails"}}`` (https://ai.google.dev/api/embeddings#EmbeddingUsageMetadata; the count
+  is the fake's: one token a word; ``embed_usage = False`` answers without it, as older models do).
 - Keys: the ``x-goog-api-key`` header (or ``?key=``). None: 403 PERMISSION_DENIED ("Method doesn't
   allow unregistered callers"); a wrong one: 400 INVALID_ARGUMENT with reason API_KEY_INVALID.
 - Errors: ``{"error": {"code", "message", "status", "details"?}}`` (https://ai.google.dev/gemini-api/docs/troubleshooting);
@@ -154,6 +156,7 @@ class FakeGemini:
         self.queue: deque[Behavior] = deque()
         self.requests: list[RecordedRequest] = []
         self.token_requests: list[dict[str, Any]] = []  # verified JWT claims, one per token issued
+        self.embed_usage = True  # batchEmbedContents answers with usageMetadata
         self.cancelled = 0
         self._cancel_event = threading.Event()
         self._accounts: dict[str, _Account] = {}
@@ -180,6 +183,7 @@ class FakeGemini:
             self.queue.clear()
             self.requests.clear()
             self.token_requests.clear()
+            self.embed_usage = True
             self.cancelled = 0
             self._cancel_event.clear()
 
@@ -409,7 +413,7 @@ class FakeGemini:
             return _error(
                 400, "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch"
             )
-        vectors = []
+        vectors, tokens = [], 0
         for i, item in enumerate(items):
             if not isinstance(item, dict) or item.get("model") != f"models/{model}":
                 return _error(
@@ -427,8 +431,18 @@ class FakeGemini:
             ):
                 return _error(400, f"* BatchEmbedContentsRequest.requests[{i}].content: parts must hold text")
             dims = item.get("outputDimensionality") or EMBEDDING_DIMENSIONS
-            vectors.append({"values": fake_embedding("".join(p["text"] for p in parts), dims)})
-        return _json({"embeddings": vectors})
+            text = "".join(p["text"] for p in parts)
+            vectors.append({"values": fake_embedding(text, dims)})
+            tokens += len(text.split())
+        if not self.embed_usage:
+            return _json({"embeddings": vectors})
+        details = [{"modality": "TEXT", "tokenCount": tokens}]
+        return _json(
+            {
+                "embeddings": vectors,
+                "usageMetadata": {"promptTokenCount": tokens, "promptTokenDetails": details},
+            }
+        )
 
     def _predict(self, body: dict[str, Any], model: str) -> Response:
         instances = body.get("instances")
