@@ -145,6 +145,9 @@ def include_extra_routes(app: FastAPI) -> None:
     from gateway.admin.customers import router as customers_router  # CONTROL PLANE: customers (end users)
 
     app.include_router(customers_router)
+    from gateway.admin.organizations import router as organizations_router  # CONTROL PLANE: organizations
+
+    app.include_router(organizations_router)
     from gateway.admin.global_spend import router as global_spend_router  # CONTROL PLANE: spend reports
 
     app.include_router(global_spend_router)

@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from gateway.admin import budget_schemas, customer_schemas, model_schemas, schemas
+from gateway.admin import budget_schemas, customer_schemas, model_schemas, organization_schemas, schemas
 
 # Every admin POST route and the model its body is validated against. A POST route missing here
 # gets no body schema, which tests/gateway/test_schemathesis.py refuses.
@@ -60,6 +60,14 @@ ADMIN_BODIES: dict[str, type[BaseModel]] = {
             ("unblock", customer_schemas.CustomerBlockRequest),
         )
     },
+    # Also served as PATCH (update, member_update) and DELETE (delete, member_delete), LiteLLM's methods.
+    "/organization/new": organization_schemas.OrganizationNewRequest,
+    "/organization/update": organization_schemas.OrganizationUpdateRequest,
+    "/organization/delete": organization_schemas.OrganizationDeleteRequest,
+    "/organization/info": organization_schemas.OrganizationInfoRequest,
+    "/organization/member_add": organization_schemas.OrganizationMemberAddRequest,
+    "/organization/member_update": organization_schemas.OrganizationMemberUpdateRequest,
+    "/organization/member_delete": organization_schemas.OrganizationMemberRef,
 }
 # The path variant takes the key from the path; its body (the other fields) is optional.
 _OPTIONAL_BODY = {"/key/{key}/regenerate"}
@@ -329,7 +337,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 "200": {"description": "OK", "content": _json_content({})},
                 "default": {"description": "An OpenAI-shaped error", "content": _json_content(_ERROR)},
             }
-            model = ADMIN_BODIES.get(path) if method == "post" else None
+            model = ADMIN_BODIES.get(path) if method in ("post", "patch", "delete") else None
             if model is not None:
                 op["requestBody"] = {
                     "required": path not in _OPTIONAL_BODY,

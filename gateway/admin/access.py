@@ -104,6 +104,15 @@ ACCESS: dict[str, dict[Role, Scope]] = {
     "/customer/unblock": {_PA: _ALL},
     "/customer/info": {_PA: _ALL, _PV: _ALL},
     "/customer/list": {_PA: _ALL, _PV: _ALL},
+    # Organizations: proxy admins write, admins and viewers read.
+    "/organization/new": {_PA: _ALL},
+    "/organization/update": {_PA: _ALL},
+    "/organization/delete": {_PA: _ALL},
+    "/organization/member_add": {_PA: _ALL},
+    "/organization/member_update": {_PA: _ALL},
+    "/organization/member_delete": {_PA: _ALL},
+    "/organization/info": {_PA: _ALL, _PV: _ALL},
+    "/organization/list": {_PA: _ALL, _PV: _ALL},
 }
 
 # Global user roles a team admin may attach keys to (or add to its team): none above its own.

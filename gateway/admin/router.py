@@ -38,6 +38,7 @@ from gateway.admin.access import (
     grant,
     identify,
 )
+from gateway.admin.organization_rules import check_team_in_organization
 from gateway.auth import request_token
 from gateway.errors import GatewayError, bad_request
 from gateway.keys import store
@@ -623,6 +624,7 @@ async def team_new(request: Request) -> Response:
         values = _team_columns(body, set(body.model_fields_set))
         values["id"] = body.team_id or str(uuid.uuid4())
         team = await store.insert_team(conn, values)
+        await check_team_in_organization(conn, team)
         for member in body.members_with_roles:
             user_id = await _member_user_id(conn, member, create=True)
             assert user_id is not None
@@ -640,6 +642,7 @@ async def team_update(request: Request) -> Response:
         before = await _load_team(conn, body.team_id)
         team = await store.update_team(conn, body.team_id, _team_columns(body, set(body.model_fields_set)))
         assert team is not None
+        await check_team_in_organization(conn, team)
         view = await _team_view(conn, team)
         await _audit(conn, caller, "team.update", "team", team.id, before.to_api(), view)
     _invalidate_all(request)  # team limits/models live in every cached key of the team

@@ -272,6 +272,69 @@ MATRIX.update(_customer_rows("/customer"))
 MATRIX.update(_customer_rows("/end_user"))
 
 
+def _organization_rows() -> dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]]:
+    """Organizations: proxy admins write, admins and viewers read. Update and member_update answer
+    PATCH (LiteLLM's) and POST, delete and member_delete DELETE (LiteLLM's) and POST."""
+
+    def fresh(w: World) -> str:
+        return str(
+            _admin(w.gw, "/organization/new", {"organization_alias": unique("mx-org")})["organization_id"]
+        )
+
+    def with_member(w: World) -> dict[str, str]:
+        org, user = fresh(w), w.fresh_user()
+        member = {"user_id": user, "role": "internal_user"}
+        _admin(w.gw, "/organization/member_add", {"organization_id": org, "member": member})
+        return {"organization_id": org, "user_id": user}
+
+    rows: dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]] = {
+        ("POST", "/organization/new"): (
+            lambda w: Req("/organization/new", {"organization_alias": unique("mx-org")}),
+            ADMIN_ONLY,
+        ),
+        ("GET", "/organization/list"): (lambda w: Req("/organization/list"), ADMIN_READ),
+        ("GET", "/organization/info"): (
+            lambda w: Req("/organization/info", params={"organization_id": fresh(w)}),
+            ADMIN_READ,
+        ),
+        ("POST", "/organization/info"): (
+            lambda w: Req("/organization/info", {"organizations": [fresh(w)]}),
+            ADMIN_READ,
+        ),
+        ("POST", "/organization/member_add"): (
+            lambda w: Req(
+                "/organization/member_add",
+                {"organization_id": fresh(w), "member": {"user_id": w.fresh_user(), "role": "internal_user"}},
+            ),
+            ADMIN_ONLY,
+        ),
+    }
+    for method in ("PATCH", "POST"):
+        rows[(method, "/organization/update")] = (
+            lambda w: Req(
+                "/organization/update", {"organization_id": fresh(w), "metadata": {"by": "matrix"}}
+            ),
+            ADMIN_ONLY,
+        )
+        rows[(method, "/organization/member_update")] = (
+            lambda w: Req("/organization/member_update", {**with_member(w), "role": "internal_user_viewer"}),
+            ADMIN_ONLY,
+        )
+    for method in ("DELETE", "POST"):
+        rows[(method, "/organization/delete")] = (
+            lambda w: Req("/organization/delete", {"organization_ids": [fresh(w)]}),
+            ADMIN_ONLY,
+        )
+        rows[(method, "/organization/member_delete")] = (
+            lambda w: Req("/organization/member_delete", with_member(w)),
+            ADMIN_ONLY,
+        )
+    return rows
+
+
+MATRIX.update(_organization_rows())
+
+
 def _walk(routes: Sequence[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
     for route in routes:
         included = getattr(route, "original_router", None)  # FastAPI's wrapper of an included router
