@@ -100,6 +100,11 @@ class EngineConfig:
         8192 (a longer default would size the KV cache for contexts few requests use)."""
         return self.max_model_len or min(max_position_embeddings, 8192)
 
+    def context_length(self, max_position_embeddings: int) -> int:
+        """The context the engine serves a model with: ``max_model_len``, else the model's own capped at
+        8192 (a longer default would size the KV cache for contexts few requests use)."""
+        return self.max_model_len or min(max_position_embeddings, 8192)
+
     def threads(self) -> int:
         """Intra-op threads for CPU execution: all cores this process may run on, unless set."""
         if self.num_threads:

@@ -3,10 +3,13 @@
 Names only, never params or keys. Reference: https://platform.openai.com/docs/api-reference/models
 (the ``model`` object: id, object, created, owned_by). A model that does not exist, or that the
 key may not use, is the same OpenAI-shaped 404 (a key learns nothing about models it may not use).
+A model served only by the local engine also carries ``max_model_len`` and ``capabilities``
+(tools, json, vision), as the engine's own server reports them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -22,8 +25,30 @@ from gateway.services import Services
 _CREATED = 1_700_000_000  # a fixed timestamp: config models have no creation time
 
 
-def _model(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": _CREATED, "owned_by": "switchyard"}
+async def _model(services: Services, name: str) -> dict[str, Any]:
+    model = {"id": name, "object": "model", "created": _CREATED, "owned_by": "switchyard"}
+    return {**model, **await _local_card(services, name)}
+
+
+async def _local_card(services: Services, name: str) -> dict[str, Any]:
+    """For a name every deployment of which is ``local/``: the smallest context length (a request may
+    land on any of them) and the capabilities all of them have. Nothing for other names: what a
+    hosted upstream supports is not ours to say."""
+    group = services.router.groups.get(name)
+    deployments = [s.deployment for s in group.deployments] if group is not None else []
+    if not deployments or any(d.provider != "local" for d in deployments):
+        return {}
+    local = services.providers.get("local")
+    cards = [await local.describe(d.upstream_model, d.params) for d in deployments]  # type: ignore[attr-defined]
+    card: dict[str, Any] = {
+        "capabilities": {
+            flag: all(c["capabilities"][flag] for c in cards) for flag in cards[0]["capabilities"]
+        }
+    }
+    lengths = [c["max_model_len"] for c in cards if "max_model_len" in c]
+    if lengths:
+        card["max_model_len"] = min(lengths)
+    return card
 
 
 async def _principal(request: Request) -> tuple[Services, Principal]:
@@ -35,7 +60,8 @@ async def _principal(request: Request) -> tuple[Services, Principal]:
 async def list_models(request: Request) -> Response:
     services, principal = await _principal(request)
     allowed = principal.models
-    data = [_model(n) for n in services.router.model_names() if not allowed or model_allowed(allowed, n)]
+    names = [n for n in services.router.model_names() if not allowed or model_allowed(allowed, n)]
+    data = await asyncio.gather(*(_model(services, n) for n in names))
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
@@ -52,4 +78,4 @@ async def retrieve_model(request: Request) -> Response:
             "model_not_found",
             "model",
         )
-    return Response(orjson.dumps(_model(name)), media_type="application/json")
+    return Response(orjson.dumps(await _model(services, name)), media_type="application/json")

@@ -49,7 +49,7 @@ class ModelRunner:
         self.device = torch.device(config.device)
         self.dtype = config.torch_dtype
         self.block_size = config.block_size
-        self.max_model_len = config.max_model_len or min(self.model_config.max_position_embeddings, 8192)
+        self.max_model_len = config.context_length(self.model_config.max_position_embeddings)
         self.max_blocks_per_seq = -(-self.max_model_len // self.block_size)
         self.eos_token_ids = tuple(self.model_config.eos_token_ids)
         self.sampler = Sampler(config.seed)

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from local_engine.engine.async_engine import AsyncEngine
 from local_engine.engine.outputs import RequestOutput
+from local_engine.model_info import model_card
 from local_engine.server.prefix_cache import add_prefix_cache_routes
 from local_engine.server.protocol import OpenAIError
 from local_engine.server.serving import OpenAIServing, Prepared
@@ -160,7 +161,7 @@ def create_app(
             "object": "model",
             "created": state["created"],
             "owned_by": "switchyard",
-            "max_model_len": engine.max_model_len,
+            **model_card(engine.max_model_len),
         }
         return {"object": "list", "data": [card]}
 

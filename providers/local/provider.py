@@ -23,6 +23,7 @@ from local_engine.config import EngineConfig
 from local_engine.engine.async_engine import AsyncEngine, EngineDeadError
 from local_engine.engine.outputs import RequestOutput
 from local_engine.loader import ModelLoadError
+from local_engine.model_info import describe, model_card
 from local_engine.server.protocol import OpenAIError
 from local_engine.server.serving import OpenAIServing
 from providers.contract import Operation, ProviderCall, ProviderResponse
@@ -117,9 +118,26 @@ class LocalProvider:
         """The engines started so far, each with the upstream model name it serves (for metrics)."""
         return [(key[0], serving.engine) for key, serving in list(self._servings.items())]
 
+    async def describe(self, upstream_model: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """What ``/v1/models`` adds for a deployment: its context length (its engine's, else read from
+        the model's config without loading it) and capabilities; never raises for a bad deployment."""
+        try:
+            config = engine_config(upstream_model, params)
+        except ProviderError:
+            return model_card(None)
+        serving = self._servings.get(self._engine_key(upstream_model, config))
+        if serving is not None:
+            return model_card(serving.engine.max_model_len)
+        return await asyncio.to_thread(describe, config)
+
+    @staticmethod
+    def _engine_key(upstream_model: str, config: EngineConfig) -> tuple[Any, ...]:
+        """Deployments sharing a model and these settings share one engine."""
+        return (upstream_model, str(config.model), str(config.dtype), config.device, config.max_model_len)
+
     async def _serving(self, call: ProviderCall) -> OpenAIServing:
         config = engine_config(call.upstream_model, call.params)
-        key = (call.upstream_model, str(config.model), str(config.dtype), config.device, config.max_model_len)
+        key = self._engine_key(call.upstream_model, config)
         serving = self._servings.get(key)
         if serving is not None:
             return serving
