@@ -33,6 +33,8 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # An llguidance grammar (``local_engine.structured``) the output must match; None: unconstrained.
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -75,6 +77,8 @@ class SamplingParams:
             fail("stop", "must be non-empty strings")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             fail("stop_token_ids", "must be non-negative integers")
+        if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar):
+            fail("grammar", "must be a non-empty grammar string or None")
 
     @property
     def greedy(self) -> bool:

@@ -16,6 +16,7 @@ from local_engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from local_engine.engine.outputs import TokenLogprob
+    from local_engine.structured.guide import Guide
 
 _seq_ids = itertools.count()
 
@@ -57,6 +58,8 @@ class Sequence:
     emitted_text_len: int = 0
     logprobs: list[TokenLogprob] | None = None
     detokenizer: object | None = None
+    # Constrained decoding: the grammar state that masks this sequence's logits (None: free).
+    guide: Guide | None = None
     num_preemptions: int = 0
 
     def __post_init__(self) -> None:

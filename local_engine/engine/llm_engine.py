@@ -23,6 +23,7 @@ from local_engine.engine.stats import EngineSnapshot, EngineStats
 from local_engine.loader import LoadedModel, load_model
 from local_engine.sampling_params import SamplingParams
 from local_engine.sequence import Sequence
+from local_engine.structured import GuideFactory
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class LLMEngine:
         )
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.eos_token_ids = frozenset(loaded.config.eos_token_ids)
+        self.guides = GuideFactory(self.tokenizer, loaded.config.vocab_size, self.eos_token_ids)
         self.requests: dict[str, _Request] = {}
         self._reported: dict[int, _Reported] = {}
         self.num_steps = 0
@@ -103,6 +105,8 @@ class LLMEngine:
             raise ValueError(f"prompt: {len(prompt_ids)} tokens do not fit in the KV cache")
         seqs = [Sequence(request_id, i, prompt_ids, params) for i in range(params.n)]
         for seq in seqs:
+            if params.grammar is not None:
+                seq.guide = self.guides.new(params.grammar)
             seq.detokenizer = IncrementalDetokenizer(
                 self.tokenizer, skip_special_tokens=params.skip_special_tokens, prompt_token_ids=prompt_ids
             )
@@ -231,7 +235,16 @@ class LLMEngine:
         prev_len = len(seq.text)
         seq.text += detok.push(token_id)
         num_out = seq.num_output_tokens
-        if num_out >= p.min_tokens:
+        guide = seq.guide
+        if guide is not None and token_id not in self.eos_token_ids:
+            if not guide.accept(token_id):
+                # Only when another mask (min_tokens) left the grammar no token; never emit past it.
+                logger.warning("request %s left its grammar: %s", request.request_id, guide.error)
+                seq.finish_reason = "stop"
+            elif guide.finished:
+                # The grammar is complete: end now rather than spend a step sampling EOS.
+                seq.finish_reason = "stop"
+        if seq.finish_reason is None and num_out >= p.min_tokens:
             if token_id in self.eos_token_ids and not p.ignore_eos:
                 seq.finish_reason = "stop"
             elif token_id in p.stop_token_ids:

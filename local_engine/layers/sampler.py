@@ -1,6 +1,7 @@
 """Batched sampling with per-request parameters.
 
-Order (as vLLM): raw logprobs are taken from the model's logits; then min_tokens masks EOS/stop ids,
+Order (as vLLM): raw logprobs are taken from the model's logits; then a guided sequence's grammar
+masks the tokens it does not allow next, min_tokens masks EOS/stop ids,
 penalties (repetition over prompt + output, presence/frequency over output) adjust the logits;
 greedy rows take the argmax; the others are divided by their temperature, filtered by top_k /
 top_p / min_p and sampled with the exponential-race trick (``argmax(p / q)``, ``q ~ Exp(1)``), which
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from local_engine.sequence import Sequence
+from local_engine.structured.guide import apply_bitmask
 
 
 @dataclass(slots=True)
@@ -40,6 +42,16 @@ def _min_tokens_mask(logits: torch.Tensor, seqs: Seq[Sequence], eos_token_ids: S
         logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)] = float(
             "-inf"
         )
+
+
+def _grammar_mask(logits: torch.Tensor, seqs: Seq[Sequence], rows: list[int]) -> None:
+    words = (logits.shape[1] + 31) // 32
+    bitmask = torch.empty((len(rows), words), dtype=torch.int32)
+    for j, i in enumerate(rows):
+        guide = seqs[i].guide
+        assert guide is not None
+        guide.fill(bitmask[j])
+    apply_bitmask(logits, rows, bitmask)
 
 
 def _apply_penalties(logits: torch.Tensor, seqs: Seq[Sequence]) -> None:
@@ -119,6 +131,10 @@ class Sampler:
         want_logprobs = any(p.logprobs is not None for p in params)
         raw_logprobs = logits.log_softmax(dim=-1) if want_logprobs else None
 
+        guided = [i for i, s in enumerate(seqs) if s.guide is not None]
+        if guided:
+            logits = logits.clone()
+            _grammar_mask(logits, seqs, guided)
         if any(p.min_tokens for p in params):
             logits = logits.clone()
             _min_tokens_mask(logits, seqs, eos_token_ids)

@@ -21,8 +21,10 @@ from local_engine.engine.async_engine import AsyncEngine
 from local_engine.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from local_engine.generation_defaults import GenerationDefaults
 from local_engine.sampling_params import SamplingParams
+from local_engine.server.constraints import ToolPlan, output_grammar, tool_plan
 from local_engine.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 from local_engine.tokenizer import ChatTemplateError
+from local_engine.tools import ToolCallDelta, ToolFormat, ToolStreamParser, parse_tool_calls, prepare_messages
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -62,6 +64,8 @@ class Prepared:
     created: int
     include_usage: bool
     echo_texts: list[str] | None = None
+    # Chat with tools: the syntax to parse tool calls out of each choice's text.
+    tool_format: ToolFormat | None = None
 
 
 class OpenAIServing:
@@ -78,7 +82,11 @@ class OpenAIServing:
     # -- preparing -------------------------------------------------------------------------------
 
     def _params(
-        self, req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None, logprobs: int | None
+        self,
+        req: ChatCompletionRequest | CompletionRequest,
+        max_tokens: int | None,
+        logprobs: int | None,
+        plan: ToolPlan | None = None,
     ):
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         values: dict[str, Any] = {
@@ -96,6 +104,7 @@ class OpenAIServing:
             "logprobs": logprobs,
             "skip_special_tokens": req.skip_special_tokens,
             "include_stop_str_in_output": req.include_stop_str_in_output,
+            "grammar": output_grammar(req, plan),
         }
         try:
             return SamplingParams(**values)
@@ -124,11 +133,15 @@ class OpenAIServing:
             {**m.model_dump(exclude_none=True), "content": _message_text(m.content)} for m in req.messages
         ]
         tokenizer = self.engine.tokenizer
+        plan = tool_plan(req, tokenizer.chat_template)
+        tools = None
+        if plan is not None and plan.fmt is not None:
+            messages, tools = prepare_messages(messages, plan.tools, plan.fmt)
         try:
             text = tokenizer.apply_chat_template(
                 messages,
                 add_generation_prompt=req.add_generation_prompt,
-                tools=req.tools,
+                tools=tools,
                 **(req.chat_template_kwargs or {}),
             )
         except ChatTemplateError as exc:
@@ -140,11 +153,16 @@ class OpenAIServing:
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         if req.top_logprobs and not req.logprobs:
             raise OpenAIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
-        params = self._params(req, max_tokens, logprobs)
+        params = self._params(req, max_tokens, logprobs, plan)
         self._check_length(prompt, max_tokens)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return req, Prepared(
-            f"chatcmpl-{uuid.uuid4().hex}", [prompt], params, int(time.time()), include_usage
+            f"chatcmpl-{uuid.uuid4().hex}",
+            [prompt],
+            params,
+            int(time.time()),
+            include_usage,
+            tool_format=plan.fmt if plan is not None and plan.parse else None,
         )
 
     def prepare_completion(self, body: Any) -> tuple[CompletionRequest, Prepared]:
@@ -261,11 +279,29 @@ class OpenAIServing:
     def chat_response(self, prepared: Prepared, outputs: list[RequestOutput]) -> dict[str, Any]:
         choices = []
         for c in outputs[0].outputs:
+            message: dict[str, Any] = {"role": "assistant", "content": c.text}
+            finish = self._finish(c)
+            if prepared.tool_format is not None:
+                content, calls = parse_tool_calls(c.text, prepared.tool_format)
+                if calls:
+                    message = {
+                        "role": "assistant",
+                        "content": content,
+                        "tool_calls": [
+                            {
+                                "id": call.id,
+                                "type": "function",
+                                "function": {"name": call.name, "arguments": call.arguments},
+                            }
+                            for call in calls
+                        ],
+                    }
+                    finish = "tool_calls" if finish == "stop" else finish
             choice: dict[str, Any] = {
                 "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
+                "message": message,
                 "logprobs": self.chat_logprobs(c.logprobs) if c.logprobs is not None else None,
-                "finish_reason": self._finish(c),
+                "finish_reason": finish,
             }
             choices.append(choice)
         return {
@@ -310,6 +346,7 @@ class OpenAIServing:
         base = {"id": prepared.request_id, "object": "chat.completion.chunk", "created": prepared.created}
         base["model"] = self.model_name
         started: set[int] = set()
+        parsers: dict[int, ToolStreamParser] = {}
         last: RequestOutput | None = None
         async for _, output in stream:
             last = output
@@ -333,6 +370,11 @@ class OpenAIServing:
                 logprobs = None
                 if c.logprobs is not None and c.num_new_tokens:
                     logprobs = self.chat_logprobs(c.logprobs[-c.num_new_tokens :])
+                if prepared.tool_format is not None:
+                    parser = parsers.setdefault(c.index, ToolStreamParser(prepared.tool_format))
+                    for choice in self._tool_stream_choices(parser, c.index, c.text_delta, finish, logprobs):
+                        yield {**base, "choices": [choice]}
+                    continue
                 delta = {"content": c.text_delta} if c.text_delta or finish is None else {}
                 yield {
                     **base,
@@ -342,6 +384,26 @@ class OpenAIServing:
                 }
         if (prepared.include_usage or force_usage) and last is not None:
             yield {**base, "choices": [], "usage": self.usage(prepared.prompts, [last])}
+
+    @staticmethod
+    def _tool_stream_choices(
+        parser: ToolStreamParser, index: int, text_delta: str, finish: str | None, logprobs: Any
+    ) -> list[dict[str, Any]]:
+        """One step of a choice whose text may hold tool calls: its content delta, then a delta per
+        tool-call piece (id, type and name first, then arguments), the finish reason on the last."""
+        content, calls = parser.feed(text_delta, final=finish is not None)
+        deltas: list[dict[str, Any]] = [{"content": content}] if content else []
+        deltas.extend({"tool_calls": [_tool_call_delta(d)]} for d in calls)
+        if finish is not None:
+            finish = "tool_calls" if finish == "stop" and parser.num_calls else finish
+            deltas = deltas or [{}]
+        choices = [
+            {"index": index, "delta": delta, "logprobs": None, "finish_reason": None} for delta in deltas
+        ]
+        if choices:
+            choices[0]["logprobs"] = logprobs
+            choices[-1]["finish_reason"] = finish
+        return choices
 
     async def completion_chunks(
         self, prepared: Prepared, stream: AsyncIterator[tuple[int, RequestOutput]], force_usage: bool = False
@@ -378,3 +440,10 @@ class OpenAIServing:
         if (prepared.include_usage or force_usage) and finals:
             outputs = [finals[i] for i in sorted(finals)]
             yield {**base, "choices": [], "usage": self.usage(prepared.prompts, outputs)}
+
+
+def _tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    if delta.id is None:
+        return {"index": delta.index, "function": {"arguments": delta.arguments}}
+    function = {"name": delta.name, "arguments": delta.arguments}
+    return {"index": delta.index, "id": delta.id, "type": "function", "function": function}
