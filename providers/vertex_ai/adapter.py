@@ -1,5 +1,6 @@
-"""Models on Vertex AI: Google's (the Gemini API's body at Vertex URLs, with OAuth), and Anthropic's
-Claude (``claude-*``: the Messages API body, ``providers.vertex_ai.claude``).
+"""Models on Vertex AI: Google's (the Gemini API's body at Vertex URLs, with OAuth), Anthropic's
+Claude (``claude-*``: the Messages API body, ``providers.vertex_ai.claude``), and open models behind
+Vertex's OpenAI-compatible endpoint (``<publisher>/<model>``: ``providers.vertex_ai.openai_compat``).
 
 ``POST https://{location}-aiplatform.googleapis.com/v1/projects/{project}/locations/{location}/
 publishers/google/models/{model}:generateContent`` (``:streamGenerateContent?alt=sse``; the
@@ -24,7 +25,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from providers.contract import ProviderCall
+from providers.contract import ProviderCall, ProviderResponse
 from providers.errors import ProviderError
 from providers.formats.errors import FormatError
 from providers.gemini.adapter import Endpoint, GoogleGenAIProvider, gather_limited, model_name
@@ -39,8 +40,9 @@ from providers.schema import (
 )
 from providers.usage import Usage
 from providers.vertex_ai import embed
-from providers.vertex_ai.auth import TokenCache
+from providers.vertex_ai.auth import Token, TokenCache
 from providers.vertex_ai.claude import VertexClaude, is_claude
+from providers.vertex_ai.openai_compat import VertexOpenAI, is_openai_compatible
 
 DEFAULT_LOCATION = "us-central1"
 PROJECT_ENVS = ("VERTEXAI_PROJECT", "GOOGLE_CLOUD_PROJECT")
@@ -49,13 +51,16 @@ _LOCATION = re.compile(r"[a-z0-9-]+")
 
 
 class VertexAIProvider(GoogleGenAIProvider):
-    """``Provider`` for models on Vertex AI: Google's, and Anthropic's Claude (``claude-*``, by
-    ``providers.vertex_ai.claude``); ``client`` defaults to the shared pool."""
+    """``Provider`` for models on Vertex AI (Google's, Claude, open models by publisher);
+    ``client`` defaults to the shared pool."""
 
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         super().__init__(client)
         self._tokens = TokenCache()
         self._claude = VertexClaude(client, self.endpoint)
+        self._openai = VertexOpenAI(client, self.site)
+
+    # ---- the model's family picks the API: Claude's, OpenAI's, else Gemini's
 
     def check_params(self, request: GenerationRequest, call: ProviderCall) -> None:
         if is_claude(call.upstream_model):
@@ -63,19 +68,41 @@ class VertexAIProvider(GoogleGenAIProvider):
         else:
             super().check_params(request, call)
 
+    async def chat(self, call: ProviderCall) -> ProviderResponse:
+        if is_openai_compatible(call.upstream_model):
+            return await self._openai.chat(call)  # the caller's bytes, passed through
+        return await super().chat(call)
+
+    def chat_stream(self, call: ProviderCall) -> AsyncIterator[bytes]:
+        if is_openai_compatible(call.upstream_model):
+            return self._openai.chat_stream(call)
+        return super().chat_stream(call)
+
     async def generate(self, request: GenerationRequest, call: ProviderCall) -> GenerationResponse:
         if is_claude(call.upstream_model):
             return await self._claude.generate(request, call)
+        if is_openai_compatible(call.upstream_model):
+            return await self._openai.generate(request, call)
         return await super().generate(request, call)
 
     def generate_stream(self, request: GenerationRequest, call: ProviderCall) -> AsyncIterator[StreamEvent]:
         if is_claude(call.upstream_model):
             return self._claude.generate_stream(request, call)
+        if is_openai_compatible(call.upstream_model):
+            return self._openai.generate_stream(request, call)
         return super().generate_stream(request, call)
 
     async def endpoint(self, call: ProviderCall, method: str, publisher: str = "google") -> Endpoint:
         """``method`` on the call's model from ``publisher`` (``google``, or ``anthropic`` for
         Claude), with this deployment's project, location and bearer token."""
+        site, token = await self.site(call)
+        # "@" stays as it is: partner models are versioned as claude-sonnet-4@20250514.
+        model = quote(model_name(call.upstream_model), safe="@")
+        url = f"{site}/publishers/{publisher}/models/{model}:{method}"
+        return Endpoint(url, {"authorization": f"Bearer {token.value}"}, token.value)
+
+    async def site(self, call: ProviderCall) -> tuple[str, Token]:
+        """``{base}/v1/projects/{project}/locations/{location}`` for this deployment, and its token."""
         params = call.params
         clean = call_scrubber(None, params, call.extra_headers)
         token = await self._tokens.token(params.get("vertex_credentials"), clean)
@@ -107,13 +134,7 @@ class VertexAIProvider(GoogleGenAIProvider):
             "aiplatform.googleapis.com" if location == "global" else f"{location}-aiplatform.googleapis.com"
         )
         base = (call.api_base or f"https://{host}").rstrip("/")
-        # "@" stays as it is: partner models are versioned as claude-sonnet-4@20250514.
-        model = quote(model_name(call.upstream_model), safe="@")
-        url = (
-            f"{base}/v1/projects/{quote(str(project), safe='')}/locations/{location}"
-            f"/publishers/{publisher}/models/{model}:{method}"
-        )
-        return Endpoint(url, {"authorization": f"Bearer {token.value}"}, token.value)
+        return f"{base}/v1/projects/{quote(str(project), safe='')}/locations/{location}", token
 
     async def embed(self, request: EmbeddingRequest, call: ProviderCall) -> EmbeddingResponse:
         try:
