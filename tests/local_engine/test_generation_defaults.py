@@ -135,3 +135,34 @@ def test_the_request_value_wins_and_max_new_tokens_beats_the_engine_default() ->
     }
     assert defaults.max_tokens_for(10, 4096) == 64
     assert GenerationDefaults.from_generation_config({}, None).max_tokens_for(10, 4096) is None
+
+
+def test_gateway_deployment_param_and_engine_cli_flag(tmp_path: Path) -> None:
+    """``default_max_tokens`` as a ``local/`` deployment param (a bad one is the deployment's 400) and
+    as ``switchyard engine serve --default-max-tokens``."""
+    import subprocess
+
+    from tests.support.gateway_process import REPO, free_port, gateway_process, switchyard_command
+
+    model_dir = _model_dir(tmp_path, {})
+
+    def local(name: str, budget: int) -> dict[str, object]:
+        params = {"model": f"local/{name}", "model_path": str(model_dir), "dtype": "float32"}
+        return {"model_name": name, "params": {**params, "default_max_tokens": budget}}
+
+    with gateway_process({"model_list": [local("five", 5), local("bad", 0)]}) as gw:
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0, timeout=120)
+        reply = client.chat.completions.create(model="five", messages=HELLO, extra_body=NO_EOS)
+        assert reply.usage is not None and reply.usage.completion_tokens == 5, gw.logs()
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="bad", messages=HELLO)
+        assert "default_max_tokens" in str(err.value)
+    result = subprocess.run(
+        [*switchyard_command(), "engine", "serve", "--default-max-tokens", "-3", "--port", str(free_port())],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "default_max_tokens" in result.stderr and "Traceback" not in result.stderr
