@@ -40,9 +40,10 @@ class EngineConfig:
     ``model`` is a HF safetensors directory, a ``.gguf`` file, or ``None`` for the bundled SmolLM2 GGUF.
     ``dtype`` ``"auto"`` keeps a GGUF file's quantization where the CPU kernels run it (no widened
     copy of the weights) and computes in bfloat16; a named dtype dequantizes everything to it.
-    The KV cache is sized from ``kv_cache_memory_bytes`` (CPU; default derived from
-    ``max_model_len * max_num_seqs``, capped at 1 GiB) or from free GPU memory times
-    ``gpu_memory_utilization`` (CUDA), and never grows past that.
+    The KV cache is sized for ``max_num_seqs`` sequences of ``max_model_len`` tokens, capped by
+    ``kv_cache_memory_bytes`` (CPU; default 1 GiB) or by free GPU memory times
+    ``gpu_memory_utilization`` (CUDA), and never grows past that. On the CPU that size is only
+    reserved: memory is committed as blocks are first written.
     """
 
     model: str | Path | None = None
@@ -94,11 +95,6 @@ class EngineConfig:
     def keep_quantized(self) -> bool:
         """Whether a GGUF file's weights stay quantized (``dtype="auto"``)."""
         return self.dtype == "auto"
-
-    def context_length(self, max_position_embeddings: int) -> int:
-        """The context the engine serves a model with: ``max_model_len``, else the model's own capped at
-        8192 (a longer default would size the KV cache for contexts few requests use)."""
-        return self.max_model_len or min(max_position_embeddings, 8192)
 
     def context_length(self, max_position_embeddings: int) -> int:
         """The context the engine serves a model with: ``max_model_len``, else the model's own capped at

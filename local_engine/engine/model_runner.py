@@ -12,6 +12,7 @@ import torch
 from local_engine.attention.metadata import AttentionMetadata
 from local_engine.config import EngineConfig
 from local_engine.engine.cuda_graph import DecodeGraphRunner
+from local_engine.engine.kv_pool import lazy_zeros, log_memory
 from local_engine.engine.scheduler import SchedulerOutput
 from local_engine.layers.sampler import Sampler, SamplerOutput
 from local_engine.loader import LoadedModel
@@ -19,7 +20,8 @@ from local_engine.sequence import Sequence
 
 logger = logging.getLogger(__name__)
 
-_CPU_DEFAULT_KV_BYTES = 1 << 30  # 1 GiB unless the config says otherwise
+# The CPU pool's cap unless the config says otherwise: reserved, not committed (kv_pool.py).
+_CPU_DEFAULT_KV_BYTES = 1 << 30
 
 
 @dataclass(slots=True)
@@ -55,6 +57,9 @@ class ModelRunner:
         self.sampler = Sampler(config.seed)
         self.num_blocks = self._num_blocks()
         self.kv_caches = self._allocate_kv_cache(self.num_blocks)
+        log_memory(
+            self.model, self.num_blocks * self.bytes_per_block, self.num_blocks, self.device.type == "cpu"
+        )
         # KERNELS (issue 7): pure-decode steps replay CUDA graphs, on CUDA unless enforce_eager.
         self.decode_graphs: DecodeGraphRunner | None = None
         # Soft-capped or windowed attention reads host metadata, which a captured graph cannot replay.
@@ -136,6 +141,9 @@ class ModelRunner:
         mc = self.model_config
         shape = (num_blocks, self.block_size, mc.num_key_value_heads, mc.head_dim)
         # Zeroed, not empty: padded positions are masked, but 0 * NaN garbage would still be NaN.
+        if self.device.type == "cpu":  # zero pages the OS commits only as blocks are written
+            tensors = lazy_zeros(2 * mc.num_hidden_layers, shape, self.dtype)
+            return list(zip(tensors[0::2], tensors[1::2], strict=True))
         return [
             (
                 torch.zeros(shape, dtype=self.dtype, device=self.device),
