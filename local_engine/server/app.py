@@ -161,7 +161,7 @@ def create_app(
             "object": "model",
             "created": state["created"],
             "owned_by": "switchyard",
-            **model_card(engine.max_model_len),
+            **model_card(engine.max_model_len, engine.tokenizer.chat_template),
         }
         return {"object": "list", "data": [card]}
 

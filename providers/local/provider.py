@@ -124,10 +124,10 @@ class LocalProvider:
         try:
             config = engine_config(upstream_model, params)
         except ProviderError:
-            return model_card(None)
+            return model_card(None, None)
         serving = self._servings.get(self._engine_key(upstream_model, config))
         if serving is not None:
-            return model_card(serving.engine.max_model_len)
+            return model_card(serving.engine.max_model_len, serving.engine.tokenizer.chat_template)
         return await asyncio.to_thread(describe, config)
 
     @staticmethod

@@ -9,11 +9,14 @@ from pathlib import Path
 import openai
 
 from local_engine import AsyncEngine, EngineConfig
-from local_engine.model_info import CAPABILITIES
 from local_engine.server.app import create_app
 from tests.support.engine_models import make_hf_model, write_gguf_like_llama_cpp
 from tests.support.gateway_process import gateway_process
 from tests.support.loopback_server import LoopbackServer
+
+# Every model: JSON output by constrained decoding, no images. Tools: per chat template.
+WITH_TOOLS = {"tools": True, "json": True, "vision": False}
+NO_TOOLS = {"tools": False, "json": True, "vision": False}
 
 
 def _extra(model: openai.types.Model) -> dict[str, object]:
@@ -24,6 +27,11 @@ def test_gateway_reports_local_context_and_capabilities(tmp_path: Path) -> None:
     tiny, gemma = tmp_path / "tiny", tmp_path / "gemma"
     make_hf_model("llama", tiny)  # max_position_embeddings 256
     make_hf_model("gemma2", gemma, max_position_embeddings=128)
+    # A template that renders tools in a syntax the engine cannot parse back: no tools for it.
+    (gemma / "chat_template.jinja").write_text(
+        "{% if tools %}[TOOLS]{{ tools | tojson }}[/TOOLS]{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
     gguf_path = write_gguf_like_llama_cpp(
         make_hf_model("qwen2", tmp_path / "qwen", max_position_embeddings=200),
         tmp_path / "qwen",
@@ -51,13 +59,14 @@ def test_gateway_reports_local_context_and_capabilities(tmp_path: Path) -> None:
         listed = {m.id: _extra(m) for m in client.models.list().data}
         assert set(listed) == {"tiny", "gemma", "missing", "gguf", "smollm2", "pair", "hosted"}, gw.logs()
         assert (listed["gguf"]["max_model_len"], listed["smollm2"]["max_model_len"]) == (200, 8192)
-        assert listed["tiny"] == {"max_model_len": 96, "capabilities": CAPABILITIES}
-        assert listed["gemma"]["max_model_len"] == 128  # the model's own, under the 8192 cap
+        # The tiny template never mentions tools: the engine's Hermes prompt gives it some.
+        assert listed["tiny"] == {"max_model_len": 96, "capabilities": WITH_TOOLS}
+        assert listed["gemma"] == {"max_model_len": 128, "capabilities": NO_TOOLS}  # its own, under 8192
+        assert listed["gguf"]["capabilities"] == listed["smollm2"]["capabilities"] == WITH_TOOLS
         assert listed["pair"]["max_model_len"] == 64
         # Unreadable model: the listing still answers, without a length it cannot know.
-        assert listed["missing"] == {"capabilities": CAPABILITIES}
+        assert listed["missing"] == {"capabilities": NO_TOOLS}
         assert listed["hosted"] == {}  # a hosted upstream's abilities are not ours to state
-        assert CAPABILITIES["vision"] is False
         # Once the engine runs, its own number (the same one) and retrieve agrees with list.
         client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=1
@@ -75,6 +84,6 @@ def test_engine_server_reports_context_and_capabilities(tmp_path: Path) -> None:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
         [card] = client.models.list().data
         assert card.id == "tiny"
-        assert _extra(card) == {"max_model_len": 72, "capabilities": CAPABILITIES}
+        assert _extra(card) == {"max_model_len": 72, "capabilities": WITH_TOOLS}
     finally:
         server.stop()
