@@ -16,6 +16,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from gateway.live_metrics import register_live
+from gateway.metrics import cumulative_buckets
 from local_engine.engine.stats import TPOT_BUCKETS  # plain Python: no torch
 from providers.registry import ProviderRegistry
 
@@ -101,11 +102,7 @@ class _EngineCollector(Collector):
             counters["hits"].add_metric([model], s.prefix_cache_hit_tokens)
             counters["generated"].add_metric([model], s.generation_tokens)
             counters["finished"].add_metric([model], s.finished_requests)
-            cumulative, buckets = 0, []
-            for bound, count in zip((*map(str, TPOT_BUCKETS), "+Inf"), s.tpot_counts, strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            tpot.add_metric([model], buckets, s.tpot_sum)
+            tpot.add_metric([model], cumulative_buckets(TPOT_BUCKETS, s.tpot_counts), s.tpot_sum)
         yield from gauges.values()
         yield from counters.values()
         yield tpot

@@ -13,8 +13,9 @@ other name, and a request without one, is counted as ``unknown``.
 
 from __future__ import annotations
 
+import bisect
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,8 +27,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
-from gateway.live_metrics import LiveFiles
+from gateway.live_metrics import LiveFiles, register_live
 
 REQUESTS = Counter(
     "switchyard_requests_total",
@@ -64,6 +67,75 @@ UNPRICED = Counter(
     "Requests spent at 0 because no price is known for their deployment's model (provider/model): "
     "neither the deployment's own input_cost_per_token nor the bundled price table has one.",
     ["model"],
+)
+
+
+# The stores every instance shares. Redis: one observation per round trip, however many requests'
+# commands it carried (``client`` pipelined: the hot path's limits and cache; pool: redis-py calls
+# such as shared cooldowns); its errors are switchyard_redis_errors_total (gateway.redis_pool).
+class Tally:
+    """A histogram's buckets kept as plain counts, for the hot path: prometheus-client's ``observe``
+    (a lock and a bucket search) costs ~1.5 us here, this ~0.2 us. Exported at scrape time."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: over every bound
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+
+def cumulative_buckets(bounds: Iterable[float], counts: Iterable[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts as Prometheus' cumulative ``le`` buckets (``+Inf`` last)."""
+    total, buckets = 0, []
+    for bound, count in zip((*map(str, bounds), "+Inf"), counts, strict=True):
+        total += count
+        buckets.append((bound, total))
+    return buckets
+
+
+class TallyFamily(Collector):
+    """A histogram family of ``Tally`` children, one per value of its one label."""
+
+    def __init__(self, name: str, documentation: str, label: str, bounds: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.label, self.bounds = name, documentation, label, bounds
+        self._children: dict[str, Tally] = {}
+
+    def labels(self, value: str) -> Tally:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = Tally(self.bounds)
+        return child
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, tally in self._children.items():
+            family.add_metric([value], cumulative_buckets(self.bounds, tally.counts), tally.sum)
+        yield family
+
+
+REDIS_ROUNDTRIP = TallyFamily(
+    "switchyard_redis_roundtrip_seconds",
+    "Time from sending commands to Redis to the reply (a pipelined batch: to its last reply), by client.",
+    "client",
+    (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+register_live(REDIS_ROUNDTRIP)
+POSTGRES_SECONDS = Histogram(
+    "switchyard_postgres_operation_seconds",
+    "Time a Postgres operation held a pooled connection, waiting for one included (one query, or a "
+    "transaction such as a spend batch).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+POSTGRES_ERRORS = Counter(
+    "switchyard_postgres_errors_total",
+    "Failed Postgres operations, by kind: unreachable (connection or timeout: the circuit opens), "
+    "query (the server refused the statement), circuit_open (not tried: the circuit is open).",
+    ["kind"],
 )
 
 UNKNOWN_MODEL = "unknown"

@@ -32,6 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 
+from gateway.metrics import REDIS_ROUNDTRIP
 from gateway.redis_errors import RedisUnavailable
 from gateway.redis_wire import WireConnection
 
@@ -54,6 +55,7 @@ REDIS_SKIPPED = Counter(
     ["component"],
 )
 REDIS_UP = Gauge("switchyard_redis_up", "1 while the Redis circuit is closed (Redis reachable), else 0.")
+_POOL_ROUNDTRIP = REDIS_ROUNDTRIP.labels("pool")
 
 
 @dataclass(slots=True)
@@ -233,15 +235,18 @@ class RedisPool:
         if not self.circuit.allow():
             REDIS_SKIPPED.labels(component).inc()
             raise RedisUnavailable("redis circuit open")
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.op_timeout):
                 result = await fn(self.client)
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
+            _POOL_ROUNDTRIP.observe(time.monotonic() - started)
             if isinstance(exc, aioredis.ResponseError) and not isinstance(exc, aioredis.BusyLoadingError):
                 # A command error (bad script, wrong type) is a bug, not an outage.
                 raise
             self.circuit.failure(component, exc)
             raise RedisUnavailable(str(exc)) from exc
+        _POOL_ROUNDTRIP.observe(time.monotonic() - started)
         self.circuit.success()
         return result
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl as ssl_module
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +41,10 @@ from typing import Any
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+
+from gateway.metrics import REDIS_ROUNDTRIP
+
+_ROUNDTRIP = REDIS_ROUNDTRIP.labels("pipelined")
 
 
 def encode_command(args: Sequence[Any]) -> bytes:
@@ -110,19 +115,33 @@ class RespProtocol(asyncio.Protocol):
         self.pending: deque[asyncio.Future[Any]] = deque()
         self.buf = bytearray()
         self.closed = False
+        # Round trips timed: (commands sent once it was written, when). Its last reply ends it.
+        self.sent = 0
+        self.replied = 0
+        self.round_trips: deque[tuple[int, float]] = deque()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.)
         self.transport = transport  # type: ignore[assignment]
+
+    def send(self, futures: Sequence[asyncio.Future[Any]], data: bytes) -> None:
+        """Write commands whose replies resolve ``futures`` (one round trip, timed)."""
+        assert self.transport is not None
+        self.pending.extend(futures)
+        self.sent += len(futures)
+        self.round_trips.append((self.sent, time.monotonic()))
+        self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
         pos = 0
         pending = self.pending
+        replied = self.replied
         try:
             while pos < len(buf) and pending:
                 value, pos = parse_reply(buf, pos)
+                replied += 1
                 fut = pending.popleft()
                 if not fut.done():  # a caller that timed out or was cancelled: drop its reply
                     fut.set_result(value)
@@ -133,6 +152,13 @@ class RespProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             return
+        finally:
+            self.replied = replied
+        round_trips = self.round_trips
+        if round_trips and round_trips[0][0] <= replied:
+            now = time.monotonic()
+            while round_trips and round_trips[0][0] <= replied:
+                _ROUNDTRIP.observe(now - round_trips.popleft()[1])
         if pos:
             del buf[:pos]
 
@@ -141,6 +167,7 @@ class RespProtocol(asyncio.Protocol):
         self._fail(RedisConnectionError(f"connection to redis lost: {exc or 'closed by server'}"))
 
     def _fail(self, exc: Exception) -> None:
+        self.round_trips.clear()
         while self.pending:
             fut = self.pending.popleft()
             if not fut.done():
@@ -177,8 +204,7 @@ class WireConnection:
         batch, self._queue = self._queue, []
         if not batch:
             return
-        proto.pending.extend(f for _, f in batch)
-        proto.transport.write(b"".join(c for c, _ in batch))
+        proto.send([f for _, f in batch], b"".join(c for c, _ in batch))
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -205,9 +231,7 @@ class WireConnection:
                     setup.append(("SELECT", int(p["db"])))
                 if setup:
                     futs = [loop.create_future() for _ in setup]
-                    proto.pending.extend(futs)
-                    assert proto.transport is not None
-                    proto.transport.write(b"".join(encode_command(c) for c in setup))
+                    proto.send(futs, b"".join(encode_command(c) for c in setup))
                     for f in futs:
                         reply = await f
                         if isinstance(reply, ResponseError):

@@ -17,8 +17,13 @@ from typing import Any
 import asyncpg
 
 from gateway.db.outage import DatabaseCircuit, DatabaseUnavailable, is_unreachable
+from gateway.metrics import POSTGRES_ERRORS, POSTGRES_SECONDS
 
 log = logging.getLogger(__name__)
+
+_CIRCUIT_OPEN = POSTGRES_ERRORS.labels("circuit_open")
+_QUERY_ERRORS = POSTGRES_ERRORS.labels("query")
+_UNREACHABLE = POSTGRES_ERRORS.labels("unreachable")
 
 
 class GuardedPool:
@@ -31,18 +36,25 @@ class GuardedPool:
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         if not self.circuit.allow():
+            _CIRCUIT_OPEN.inc()
             raise DatabaseUnavailable()
+        started = time.monotonic()
         try:
             async with self.raw.acquire() as conn:
                 yield conn
         except DatabaseUnavailable:
             raise
         except Exception as exc:
+            POSTGRES_SECONDS.observe(time.monotonic() - started)
             if not is_unreachable(exc):
+                if isinstance(exc, asyncpg.PostgresError):
+                    _QUERY_ERRORS.inc()  # not the caller's own exceptions raised inside the block
                 self.circuit.succeeded()  # the server answered (with an error of the query's own)
                 raise
+            _UNREACHABLE.inc()
             self.circuit.failed(exc)
             raise DatabaseUnavailable() from None
+        POSTGRES_SECONDS.observe(time.monotonic() - started)
         self.circuit.succeeded()
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:

@@ -83,6 +83,11 @@ def test_a_deployment_cooling_down_on_one_worker_is_unhealthy_on_the_page(gatewa
     time.sleep(1.5)
     for pid, page in pages_from_both(gateway).items():
         assert health(page) == {"gpt-4o-mini": 1.0, "dead": 0.0}, pid
+        # The limiter's Redis round trip, counted in plain Python (a Tally) and merged the same way.
+        trips = dict(
+            (labels["client"], n) for labels, n in samples(page, "switchyard_redis_roundtrip_seconds_count")
+        )
+        assert trips["pipelined"] >= 1, pid
 
 
 def metrics_dir(worker_pid: int) -> Path:
