@@ -24,6 +24,27 @@ MODEL_TYPES = {
     "phi3": "Phi3ForCausalLM",
 }
 
+# transformers' Gemma3TextConfig defaults (gemma-3-4b's sizes), which a multimodal Gemma 3
+# checkpoint's text_config leaves out (google/gemma-3-4b-it gives only the sizes that differ).
+_GEMMA3_TEXT_DEFAULTS: dict[str, Any] = {
+    "model_type": "gemma3_text",
+    "vocab_size": 262_208,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "max_position_embeddings": 131_072,
+    "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+    "rope_theta": 1_000_000.0,
+    "rope_local_base_freq": 10_000.0,
+    "bos_token_id": 2,
+    "eos_token_id": 1,
+}
+
 # Attention layer kinds (HF ``layer_types``): a sliding layer sees only the last ``sliding_window`` keys.
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -109,9 +130,11 @@ class ModelConfig:
                 "config.json names no architecture (neither 'architectures' nor 'model_type')"
             )
         if architecture == "Gemma3ForConditionalGeneration":
-            # The multimodal checkpoint: we run its language model (text in, text out).
-            cfg = {**dict(cfg.get("text_config") or {}), "architectures": [architecture]}
-            cfg.setdefault("model_type", "gemma3_text")
+            # The multimodal checkpoint: we run its language model (text in, text out). Its
+            # text_config lists only what differs from transformers' Gemma3TextConfig defaults.
+            text = dict(cfg.get("text_config") or {})
+            tokens = {k: cfg[k] for k in ("bos_token_id", "eos_token_id") if k in cfg}  # top-level ids
+            cfg = {**_GEMMA3_TEXT_DEFAULTS, **tokens, **text, "architectures": [architecture]}
         model_type = str(cfg.get("model_type", ""))
         try:
             hidden = int(cfg["hidden_size"])

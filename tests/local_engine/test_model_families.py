@@ -227,3 +227,41 @@ def test_gemma3_multimodal_checkpoint_serves_its_language_model(tmp_path) -> Non
     with torch.no_grad():
         want = reference(input_ids=torch.tensor([ids])).logits[0].float()
     torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
+
+
+def test_gemma3_multimodal_config_as_the_hub_writes_it() -> None:
+    """google/gemma-3-4b-it's config.json gives only the text sizes that differ from transformers'
+    defaults; the rest must come from those defaults, not fail as missing."""
+    from local_engine.models.config import ModelConfig
+
+    hub = {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "boi_token_index": 255999,
+        "eoi_token_index": 256000,
+        "eos_token_id": [1, 106],
+        "image_token_index": 262144,
+        "mm_tokens_per_image": 256,
+        "text_config": {
+            "hidden_size": 2560,
+            "intermediate_size": 10240,
+            "model_type": "gemma3_text",
+            "num_hidden_layers": 34,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+            "sliding_window": 1024,
+        },
+        "vision_config": {"hidden_size": 1152, "model_type": "siglip_vision_model", "patch_size": 14},
+    }
+    cfg = ModelConfig.from_hf_dict(hub)
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (2560, 10240, 34)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size) == (
+        8,
+        4,
+        256,
+        262_208,
+    )
+    assert cfg.layer_types[:6] == (SLIDING,) * 5 + (FULL,) and cfg.sliding_window == 1024
+    assert (cfg.rope_theta, cfg.local_rope_theta) == (1_000_000.0, 10_000.0)
+    assert cfg.rope_scaling == {"factor": 8.0, "rope_type": "linear"}
+    assert cfg.query_pre_attn_scalar == 256 and cfg.tie_word_embeddings and cfg.qk_norm
+    assert cfg.max_position_embeddings == 131_072 and cfg.eos_token_ids == (1, 106)
