@@ -182,6 +182,8 @@ class ModelConfig:
             _apply_gemma(config, cfg)
         elif architecture.startswith("Phi3"):
             _apply_phi3(config, cfg)
+        elif architecture.startswith(("Mistral", "Qwen2", "Qwen3")):
+            _apply_window(config, cfg)
         return config
 
     @classmethod
@@ -293,15 +295,29 @@ def _apply_gemma(config: ModelConfig, cfg: dict[str, Any]) -> None:
     config.local_rope_theta = float(local.get("rope_theta", cfg.get("rope_local_base_freq") or 10_000.0))
 
 
+def _apply_window(config: ModelConfig, cfg: dict[str, Any]) -> None:
+    """Sliding windows as transformers applies them: Mistral's (and Phi-3's) on every layer when set
+    (Mistral 7B v0.1: 4096); Qwen2/3's only with ``use_sliding_window``, on layers from
+    ``max_window_layers`` on."""
+    window = cfg.get("sliding_window")
+    layers = config.num_hidden_layers
+    if not window:
+        return
+    if config.architecture.startswith(("Mistral", "Phi3")):
+        config.sliding_window = int(window)
+        config.layer_types = (SLIDING,) * layers
+    elif cfg.get("use_sliding_window"):
+        config.sliding_window = int(window)
+        first = int(cfg.get("max_window_layers", 28))
+        config.layer_types = _layer_types(cfg, layers, lambda i: i >= first)
+
+
 def _apply_phi3(config: ModelConfig, cfg: dict[str, Any]) -> None:
     """Phi-3 / 3.5 / 4 (fused qkv and gate/up projections; partial rotary; LongRoPE)."""
     rope_params = dict(cfg.get("rope_parameters") or {})
     factor = rope_params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
     config.partial_rotary_factor = float(factor or 1.0)
-    window = cfg.get("sliding_window")
-    if window:
-        config.sliding_window = int(window)
-        config.layer_types = (SLIDING,) * config.num_hidden_layers
+    _apply_window(config, cfg)
     scaling = config.rope_scaling
     if scaling is None:
         return

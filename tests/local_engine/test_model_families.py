@@ -42,6 +42,9 @@ FAMILIES: dict[str, tuple[str, dict[str, object]]] = {
         },
     ),
     "phi3": ("phi3", {"sliding_window": 7, "tie_word_embeddings": False}),
+    # Mistral 7B v0.1's window on every layer; Qwen2's only with use_sliding_window, from layer 1 on.
+    "mistral-window": ("mistral", {"sliding_window": 5}),
+    "qwen2-window": ("qwen2", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
     "phi3-longrope-partial": (
         "phi3",
         {
@@ -89,6 +92,10 @@ def test_config_read_from_hf_dir(tiny_pair) -> None:
         assert [cfg.window_of(i) for i in range(3)] == [6, None, 6]
     elif name == "phi3":
         assert cfg.window_of(0) == 7 and cfg.rope_scaling is None and cfg.rotary_dim == cfg.head_dim
+    elif name == "mistral-window":
+        assert [cfg.window_of(i) for i in range(2)] == [5, 5]
+    elif name == "qwen2-window":
+        assert [cfg.window_of(i) for i in range(2)] == [None, 4] and cfg.qkv_bias
     else:
         assert cfg.rotary_dim == cfg.head_dim // 2
         assert cfg.rope_scaling is not None and cfg.rope_scaling["rope_type"] == "longrope"

@@ -56,8 +56,8 @@ def write_tokenizer(model_dir: Path, vocab_size: int = 400) -> int:
 
 
 def make_hf_model(kind: str, model_dir: Path, seed: int = 0, **overrides: object) -> torch.nn.Module:
-    """Save a tiny random ``kind`` model with a tokenizer into ``model_dir`` (kinds: "llama", "qwen2",
-    "qwen3", "gemma2", "gemma3_text", "phi3").
+    """Save a tiny random ``kind`` model with a tokenizer into ``model_dir`` (kinds: "llama", "mistral",
+    "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3").
 
     Every parameter is perturbed from its init so norms and biases are not the trivial ones/zeros.
     Returns the transformers model (float32, eval mode).
@@ -67,6 +67,7 @@ def make_hf_model(kind: str, model_dir: Path, seed: int = 0, **overrides: object
         Gemma2Config,
         Gemma3TextConfig,
         LlamaConfig,
+        MistralConfig,
         Phi3Config,
         Qwen2Config,
         Qwen3Config,
@@ -89,6 +90,7 @@ def make_hf_model(kind: str, model_dir: Path, seed: int = 0, **overrides: object
     common.update(overrides)
     config_cls = {
         "llama": LlamaConfig,
+        "mistral": MistralConfig,
         "qwen2": Qwen2Config,
         "qwen3": Qwen3Config,
         "gemma2": Gemma2Config,
