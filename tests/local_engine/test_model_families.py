@@ -272,3 +272,44 @@ def test_gemma3_multimodal_config_as_the_hub_writes_it() -> None:
     assert cfg.rope_scaling == {"factor": 8.0, "rope_type": "linear"}
     assert cfg.query_pre_attn_scalar == 256 and cfg.tie_word_embeddings and cfg.qk_norm
     assert cfg.max_position_embeddings == 131_072 and cfg.eos_token_ids == (1, 106)
+
+
+def test_phi4_mini_config_as_the_hub_writes_it() -> None:
+    """microsoft/Phi-4-mini-instruct's config.json (transformers 4 spelling): LongRoPE under the old
+    ``type`` key, partial rotary, a window longer than any context, tied embeddings."""
+    from local_engine.layers.rotary import get_rope
+    from local_engine.models.config import ModelConfig
+
+    hub = {
+        "architectures": ["Phi3ForCausalLM"],
+        "model_type": "phi3",
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "vocab_size": 200064,
+        "max_position_embeddings": 131072,
+        "original_max_position_embeddings": 4096,
+        "partial_rotary_factor": 0.75,
+        "rope_theta": 10000.0,
+        "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 48, "long_factor": [2.0] * 48},
+        "sliding_window": 262144,
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-05,
+        "eos_token_id": 199999,
+    }
+    cfg = ModelConfig.from_hf_dict(hub)
+    assert (cfg.head_dim, cfg.rotary_dim) == (128, 96) and cfg.tie_word_embeddings
+    assert cfg.rope_scaling is not None and cfg.rope_scaling["rope_type"] == "longrope"
+    assert cfg.rope_scaling["original_max_position_embeddings"] == 4096
+    assert not cfg.needs_windowed_attention(8192)  # a 256k window never binds: fast paths stay on
+    rope = get_rope(cfg.head_dim, 8192, cfg.rope_theta, cfg.rope_scaling, cfg.rotary_dim)
+    table = rope.cos_sin_cache
+    assert table.shape == (8192, 96)
+    # Within the original context the short factors (1.0: plain RoPE) scaled by LongRoPE's
+    # sqrt(1 + ln(32) / ln(4096)); past it the long ones.
+    scale = (1 + torch.log(torch.tensor(32.0)) / torch.log(torch.tensor(4096.0))) ** 0.5
+    torch.testing.assert_close(table[1, 0], torch.cos(torch.tensor(1.0)) * scale)
+    torch.testing.assert_close(table[5000, 0], torch.cos(torch.tensor(5000.0 / 2.0)) * scale)
