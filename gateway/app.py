@@ -148,6 +148,9 @@ def include_extra_routes(app: FastAPI) -> None:
     from gateway.admin.organizations import router as organizations_router  # CONTROL PLANE: organizations
 
     app.include_router(organizations_router)
+    from gateway.admin.team_pages import router as team_pages_router  # CONTROL PLANE: /v2/team/list
+
+    app.include_router(team_pages_router)
     from gateway.admin.global_spend import router as global_spend_router  # CONTROL PLANE: spend reports
 
     app.include_router(global_spend_router)

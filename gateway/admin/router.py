@@ -44,7 +44,7 @@ from gateway.errors import GatewayError, bad_request
 from gateway.keys import store
 from gateway.keys.durations import next_reset, parse_duration
 from gateway.keys.policy import parse_model_budgets, windowed_spend
-from gateway.keys.records import KeyRecord, TeamRecord
+from gateway.keys.records import KeyRecord, TeamRecord, UserRecord
 from gateway.keys.tokens import display_name, generate_key, hash_key
 from gateway.server.body import ClientGone, check_json_depth, read_body
 
@@ -701,10 +701,12 @@ async def team_info(request: Request, team_id: str | None = None) -> Response:
 
 
 @router.get("/team/list")
-async def team_list(request: Request, user_id: str | None = None) -> Response:
+async def team_list(
+    request: Request, user_id: str | None = None, organization_id: str | None = None
+) -> Response:
     await _allow(request, "/team/list")
     async with _read(request) as (conn, _):
-        teams = await store.list_teams(conn, user_id=user_id)
+        teams = await store.list_teams(conn, user_id=user_id, organization_id=organization_id)
         views = [await _team_view(conn, t) for t in teams]
     return _json(views)
 
@@ -801,24 +803,41 @@ async def user_new(request: Request) -> Response:
     return _json(out)
 
 
+async def _readable_user(
+    conn: asyncpg.Connection, scope: Scope, caller: Caller, user_id: str | None
+) -> UserRecord:
+    """The user ``/user/info`` names (the caller's own by default), if the caller may read it."""
+    if user_id is None:
+        if caller.user_id is None:
+            raise bad_request("user_id: required", param="user_id")
+        user_id = caller.user_id
+    if scope is not Scope.ALL and user_id != caller.user_id:
+        raise forbidden("you may only read your own user", param="user_id")
+    user = await store.get_user(conn, user_id)
+    if user is None:
+        raise GatewayError(404, f"no user {user_id!r}", code="user_not_found", param="user_id")
+    return user
+
+
 @router.get("/user/info")
 async def user_info(request: Request, user_id: str | None = None) -> Response:
     scope = await _allow(request, "/user/info")
     async with _read(request) as (conn, caller):
-        if user_id is None:
-            if caller.user_id is None:
-                raise bad_request("user_id: required", param="user_id")
-            user_id = caller.user_id
-        if scope is not Scope.ALL and user_id != caller.user_id:
-            raise forbidden("you may only read your own user", param="user_id")
-        user = await store.get_user(conn, user_id)
-        if user is None:
-            raise GatewayError(404, f"no user {user_id!r}", code="user_not_found", param="user_id")
-        keys, _ = await store.list_keys(conn, user_id=user_id, size=1000)
-        teams = [m.to_api() for m in await store.user_memberships(conn, user_id)]
+        user = await _readable_user(conn, scope, caller, user_id)
+        keys, _ = await store.list_keys(conn, user_id=user.id, size=1000)
+        teams = [m.to_api() for m in await store.user_memberships(conn, user.id)]
     return _json(
         {"user_id": user.id, "user_info": user.to_api(), "keys": [k.to_api() for k in keys], "teams": teams}
     )
+
+
+@router.get("/v2/user/info")
+async def user_info_v2(request: Request, user_id: str | None = None) -> Response:
+    """LiteLLM's lightweight form: the user object alone, on the same terms as ``/user/info``."""
+    scope = await _allow(request, "/user/info")
+    async with _read(request) as (conn, caller):
+        user = await _readable_user(conn, scope, caller, user_id)
+    return _json(user.to_api())
 
 
 @router.post("/user/update")

@@ -190,13 +190,51 @@ async def delete_teams(conn: asyncpg.Connection, team_ids: list[str]) -> list[Te
     return [TeamRecord.from_row(r) for r in rows]
 
 
-async def list_teams(conn: asyncpg.Connection, *, user_id: str | None = None) -> list[TeamRecord]:
+async def list_teams(
+    conn: asyncpg.Connection, *, user_id: str | None = None, organization_id: str | None = None
+) -> list[TeamRecord]:
     rows = await conn.fetch(
-        f"SELECT {TeamRecord.COLUMNS} FROM teams WHERE $1::text IS NULL OR id IN "
-        "(SELECT team_id FROM team_memberships WHERE user_id = $1) ORDER BY created_at, id",
+        f"SELECT {TeamRecord.COLUMNS} FROM teams WHERE ($1::text IS NULL OR id IN "
+        "(SELECT team_id FROM team_memberships WHERE user_id = $1)) "
+        "AND ($2::text IS NULL OR organization_id = $2) ORDER BY created_at, id",
         user_id,
+        organization_id,
     )
     return [TeamRecord.from_row(r) for r in rows]
+
+
+# Sort columns LiteLLM's /v2/team/list takes (its names -> ours); anything else is refused by the caller.
+TEAM_SORTS = {"team_id": "id", "team_alias": "alias", "created_at": "created_at", "spend": "spend"}
+
+
+async def page_teams(
+    conn: asyncpg.Connection,
+    *,
+    user_id: str | None,
+    organization_id: str | None,
+    team_id: str | None,
+    alias_part: str | None,
+    sort_by: str,
+    descending: bool,
+    page: int,
+    size: int,
+) -> tuple[list[TeamRecord], int]:
+    """One page of teams (``alias_part``: a case-insensitive substring of the alias) and how many match."""
+    where = (
+        "($1::text IS NULL OR id IN (SELECT team_id FROM team_memberships WHERE user_id = $1)) "
+        "AND ($2::text IS NULL OR organization_id = $2) AND ($3::text IS NULL OR id = $3) "
+        "AND ($4::text IS NULL OR strpos(lower(alias), lower($4)) > 0)"
+    )
+    args = (user_id, organization_id, team_id, alias_part)
+    total = await conn.fetchval(f"SELECT count(*) FROM teams WHERE {where}", *args)
+    order = f"{TEAM_SORTS[sort_by]} {'DESC' if descending else 'ASC'} NULLS LAST, id"
+    rows = await conn.fetch(
+        f"SELECT {TeamRecord.COLUMNS} FROM teams WHERE {where} ORDER BY {order} LIMIT $5 OFFSET $6",
+        *args,
+        size,
+        (page - 1) * size,
+    )
+    return [TeamRecord.from_row(r) for r in rows], int(total)
 
 
 async def team_members(conn: asyncpg.Connection, team_id: str) -> list[MembershipRecord]:

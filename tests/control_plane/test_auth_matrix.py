@@ -201,6 +201,11 @@ MATRIX: dict[tuple[str, str], tuple[Callable[[World], Req], tuple[int, ...]]] = 
         lambda w: Req("/user/info", params={"user_id": w.internal_user}),
         keyed(403, 403, 200, 200, 200),
     ),
+    ("GET", "/v2/user/info"): (
+        lambda w: Req("/v2/user/info", params={"user_id": w.internal_user}),
+        keyed(403, 403, 200, 200, 200),
+    ),
+    ("GET", "/v2/team/list"): (lambda w: Req("/v2/team/list"), ADMIN_READ),
     ("GET", "/user/list"): (lambda w: Req("/user/list"), ADMIN_READ),
     # Spend.
     ("GET", "/spend/logs"): (lambda w: Req("/spend/logs"), TEAM_READ),
