@@ -1,10 +1,11 @@
 """The sampling a request gets for the fields it leaves unset: the model's own defaults, as vLLM does.
 
 A HF model directory's ``generation_config.json`` (``temperature``, ``top_p``, ``top_k``, ``min_p``,
-``repetition_penalty``, ``max_new_tokens``) or a GGUF file's ``general.sampling.*`` metadata give
-them; a field neither gives keeps OpenAI's neutral value. A request without ``max_tokens`` gets the
-model's ``max_new_tokens``, else the engine's ``default_max_tokens``, never more than its prompt
-leaves of the context (the whole context at temperature 1 is minutes of rambling on a CPU).
+``repetition_penalty``, ``max_new_tokens``) or a GGUF file's ``general.sampling.*`` metadata (for
+the bundled SmolLM2, its model card's recommendation) give them; a field neither gives keeps
+OpenAI's neutral value. A request without ``max_tokens`` gets the model's ``max_new_tokens``, else
+the engine's ``default_max_tokens``, never more than its prompt leaves of the context (the whole
+context at temperature 1 is minutes of rambling on a CPU).
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
+
+from local_engine.models.default import DEFAULT_GGUF_FILENAME
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +55,17 @@ def _valid(name: str, value: Any) -> bool:
     return value >= 0  # temperature
 
 
-def sampling_from_gguf(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """The generation_config-style sampling fields a GGUF file's metadata sets."""
-    return {name: metadata[key] for key, name in GGUF_SAMPLING_KEYS.items() if key in metadata}
+# The bundled default model's card recommends this sampling (HuggingFaceTB/SmolLM2-135M-Instruct:
+# ``temperature=0.2, top_p=0.9``); its GGUF file carries no sampling keys. At temperature 1 the
+# 135M model rambles to the token limit on the README's first question.
+_MODEL_CARD_SAMPLING = {DEFAULT_GGUF_FILENAME: {"temperature": 0.2, "top_p": 0.9}}
+
+
+def gguf_sampling(path: Path, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The generation_config-style sampling a GGUF file recommends: its ``general.sampling.*`` keys,
+    over its model card's where we know it (the bundled default)."""
+    card = dict(_MODEL_CARD_SAMPLING.get(path.name, {}))
+    return card | {name: metadata[key] for key, name in GGUF_SAMPLING_KEYS.items() if key in metadata}
 
 
 class _Request(Protocol):

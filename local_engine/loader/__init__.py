@@ -103,7 +103,7 @@ def _quant_types(quantized: bool, dtype: torch.dtype, device: str | torch.device
 def _load_gguf(
     path: Path, name: str, dtype: torch.dtype, device: str | torch.device, quantized: bool = False
 ) -> LoadedModel:
-    from local_engine.generation_defaults import sampling_from_gguf
+    from local_engine.generation_defaults import gguf_sampling
     from local_engine.loader.gguf import GGUFFile, build_tokenizer
 
     gguf_file = GGUFFile(path)
@@ -115,7 +115,7 @@ def _load_gguf(
     )
     model = _build_model(config, tensors, dtype, device)
     # The file's recommended sampling (llama.cpp's general.sampling.* keys), named as HF names it.
-    generation_config: dict[str, Any] = {**sampling_from_gguf(gguf_file.metadata)}
+    generation_config: dict[str, Any] = gguf_sampling(path, gguf_file.metadata)
     generation_config["eos_token_id"] = list(config.eos_token_ids)
     if config.bos_token_id is not None:
         generation_config["bos_token_id"] = config.bos_token_id

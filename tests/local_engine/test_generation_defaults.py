@@ -166,3 +166,10 @@ def test_gateway_deployment_param_and_engine_cli_flag(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "default_max_tokens" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bundled_default_model_samples_as_its_card_recommends() -> None:
+    """SmolLM2's GGUF carries no sampling keys; its model card recommends temperature 0.2, top_p 0.9."""
+    loaded = load_model(None, dtype=torch.bfloat16)
+    defaults = GenerationDefaults.from_generation_config(loaded.generation_config, 512)
+    assert defaults.sampling == {"temperature": 0.2, "top_p": 0.9}
