@@ -48,10 +48,11 @@ class Scope(StrEnum):
     ALL = "all"
     TEAM = "team"  # the caller's own team and its keys
     SELF = "self"  # the calling key itself, or the calling key's user
+    ORG = "org"  # organizations whose org_admin is the calling key's user (global role internal_user)
 
 
 _PA, _PV, _TA, _IU, _KEY = Role
-_ALL, _TEAM, _SELF = Scope
+_ALL, _TEAM, _SELF, _ORG = Scope
 
 # Route -> role -> scope. A role missing from a row is refused with 403. This is the README's table.
 ACCESS: dict[str, dict[Role, Scope]] = {
@@ -104,15 +105,16 @@ ACCESS: dict[str, dict[Role, Scope]] = {
     "/customer/unblock": {_PA: _ALL},
     "/customer/info": {_PA: _ALL, _PV: _ALL},
     "/customer/list": {_PA: _ALL, _PV: _ALL},
-    # Organizations: proxy admins write, admins and viewers read.
+    # Organizations: proxy admins write, admins and viewers read; an org_admin member (ORG) reads its
+    # organizations and manages their members (gateway/admin/organizations.py).
     "/organization/new": {_PA: _ALL},
     "/organization/update": {_PA: _ALL},
     "/organization/delete": {_PA: _ALL},
-    "/organization/member_add": {_PA: _ALL},
-    "/organization/member_update": {_PA: _ALL},
-    "/organization/member_delete": {_PA: _ALL},
-    "/organization/info": {_PA: _ALL, _PV: _ALL},
-    "/organization/list": {_PA: _ALL, _PV: _ALL},
+    "/organization/member_add": {_PA: _ALL, _TA: _ORG, _IU: _ORG},
+    "/organization/member_update": {_PA: _ALL, _TA: _ORG, _IU: _ORG},
+    "/organization/member_delete": {_PA: _ALL, _TA: _ORG, _IU: _ORG},
+    "/organization/info": {_PA: _ALL, _PV: _ALL, _TA: _ORG, _IU: _ORG},
+    "/organization/list": {_PA: _ALL, _PV: _ALL, _TA: _ORG, _IU: _ORG},
 }
 
 # Global user roles a team admin may attach keys to (or add to its team): none above its own.

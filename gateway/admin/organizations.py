@@ -9,9 +9,9 @@ An organization groups teams (``organization_id`` on ``/team/new``/``/team/updat
 bound its teams' models, and its budget row (always one, as in LiteLLM: ``budget_id``, or the budget
 fields, which create and later update the organization's own row) bounds its teams' budgets and holds
 the summed spend of their keys (``gateway.keys.resolver``, ``gateway.spend.sink``). Answers are
-LiteLLM's ``LiteLLM_OrganizationTableWithMembers``. Proxy admins write; admins and viewers read.
-Member roles (``org_admin``, ``internal_user``, ``internal_user_viewer``) are recorded as LiteLLM's
-payloads give them; in Switchyard they grant no rights (README, "Roles and access").
+LiteLLM's ``LiteLLM_OrganizationTableWithMembers``. Proxy admins write; admins and viewers read; an
+``org_admin`` member (scope ORG) reads its organizations and manages their members within the rules of
+``_check_member_target`` (README, "Roles and access").
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.admin.access import ATTACHABLE_USER_ROLES, Caller, Scope, forbidden
 from gateway.admin.customer_schemas import BUDGET_FIELDS
 from gateway.admin.organization_rules import check_team_fits
 from gateway.admin.organization_schemas import (
@@ -220,30 +221,48 @@ async def organization_delete(request: Request) -> Response:
     return _json(views)
 
 
+async def _check_org_admin(
+    conn: asyncpg.Connection, caller: Caller, scope: Scope, organization_ids: list[str], param: str
+) -> None:
+    """Within ``scope``: any organization, or (ORG) only those whose org_admin is the caller's user."""
+    if scope is Scope.ALL:
+        return
+    if not set(organization_ids) <= set(await orgs_sql.admin_of(conn, caller.user_id)):
+        raise forbidden("you may only manage organizations whose org_admin you are", param=param)
+
+
 async def organization_list(request: Request, page: int = 1, size: int = MAX_LIST) -> Response:
-    await _allow(request, "/organization/list")
+    scope = await _allow(request, "/organization/list")
     if not 1 <= page <= 1_000_000:
         raise bad_request("page: must be 1 to 1000000", param="page")
     if not 1 <= size <= MAX_LIST:
         raise bad_request(f"size: must be 1 to {MAX_LIST}", param="size")
-    async with _read(request) as (conn, _):
-        return _json(await _views(conn, await orgs_sql.fetch_page(conn, size, (page - 1) * size)))
+    async with _read(request) as (conn, caller):
+        if scope is Scope.ALL:
+            rows = await orgs_sql.fetch_page(conn, size, (page - 1) * size)
+        else:  # an org admin lists its own organizations
+            mine = await orgs_sql.admin_of(conn, caller.user_id)
+            rows = (await orgs_sql.fetch(conn, mine))[(page - 1) * size : page * size]
+        return _json(await _views(conn, rows))
 
 
 async def organization_info(request: Request, organization_id: str | None = None) -> Response:
-    await _allow(request, "/organization/info")
+    scope = await _allow(request, "/organization/info")
     if not organization_id:
         raise bad_request("organization_id is required", param="organization_id")
-    async with _read(request) as (conn, _):
-        (view,) = await _views(conn, [await _one(conn, organization_id, "organization_id")])
+    async with _read(request) as (conn, caller):
+        await _check_org_admin(conn, caller, scope, [organization_id], "organization_id")
+        row = await _one(conn, organization_id, "organization_id")
+        (view,) = await _views(conn, [row])
     return _json(view)
 
 
 async def organization_info_many(request: Request) -> Response:
     """LiteLLM's older form: the organizations named in the body (unknown ids are a 404)."""
-    await _allow(request, "/organization/info")
+    scope = await _allow(request, "/organization/info")
     body = await _parse(request, OrganizationInfoRequest)
-    async with _read(request) as (conn, _):
+    async with _read(request) as (conn, caller):
+        await _check_org_admin(conn, caller, scope, body.organizations, "organizations")
         rows = await orgs_sql.fetch(conn, body.organizations)
         missing = sorted(set(body.organizations) - {r["id"] for r in rows})
         if missing:
@@ -278,14 +297,31 @@ async def _member_user(
     return user_id
 
 
+async def _check_member_target(conn: asyncpg.Connection, scope: Scope, user_id: str) -> None:
+    """An org admin adds, or changes the role of, only users whose global role is internal_user or
+    internal_user_viewer: never a proxy admin or viewer, whose rights it does not hold. The roles it
+    gives (org_admin at most) are no more than its own."""
+    if scope is Scope.ALL:
+        return
+    user = await store.get_user(conn, user_id)
+    if user is None or user.role not in ATTACHABLE_USER_ROLES:
+        raise forbidden(
+            "member: an org admin may only add existing users whose role is internal_user", param="member"
+        )
+
+
 async def organization_member_add(request: Request) -> Response:
-    await _allow(request, "/organization/member_add")
+    scope = await _allow(request, "/organization/member_add")
     body = await _parse(request, OrganizationMemberAddRequest)
     members = body.member if isinstance(body.member, list) else [body.member]
     async with _write(request) as (conn, caller):
+        # An org admin learns nothing of organizations not its own: 403 before any 404.
+        await _check_org_admin(conn, caller, scope, [body.organization_id], "organization_id")
         await _one(conn, body.organization_id, "organization_id", lock=True)
         for member in members:
-            user_id = await _member_user(conn, member, create=True)
+            # Proxy admins create unknown users (as /team/member_add does); org admins never do.
+            user_id = await _member_user(conn, member, create=scope is Scope.ALL)
+            await _check_member_target(conn, scope, user_id)
             await orgs_sql.upsert_member(conn, body.organization_id, user_id, member.role)
         updated = await _member_rows(conn, body.organization_id)
         await _audit(
@@ -313,11 +349,14 @@ async def _member_rows(conn: asyncpg.Connection, organization_id: str) -> list[d
 
 
 async def organization_member_update(request: Request) -> Response:
-    await _allow(request, "/organization/member_update")
+    scope = await _allow(request, "/organization/member_update")
     body = await _parse(request, OrganizationMemberUpdateRequest)
     async with _write(request) as (conn, caller):
+        # An org admin learns nothing of organizations not its own: 403 before any 404.
+        await _check_org_admin(conn, caller, scope, [body.organization_id], "organization_id")
         await _one(conn, body.organization_id, "organization_id", lock=True)
         user_id = await _member_user(conn, body, create=False)
+        await _check_member_target(conn, scope, user_id)
         current = {m["user_id"]: m for m in await _member_rows(conn, body.organization_id)}
         if user_id not in current:
             raise GatewayError(
@@ -347,9 +386,11 @@ async def organization_member_update(request: Request) -> Response:
 
 
 async def organization_member_delete(request: Request) -> Response:
-    await _allow(request, "/organization/member_delete")
+    scope = await _allow(request, "/organization/member_delete")
     body = await _parse(request, OrganizationMemberRef)
     async with _write(request) as (conn, caller):
+        # An org admin learns nothing of organizations not its own: 403 before any 404.
+        await _check_org_admin(conn, caller, scope, [body.organization_id], "organization_id")
         await _one(conn, body.organization_id, "organization_id", lock=True)
         user_id = await _member_user(conn, body, create=False)
         if not await orgs_sql.delete_member(conn, body.organization_id, user_id):

@@ -64,6 +64,19 @@ async def fetch_page(conn: asyncpg.Connection, limit: int, offset: int) -> list[
     return await conn.fetch(f"{_SELECT} ORDER BY o.created_at, o.id LIMIT $1 OFFSET $2", limit, offset)
 
 
+async def admin_of(conn: asyncpg.Connection, user_id: str | None) -> list[str]:
+    """The organizations whose ``org_admin`` is ``user_id``, a user of global role internal_user."""
+    if user_id is None:
+        return []
+    rows = await conn.fetch(
+        "SELECT m.organization_id FROM organization_memberships m JOIN users u ON u.id = m.user_id "
+        "WHERE m.user_id = $1 AND m.role = 'org_admin' AND u.role = 'internal_user' AND NOT u.blocked "
+        "ORDER BY m.organization_id",
+        user_id,
+    )
+    return [r["organization_id"] for r in rows]
+
+
 async def members(conn: asyncpg.Connection, organization_ids: list[str]) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT m.organization_id, m.user_id, m.role, m.created_at, u.email FROM organization_memberships m "

@@ -151,7 +151,11 @@ def test_users_and_teams_through_litellms_client(litellm: LiteLLMClient, gateway
     info = litellm.call("users.get_user", user_id=user_id)
     assert info["user_id"] == user_id and info["user_info"]["user_email"] == email
     assert [t["team_id"] for t in info["teams"]] == [team]
-    assert user_id in [u["user_id"] for u in litellm.call("users.list_users")]
+    assert litellm.call("users.list_users")  # the first page, LiteLLM's shape read by its client
+    # Users are listed oldest first, and other tests share the database: the newest is on the last page.
+    total = litellm.call("http.request", method="GET", uri="/user/list", params={"page_size": 1})["total"]
+    last = litellm.call("users.list_users", params={"page": total, "page_size": 1})
+    assert [u["user_id"] for u in last] == [user_id]
 
     assert litellm.call("users.get_user_v2", user_id=user_id)["user_email"] == email
 

@@ -183,3 +183,80 @@ def test_organization_bounds_its_teams_keys(gateway: GatewayProcess) -> None:
     limited = _org(gateway, rpm_limit=2)
     keys = [_team_key(gateway, limited["organization_id"]) for _ in range(2)]
     assert [_chat(gateway, k).status_code for k in (*keys, keys[0])] == [200, 200, 429]
+
+
+def test_org_admin_manages_only_its_own_organization(gateway: GatewayProcess) -> None:
+    mine, other = _org(gateway)["organization_id"], _org(gateway)["organization_id"]
+
+    def user(role: str) -> str:
+        user_id = unique(role)
+        ok(call(gateway, "/user/new", {"user_id": user_id, "user_role": role, "auto_create_key": False}))
+        return user_id
+
+    boss, alice, chief = user("internal_user"), user("internal_user"), user("proxy_admin")
+    viewer_boss = user("internal_user_viewer")
+    for member in (boss, viewer_boss):
+        body = {"organization_id": mine, "member": {"user_id": member, "role": "org_admin"}}
+        ok(call(gateway, "/organization/member_add", body))
+    key = ok(call(gateway, "/key/generate", {"user_id": boss}))["key"]
+
+    def as_boss(path: str, body: Any = None, **kw: Any) -> httpx.Response:
+        return call(gateway, path, body, key=key, **kw)
+
+    assert ok(as_boss("/organization/info", params={"organization_id": mine}))["organization_id"] == mine
+    assert [o["organization_id"] for o in ok(as_boss("/organization/list"))] == [mine]
+    added = as_boss(
+        "/organization/member_add",
+        {"organization_id": mine, "member": {"user_id": alice, "role": "internal_user"}},
+    )
+    assert added.status_code == 200, added.text
+    # It may give what it holds (org_admin), and remove members.
+    promoted = as_boss(
+        "/organization/member_update",
+        {"organization_id": mine, "user_id": alice, "role": "org_admin"},
+        method="PATCH",
+    )
+    assert promoted.status_code == 200, promoted.text
+    removed = as_boss(
+        "/organization/member_delete", {"organization_id": mine, "user_id": alice}, method="DELETE"
+    )
+    assert removed.status_code == 200, removed.text
+
+    refusals: list[tuple[str, str, Any, dict[str, Any], int]] = [
+        ("GET", "/organization/info", None, {"organization_id": other}, 403),
+        ("GET", "/organization/info", None, {"organization_id": "no-such-org"}, 403),  # nothing learnt
+        ("POST", "/organization/info", {"organizations": [mine, other]}, {}, 403),
+        (
+            "POST",
+            "/organization/member_add",
+            {"organization_id": other, "member": {"user_id": alice, "role": "internal_user"}},
+            {},
+            403,
+        ),
+        # Never a user above internal_user, never a new user.
+        (
+            "POST",
+            "/organization/member_add",
+            {"organization_id": mine, "member": {"user_id": chief, "role": "internal_user"}},
+            {},
+            403,
+        ),
+        (
+            "POST",
+            "/organization/member_add",
+            {"organization_id": mine, "member": {"user_id": unique("new"), "role": "internal_user"}},
+            {},
+            404,
+        ),
+        ("PATCH", "/organization/update", {"organization_id": mine, "models": []}, {}, 403),
+        ("DELETE", "/organization/delete", {"organization_ids": [mine]}, {}, 403),
+        ("POST", "/organization/new", {"organization_alias": "mine-too"}, {}, 403),
+    ]
+    for method, path, body, params, status in refusals:
+        resp = as_boss(path, body, method=method, params=params)
+        assert resp.status_code == status, (method, path, body, resp.text)
+
+    # An org_admin membership of a read-only (internal_user_viewer) user grants nothing.
+    viewer_key = ok(call(gateway, "/key/generate", {"user_id": viewer_boss}))["key"]
+    resp = call(gateway, "/organization/info", key=viewer_key, params={"organization_id": mine})
+    assert resp.status_code == 403
