@@ -26,7 +26,7 @@ from gateway.db import customers as customers_sql
 from gateway.db.guarded_pool import GuardedPool
 from gateway.db.outage import DatabaseUnavailable
 from gateway.errors import GatewayError, bad_request
-from gateway.keys.policy import SOFT_BUDGET_EXCEEDED, SOFT_BUDGET_HEADER
+from gateway.keys.policy import SHARED_SOFT_BUDGET_EXCEEDED, SOFT_BUDGET_HEADER
 from gateway.pipeline import LimitScope, Principal
 from gateway.routing.wildcards import model_allowed
 
@@ -126,7 +126,7 @@ class Customer:
             headers[SOFT_BUDGET_HEADER] = (
                 f"customer={self.id}; spend={self.spend:.6f}; soft_budget={self.soft_budget:.6f}"
             )
-            SOFT_BUDGET_EXCEEDED.inc()
+            SHARED_SOFT_BUDGET_EXCEEDED.labels("customer").inc()
 
 
 def _float(value: Any) -> float | None:

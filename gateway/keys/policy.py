@@ -34,8 +34,27 @@ SOFT_BUDGET_EXCEEDED = Counter(
     "Requests served to a virtual key whose spend has reached its soft_budget (a warning: they are "
     "served). Each key's crossing is also logged once per process.",
 )
+SHARED_SOFT_BUDGET_EXCEEDED = Counter(
+    "switchyard_soft_budget_exceeded_total",
+    "Requests served while a soft_budget other than the key's own had been reached: its team's, "
+    "organization's or user's budget row, or its customer's (a warning: they are served).",
+    ["kind"],
+)
 # Keys whose crossing has been logged (a policy is rebuilt on each reload of its key).
 _warned: set[str] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class SharedSoftBudget:
+    """The soft budget of a budget row linked to the key's team, organization or user; ``state`` is the
+    resolver's live ``BudgetState`` of that entity."""
+
+    kind: str
+    state: Any
+    soft_budget: float
+
+    def exceeded(self) -> bool:
+        return self.state.spend >= self.soft_budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +112,7 @@ class KeyPolicy:
     model_spend: dict[str, float] = field(default_factory=dict)  # within each budget's window
     soft_budget: float | None = None
     key_budget: Any = None  # the resolver's BudgetState of this key: ``.spend`` is kept fresh
+    shared_soft: tuple[SharedSoftBudget, ...] = ()
 
     def serve(self, model: str) -> str:
         """The model that serves a request for ``model``; a 400 when its budget here is spent."""
@@ -120,8 +140,16 @@ class KeyPolicy:
         )
 
     def annotate(self, headers: dict[str, str]) -> None:
-        """Add the soft-budget warning to an answer's headers once the key's spend has reached it."""
+        """Add the soft-budget warning to an answer's headers once the key's spend has reached it (else
+        once its team's, organization's or user's has reached that budget row's)."""
         if not self.soft_budget_exceeded():
+            for shared in self.shared_soft:
+                if shared.exceeded():
+                    headers[SOFT_BUDGET_HEADER] = (
+                        f"{shared.kind}; spend={shared.state.spend:.6f}; soft_budget={shared.soft_budget:.6f}"
+                    )
+                    SHARED_SOFT_BUDGET_EXCEEDED.labels(shared.kind).inc()
+                    return
             return
         spend = self.key_budget.spend
         headers[SOFT_BUDGET_HEADER] = f"spend={spend:.6f}; soft_budget={self.soft_budget:.6f}"

@@ -28,7 +28,7 @@ import asyncpg
 from gateway.db.guarded_pool import GuardedPool
 from gateway.db.outage import DatabaseUnavailable
 from gateway.keys.denials import budget_exceeded, key_blocked, key_expired, model_not_allowed
-from gateway.keys.policy import KeyPolicy, ModelBudget, parse_model_budgets, windowed_spend
+from gateway.keys.policy import KeyPolicy, ModelBudget, SharedSoftBudget, parse_model_budgets, windowed_spend
 from gateway.pipeline import LimitScope, Principal
 from gateway.routing.wildcards import model_allowed
 
@@ -45,12 +45,12 @@ SELECT k.token_hash, k.key_alias, k.team_id, k.user_id, k.models, k.max_budget, 
        kb.max_budget AS kb_max_budget, kb.soft_budget AS kb_soft_budget, kb.rpm_limit AS kb_rpm_limit,
        kb.tpm_limit AS kb_tpm_limit, kb.max_parallel_requests AS kb_max_parallel,
        tb.max_budget AS tb_max_budget, tb.rpm_limit AS tb_rpm_limit, tb.tpm_limit AS tb_tpm_limit,
-       tb.max_parallel_requests AS tb_max_parallel,
+       tb.max_parallel_requests AS tb_max_parallel, tb.soft_budget AS tb_soft_budget,
        ub.max_budget AS ub_max_budget, ub.rpm_limit AS ub_rpm_limit, ub.tpm_limit AS ub_tpm_limit,
-       ub.max_parallel_requests AS ub_max_parallel,
+       ub.max_parallel_requests AS ub_max_parallel, ub.soft_budget AS ub_soft_budget,
        o.id AS o_id, o.models AS o_models, o.spend AS o_spend,
        ob.max_budget AS ob_max_budget, ob.rpm_limit AS ob_rpm_limit, ob.tpm_limit AS ob_tpm_limit,
-       ob.max_parallel_requests AS ob_max_parallel
+       ob.max_parallel_requests AS ob_max_parallel, ob.soft_budget AS ob_soft_budget
 FROM virtual_keys k
 LEFT JOIN teams t ON t.id = k.team_id
 LEFT JOIN users u ON u.id = k.user_id
@@ -288,12 +288,22 @@ class PostgresKeyResolver:
         key_budget: BudgetState,
         budgets: dict[str, ModelBudget],
         model_spend: dict[str, float],
+        shared: list[tuple[str, BudgetState]],
     ) -> KeyPolicy | None:
-        """The key's LiteLLM request rules, or None when it sets none (the common case costs nothing)."""
+        """The key's LiteLLM request rules, or None when it sets none (the common case costs nothing).
+
+        ``shared``: the key's team, organization and user budgets, whose budget rows' ``soft_budget``
+        warn as the key's own does."""
         aliases = dict(row["aliases"] or {})
         tags = (row["metadata"] or {}).get("tags") or []
         soft = _tighter(row["soft_budget"], row["kb_soft_budget"])
-        if not (aliases or budgets or tags or soft is not None):
+        linked = {"team": "tb_soft_budget", "organization": "ob_soft_budget", "user": "ub_soft_budget"}
+        shared_soft = tuple(
+            SharedSoftBudget(kind, state, float(row[linked[kind]]))
+            for kind, state in shared
+            if row[linked[kind]] is not None
+        )
+        if not (aliases or budgets or tags or soft is not None or shared_soft):
             return None
         return KeyPolicy(
             key_hash=row["token_hash"],
@@ -304,6 +314,7 @@ class PostgresKeyResolver:
             model_spend=model_spend,
             soft_budget=_as_float(soft),
             key_budget=key_budget,
+            shared_soft=shared_soft,
         )
 
     @staticmethod
@@ -367,7 +378,7 @@ class PostgresKeyResolver:
             limits=tuple(limits),
             team_admin=row["member_role"] == "admin",
             metadata=dict(row["metadata"] or {}),
-            policy=self._policy(row, key_budget, model_budgets, model_spend),
+            policy=self._policy(row, key_budget, model_budgets, model_spend, budgets[1:]),
         )
         expires: datetime | None = row["expires"]
         return _Entry(

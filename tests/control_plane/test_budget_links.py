@@ -104,6 +104,21 @@ def test_budget_row_soft_budget_warns(gateway: GatewayProcess) -> None:
     assert "soft_budget=" in resp.headers[SOFT_HEADER]
 
 
+def test_team_budget_row_soft_budget_warns_its_keys(gateway: GatewayProcess) -> None:
+    tier = _budget(gateway, soft_budget=float(UNIT_COST) / 2)
+    team = ok(call(gateway, "/team/new", {"budget_id": tier}))["team_id"]
+    first, second = (ok(call(gateway, "/key/generate", {"team_id": team}))["key"] for _ in range(2))
+    assert _chat(gateway, first).status_code == 200
+    deadline = time.monotonic() + 30
+    while SOFT_HEADER not in (resp := _chat(gateway, second)).headers:
+        assert resp.status_code == 200, resp.text
+        assert time.monotonic() < deadline, "the team row's soft budget never warned"
+        time.sleep(0.05)
+    assert resp.headers[SOFT_HEADER].startswith("team; spend=")
+    metrics = httpx.get(gateway.base_url + "/metrics", timeout=30).text
+    assert 'switchyard_soft_budget_exceeded_total{kind="team"}' in metrics
+
+
 def test_unknown_budget_id_is_a_400(gateway: GatewayProcess) -> None:
     for path, body in (
         ("/key/generate", {"budget_id": "no-such-tier"}),

@@ -161,6 +161,19 @@ def test_customer_models_and_rate_limit(gateway: GatewayProcess) -> None:
     assert statuses == [200, 200, 429]
 
 
+def test_customer_soft_budget_warns(gateway: GatewayProcess) -> None:
+    customer = unique("soft")
+    ok(call(gateway, "/customer/new", {"user_id": customer, "soft_budget": float(UNIT_COST) / 2}))
+    header = "x-switchyard-soft-budget-exceeded"
+
+    def warned() -> httpx.Response | None:
+        resp = _chat(gateway, {"user": customer})
+        assert resp.status_code == 200, resp.text  # a soft budget never refuses
+        return resp if header in resp.headers else None
+
+    assert _until("the customer's soft budget", warned).headers[header].startswith(f"customer={customer};")
+
+
 def test_customer_on_a_shared_budget_row(gateway: GatewayProcess) -> None:
     tier = ok(call(gateway, "/budget/new", {"budget_id": unique("free"), "rpm_limit": 1}))["budget_id"]
     customer = unique("free-user")
