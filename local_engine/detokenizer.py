@@ -8,7 +8,9 @@ output back while it ends in U+FFFD (an incomplete multi-byte sequence).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Protocol
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -18,6 +20,47 @@ _CONTEXT_TOKENS = 5
 
 class _Decoder(Protocol):
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+
+class _Vocab(_Decoder, Protocol):
+    def id_to_token(self, token_id: int) -> str | None: ...
+
+
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+@lru_cache(maxsize=1)
+def _byte_level_chars() -> dict[str, int]:
+    """GPT-2's byte-level alphabet inverted: the printable character each byte is spelled with."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars: dict[str, int] = {chr(b): b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def token_bytes(tokenizer: _Vocab, token_id: int) -> bytes:
+    """The raw bytes one token stands for. Decoding a lone token that holds part of a multi-byte
+    character gives U+FFFD; its bytes come from the vocabulary entry instead: a byte-level BPE
+    piece (GPT-2 alphabet) or a SentencePiece byte-fallback piece ``<0xNN>``."""
+    text = tokenizer.decode([token_id], skip_special_tokens=False)
+    if REPLACEMENT_CHAR not in text:
+        return text.encode("utf-8")
+    piece = tokenizer.id_to_token(token_id) or ""
+    fallback = _BYTE_FALLBACK.fullmatch(piece)
+    if fallback:
+        return bytes([int(fallback.group(1), 16)])
+    alphabet = _byte_level_chars()
+    if piece and all(c in alphabet for c in piece):
+        return bytes(alphabet[c] for c in piece)
+    return text.encode("utf-8")
 
 
 class IncrementalDetokenizer:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from local_engine.detokenizer import token_bytes
 from local_engine.engine.async_engine import AsyncEngine
 from local_engine.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from local_engine.generation_defaults import GenerationDefaults
@@ -246,17 +247,18 @@ class OpenAIServing:
             return None
         return "length" if c.finish_reason == "length" else "stop"
 
-    @staticmethod
-    def chat_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
+    def chat_logprobs(self, items: list[TokenLogprob]) -> dict[str, Any]:
+        # A token holding part of a multi-byte character reads as U+FFFD; its bytes are the raw ones.
+        tokenizer = self.engine.tokenizer
         return {
             "content": [
                 {
                     "token": lp.token,
                     "logprob": lp.logprob,
-                    "bytes": list(lp.token.encode("utf-8")),
+                    "bytes": list(token_bytes(tokenizer, lp.token_id)),
                     "top_logprobs": [
-                        {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
-                        for _, text, value in lp.top
+                        {"token": text, "logprob": value, "bytes": list(token_bytes(tokenizer, token_id))}
+                        for token_id, text, value in lp.top
                     ],
                 }
                 for lp in items

@@ -252,3 +252,23 @@ def test_bad_requests_are_clear_400s(client: openai.OpenAI, model: str, extra: d
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model=model, messages=ASK_WEATHER, max_tokens=5, extra_body=extra)
     assert message in str(refused.value)
+
+
+def test_logprobs_carry_raw_bytes_of_partial_characters(client: openai.OpenAI) -> None:
+    text = "東京 😀"
+    reply = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Name a city and an emoji."}],
+        extra_body={"guided_choice": [text]},
+        logprobs=True,
+        top_logprobs=2,
+        max_tokens=20,
+    )
+    choice = reply.choices[0]
+    assert choice.message.content == text
+    items = (choice.logprobs and choice.logprobs.content) or []
+    assert any("\ufffd" in lp.token for lp in items), "the text splits characters across tokens"
+    assert bytes(b for lp in items for b in lp.bytes or []).decode("utf-8") == text
+    assert all(bytes(lp.bytes or []) != "\ufffd".encode() for lp in items)
+    tops = [top for lp in items for top in lp.top_logprobs]
+    assert tops and all(bytes(top.bytes or []) != "\ufffd".encode() for top in tops)
