@@ -11,6 +11,10 @@ from typing import Any
 
 import llguidance
 
+# JSON output may be laid out freely, but each run of whitespace is bounded: a small model can
+# otherwise loop on newlines until max_tokens and leave JSON that never closes.
+JSON_OPTIONS: dict[str, Any] = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{1,40}"}
+
 
 class GrammarError(ValueError):
     """The schema, regex or grammar cannot be compiled; the message says why."""
@@ -28,7 +32,7 @@ def json_schema_grammar(schema: dict[str, Any]) -> str:
     if not isinstance(schema, dict):
         raise GrammarError("invalid JSON schema: must be a JSON object")
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     except ValueError as exc:
         raise GrammarError(f"invalid JSON schema: {exc}") from None
     return _checked(grammar, "JSON schema")

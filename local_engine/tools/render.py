@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from local_engine.structured import lark_grammar
+from local_engine.structured.grammar import JSON_OPTIONS
 from local_engine.tools.formats import HERMES_END, HERMES_START, ToolFormat
 
 _HERMES_SYSTEM = """# Tools
@@ -125,7 +126,7 @@ def _call_schema(tool: dict[str, Any], fmt: ToolFormat) -> dict[str, Any]:
 def forced_call_grammar(fmt: ToolFormat, tools: list[dict[str, Any]], parallel: bool) -> str:
     """A grammar whose every output is a call (several when ``parallel``) of one of ``tools``."""
     schemas = [_call_schema(t, fmt) for t in tools]
-    body = _dumps(schemas[0] if len(schemas) == 1 else {"anyOf": schemas})
+    body = _dumps({**(schemas[0] if len(schemas) == 1 else {"anyOf": schemas}), "x-guidance": JSON_OPTIONS})
     if fmt.name == "hermes":
         call = f'call: "{HERMES_START}\\n" body "\\n{HERMES_END}"\n'
         start = 'start: call ("\\n" call)*\n' if parallel else "start: call\n"

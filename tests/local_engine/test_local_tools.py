@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Iterator
 
+import anthropic
 import jsonschema
 import openai
 import pytest
@@ -272,3 +273,33 @@ def test_logprobs_carry_raw_bytes_of_partial_characters(client: openai.OpenAI) -
     assert all(bytes(lp.bytes or []) != "\ufffd".encode() for lp in items)
     tops = [top for lp in items for top in lp.top_logprobs]
     assert tops and all(bytes(top.bytes or []) != "\ufffd".encode() for top in tops)
+
+
+def test_messages_and_responses_doors_reach_the_same_machinery(client: openai.OpenAI) -> None:
+    base = str(client.base_url).removesuffix("/v1/")
+    weather = WEATHER["function"]
+    message = anthropic.Anthropic(base_url=base, api_key="x", max_retries=0).messages.create(
+        model="smollm2",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "What is the weather like in Paris today?"}],
+        tools=[
+            {
+                "name": weather["name"],
+                "description": weather["description"],
+                "input_schema": weather["parameters"],
+            }
+        ],
+        tool_choice={"type": "any"},
+    )
+    assert message.stop_reason == "tool_use"
+    uses = [block for block in message.content if block.type == "tool_use"]
+    assert uses and uses[0].name == "get_weather"
+    jsonschema.validate(uses[0].input, weather["parameters"])
+
+    response = client.responses.create(
+        model="smollm2",
+        input="Describe a person as JSON: name, age and city.",
+        max_output_tokens=200,
+        text={"format": {"type": "json_schema", "name": "person", "schema": PERSON, "strict": True}},
+    )
+    jsonschema.validate(json.loads(response.output_text), PERSON)

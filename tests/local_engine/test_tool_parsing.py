@@ -196,6 +196,13 @@ def test_output_grammars() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     assert _accepts(json_schema_grammar(schema), '{"n": 3}')
     assert not _accepts(json_schema_grammar(schema), '{"n": "3"}')
+    assert _accepts(json_schema_grammar(schema), "{\n" + " " * 39 + '"n": 3}')
+    assert not _accepts(json_schema_grammar(schema), "{\n" + " " * 40 + '"n": 3}')  # bounded runs
+    forced = forced_call_grammar(HERMES, [WEATHER], parallel=False)
+    padded = (
+        '<tool_call>\n{"name": "get_weather",' + " " * 41 + '"arguments": {"city": "Oslo"}}\n</tool_call>'
+    )
+    assert not _accepts(forced, padded)
     with pytest.raises(GrammarError, match="regex"):
         regex_grammar("[a-")
     with pytest.raises(GrammarError, match="JSON schema"):
