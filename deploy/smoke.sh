@@ -119,6 +119,7 @@ fi
 step "down + up: nothing lost"
 before=$(curl -fsS "$URL/key/info?key=$key" -H "$MK" | json "d['info']['spend']")
 compose down
+step "down done (replicas drained on SIGTERM); up again"
 up
 chat "$key" >/dev/null
 wait_rows "$key" 2
