@@ -448,6 +448,8 @@ async def key_list(
     team_id: str | None = None,
     user_id: str | None = None,
     key_alias: str | None = None,
+    key_hash: str | None = None,
+    organization_id: str | None = None,
     return_full_object: bool = False,
 ) -> Response:
     if not 1 <= page <= _MAX_PAGE:
@@ -460,7 +462,14 @@ async def key_list(
             check_team(caller, scope, team_id or caller.team_id)
             team_id = caller.team_id
         records, total = await store.list_keys(
-            conn, team_id=team_id, user_id=user_id, key_alias=key_alias, page=page, size=size
+            conn,
+            team_id=team_id,
+            user_id=user_id,
+            key_alias=key_alias,
+            token_hash=None if key_hash is None else _ref_hash(key_hash),
+            organization_id=organization_id,
+            page=page,
+            size=size,
         )
     keys: list[Any] = [r.to_api() if return_full_object else r.token_hash for r in records]
     return _json(

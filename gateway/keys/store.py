@@ -144,22 +144,22 @@ async def list_keys(
     team_id: str | None = None,
     user_id: str | None = None,
     key_alias: str | None = None,
+    token_hash: str | None = None,
+    organization_id: str | None = None,
     page: int = 1,
     size: int = 100,
 ) -> tuple[list[KeyRecord], int]:
     where = (
         "($1::text IS NULL OR team_id = $1) AND ($2::text IS NULL OR user_id = $2) "
-        "AND ($3::text IS NULL OR key_alias = $3)"
+        "AND ($3::text IS NULL OR key_alias = $3) AND ($4::text IS NULL OR token_hash = $4) "
+        "AND ($5::text IS NULL OR team_id IN (SELECT id FROM teams WHERE organization_id = $5))"
     )
-    total = await conn.fetchval(
-        f"SELECT count(*) FROM virtual_keys WHERE {where}", team_id, user_id, key_alias
-    )
+    filters = (team_id, user_id, key_alias, token_hash, organization_id)
+    total = await conn.fetchval(f"SELECT count(*) FROM virtual_keys WHERE {where}", *filters)
     rows = await conn.fetch(
         f"SELECT {KeyRecord.COLUMNS} FROM virtual_keys WHERE {where} ORDER BY created_at, token_hash "
-        "LIMIT $4 OFFSET $5",
-        team_id,
-        user_id,
-        key_alias,
+        "LIMIT $6 OFFSET $7",
+        *filters,
         size,
         (page - 1) * size,
     )

@@ -127,6 +127,8 @@ def test_keys_through_litellms_client(litellm: LiteLLMClient, gateway: GatewayPr
     assert listed["total_count"] == 1 and listed["current_page"] == 1
     by_alias = litellm.call("keys.list", key_alias=alias)
     assert len(by_alias["keys"]) == 1
+    by_hash = litellm.call("keys.list", key_hash=created["token"])
+    assert by_hash["keys"] == [created["token"]] and by_hash["total_count"] == 1
 
     updated = litellm.call("keys.update", key=key, models=["gpt-4o-mini", "gpt-4o"], spend=0.5)
     assert updated["models"] == ["gpt-4o-mini", "gpt-4o"] and updated["spend"] == 0.5
@@ -184,7 +186,9 @@ def test_teams_of_an_organization_through_litellms_client(
         ]
         for i in range(3)
     ]
-    ok(call(gateway, "/team/new", {"team_alias": unique("client-outside")}))
+    outside = ok(call(gateway, "/team/new", {"team_alias": unique("client-outside")}))["team_id"]
+    keys = [litellm.call("keys.generate", team_id=t)["token"] for t in (inside[0], outside)]
+    assert litellm.call("keys.list", organization_id=org)["keys"] == keys[:1]
     assert sorted(t["team_id"] for t in litellm.call("teams.list", organization_id=org)) == sorted(inside)
     first = litellm.call("teams.list_v2", organization_id=org, page=1, page_size=2, sort_order="desc")
     second = litellm.call("teams.list_v2", organization_id=org, page=2, page_size=2, sort_order="desc")
@@ -225,8 +229,8 @@ def test_litellm_proxy_cli_for_keys_users_and_teams(gateway: GatewayProcess) -> 
         "keys", "generate", "--key-alias", alias, "--models", "gpt-4o-mini", "--user-id", created["user_id"]
     )
     assert alias in generated
-    listed = json.loads(cli("keys", "list", "--format", "json"))
-    assert alias in json.dumps(listed)
+    listed = json.loads(cli("keys", "list", "--key-alias", alias, "--format", "json"))
+    assert listed["total_count"] == 1 and alias in json.dumps(listed["keys"])
 
     team = ok(call(gateway, "/team/new", {"team_alias": unique("cli-team")}))
     assert team["team_alias"] in cli("teams", "list")
