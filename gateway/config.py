@@ -165,6 +165,10 @@ class GeneralSettings(_Strict):
     responses_retention_days: float = Field(default=30.0, gt=0)
     # Every instance reloads the models added through /model/new this often (gateway/admin/model_sync.py).
     model_refresh_interval_s: float = Field(default=2.0, gt=0, le=300)
+    # Customers (LiteLLM's end users) without a budget row of their own are held to this budget, and
+    # to every limit of this budgets row (gateway.keys.customers).
+    max_end_user_budget: float | None = Field(default=None, ge=0)
+    max_end_user_budget_id: str | None = None
 
 
 FallbackList = list[dict[str, list[str]]]

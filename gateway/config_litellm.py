@@ -1053,6 +1053,9 @@ RENAMED: dict[tuple[str, str], tuple[str, str]] = {
     ("general_settings", "global_max_parallel_requests"): ("limit_settings", "max_parallel_requests"),
     # JSON logs: one JSON line per request (gateway.spend.request_log).
     ("litellm_settings", "json_logs"): ("general_settings", "json_logs"),
+    # The budget of customers (end users) that have none of their own (gateway.keys.customers).
+    ("litellm_settings", "max_end_user_budget"): ("general_settings", "max_end_user_budget"),
+    ("litellm_settings", "max_end_user_budget_id"): ("general_settings", "max_end_user_budget_id"),
 }
 
 _LOGGING = (

@@ -47,5 +47,10 @@ async def fetch(conn: asyncpg.Connection, budget_ids: list[str]) -> list[asyncpg
     return await conn.fetch(f"{_SELECT} WHERE id = ANY($1::text[]) ORDER BY created_at, id", budget_ids)
 
 
+async def for_request(pool: Any, budget_id: str) -> asyncpg.Record | None:
+    """One row, through the request path's pool (a ``GuardedPool``)."""
+    return await pool.fetchrow(f"{_SELECT} WHERE id = $1", budget_id)
+
+
 async def fetch_all(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(f"{_SELECT} ORDER BY created_at, id LIMIT $1", limit)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.db.database import Database, open_database
-from gateway.keys.customers import CustomerResolver
+from gateway.keys.customers import CustomerResolver, DefaultBudget
 from gateway.keys.resolver import PostgresKeyResolver
 from gateway.spend.budget_reset import BudgetResetter
 from gateway.spend.journal import SpendJournal, orphan_journals
@@ -49,7 +49,10 @@ class ControlPlane:
         )
 
         customers = CustomerResolver(
-            db.pool, ttl=settings.key_cache_ttl_s, stale_ttl=settings.key_cache_stale_ttl_s
+            db.pool,
+            ttl=settings.key_cache_ttl_s,
+            stale_ttl=settings.key_cache_stale_ttl_s,
+            default=DefaultBudget(settings.max_end_user_budget, settings.max_end_user_budget_id),
         )
 
         def on_charged(kind: str, entity: str, spend: float) -> None:

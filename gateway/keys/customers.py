@@ -6,8 +6,10 @@ or ``x-litellm-end-user-id`` header, else the body's ``user``, ``litellm_metadat
 request's ``user``). A customer in the ``customers`` table is refused when blocked (403), when the
 model is outside its ``models`` (403) or when its spend has reached its budget row's ``max_budget``
 (400 ``budget_exceeded``); its row's rpm/tpm/parallel limits join the request's limit scopes, and its
-``soft_budget`` adds the warning header. A customer not in the table has no limits: its first charge
-creates its row (as LiteLLM upserts end users).
+``soft_budget`` adds the warning header. A customer without a budget row of its own (in the table or
+not) is held to ``general_settings.max_end_user_budget`` / ``max_end_user_budget_id`` when set
+(LiteLLM's ``litellm_settings`` of those names), else to nothing. A customer's first charge creates its
+row (as LiteLLM upserts end users).
 
 Rows are cached per process like keys (``ttl``, 5 s; unknown ids too), and the spend writer keeps a
 cached customer's spend current after each batch. While the database is unreachable a customer seen
@@ -16,12 +18,14 @@ within ``stale_ttl`` is checked as last loaded; any other gets the same 503 an u
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from gateway.db import budgets as budgets_sql
 from gateway.db import customers as customers_sql
 from gateway.db.guarded_pool import GuardedPool
 from gateway.db.outage import DatabaseUnavailable
@@ -32,6 +36,8 @@ from gateway.routing.wildcards import model_allowed
 
 if TYPE_CHECKING:
     from gateway.doors.base import DoorRequest
+
+log = logging.getLogger(__name__)
 
 CUSTOMER_HEADERS = (b"x-litellm-customer-id", b"x-litellm-end-user-id")
 MAX_CUSTOMER_ID = 512
@@ -88,6 +94,7 @@ class Customer:
     max_budget: float | None
     soft_budget: float | None
     scope: LimitScope | None  # its rpm/tpm/parallel limits, None when it has none
+    has_budget: bool = True  # False: no budget row of its own (the configured default then applies)
 
     def check(self, model: str) -> None:
         """Refuse the request (blocked, model not allowed, budget spent) in LiteLLM's terms."""
@@ -143,7 +150,18 @@ def _from_row(row: Any) -> Customer:
         max_budget=_float(row["max_budget"]),
         soft_budget=_float(row["soft_budget"]),
         scope=None if all(v is None for v in limits) else LimitScope("customer", row["id"], *limits),
+        has_budget=row["budget_id"] is not None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultBudget:
+    """What holds a customer without a budget row of its own, known or not yet seen: LiteLLM's
+    ``max_end_user_budget`` (an amount) and ``max_end_user_budget_id`` (a ``budgets`` row, all its
+    limits); with both, the stricter budget."""
+
+    max_budget: float | None = None
+    budget_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -157,13 +175,27 @@ class CustomerResolver:
     """Cached customer rows for the request path (see the module docstring)."""
 
     def __init__(
-        self, pool: GuardedPool, *, ttl: float = 5.0, stale_ttl: float = 300.0, max_entries: int = 10_000
+        self,
+        pool: GuardedPool,
+        *,
+        ttl: float = 5.0,
+        stale_ttl: float = 300.0,
+        max_entries: int = 10_000,
+        default: DefaultBudget | None = None,
     ) -> None:
         self._pool = pool
         self._ttl = ttl
         self._stale_ttl = stale_ttl
         self._max_entries = max_entries
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._default = (
+            default
+            if default is not None and (default.max_budget, default.budget_id) != (None, None)
+            else None
+        )
+        self._default_row: Any = None
+        self._default_fresh_until = 0.0
+        self._default_missing_logged = False
 
     async def get(self, customer: str) -> Customer | None:
         entry = self._cache.get(customer)
@@ -183,7 +215,48 @@ class CustomerResolver:
             self._cache.move_to_end(customer)
             while len(self._cache) > self._max_entries:
                 self._cache.popitem(last=False)
-        return entry.customer
+        found = entry.customer
+        if self._default is None or (found is not None and found.has_budget):
+            return found
+        return await self._with_default(customer, found)
+
+    async def _with_default(self, name: str, found: Customer | None) -> Customer:
+        """``found`` (or a customer not yet in the table) held to the configured default budget."""
+        assert self._default is not None
+        row = await self._default_budget_row()
+        max_budget = self._default.max_budget
+        soft_budget = limits = None
+        if row is not None:
+            row_max = _float(row["max_budget"])
+            if row_max is not None:
+                max_budget = row_max if max_budget is None else min(max_budget, row_max)
+            soft_budget = _float(row["soft_budget"])
+            limits = (row["rpm_limit"], row["tpm_limit"], row["max_parallel_requests"])
+        scope = (
+            None
+            if limits is None or all(v is None for v in limits)
+            else LimitScope("customer", name, *limits)
+        )
+        base = found or Customer(name, False, (), 0.0, None, None, None, has_budget=False)
+        return replace(base, max_budget=max_budget, soft_budget=soft_budget, scope=scope)
+
+    async def _default_budget_row(self) -> Any:
+        """The default ``budgets`` row, re-read every ``ttl`` (kept as last read while the database is
+        unreachable); None when none is configured or it does not exist."""
+        assert self._default is not None
+        if self._default.budget_id is None:
+            return None
+        now = time.monotonic()
+        if self._default_fresh_until < now:
+            try:
+                self._default_row = await budgets_sql.for_request(self._pool, self._default.budget_id)
+            except DatabaseUnavailable:
+                pass  # the circuit logs the outage; the last row read still holds
+            if self._default_row is None and not self._default_missing_logged:
+                log.warning("max_end_user_budget_id %r names no budget row", self._default.budget_id)
+            self._default_missing_logged = self._default_row is None
+            self._default_fresh_until = now + self._ttl
+        return self._default_row
 
     def invalidate(self, customer: str | None = None) -> None:
         """Forget one customer (or all) in this process, e.g. after an admin write."""

@@ -19,6 +19,8 @@ import pytest
 
 from tests.control_plane.conftest import MASTER_KEY, UNIT_COST
 from tests.control_plane.test_admin_api import call, ok, sql, unique
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.gateway_app import gateway_config, keyed_gateway
 from tests.support.gateway_process import GatewayProcess
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -210,3 +212,26 @@ def test_bad_customer_input_is_a_clear_400(gateway: GatewayProcess) -> None:
     for user in ("x" * 513, "nul\x00byte"):
         resp = _chat(gateway, {"user": user})
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "user", resp.text
+
+
+def test_default_end_user_budget_from_litellm_settings(
+    gateway: GatewayProcess, fake_upstream: FakeOpenAI, database_url: str
+) -> None:
+    tier = ok(call(gateway, "/budget/new", {"budget_id": unique("default-tier"), "rpm_limit": 2}))[
+        "budget_id"
+    ]
+    rich, own = unique("rich"), unique("own-row")
+    sql(database_url, "INSERT INTO customers (id, spend) VALUES ($1, 150)", rich)
+    ok(call(gateway, "/customer/new", {"user_id": own, "max_budget": 1000}))
+    config = gateway_config(fake_upstream.base_url)
+    # LiteLLM's names, in LiteLLM's section: mapped onto general_settings.
+    config["litellm_settings"] = {"max_end_user_budget": 100, "max_end_user_budget_id": tier}
+    with keyed_gateway(config, database_url) as other:
+        # A customer never seen is held to the default row's limits...
+        newcomer = unique("newcomer")
+        assert [_chat(other, {"user": newcomer}).status_code for _ in range(3)] == [200, 200, 429]
+        # ...and one without a budget row of its own to the default amount.
+        resp = _chat(other, {"user": rich})
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "budget_exceeded", resp.text
+        # A customer with its own row is held to that row alone.
+        assert [_chat(other, {"user": own}).status_code for _ in range(3)] == [200, 200, 200]
