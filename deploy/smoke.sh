@@ -3,7 +3,9 @@
 #   1. chats (plain and streamed) reach every gateway replica,
 #   2. a key created on one replica works on another (shared Postgres and Redis),
 #   3. Prometheus scrapes every replica (SMOKE_PROMETHEUS=0 skips it),
-#   4. `down` + `up` keeps keys and spend (named volumes): the key still works, its spend rows
+#   4. a replica killed with SIGKILL right after answering loses no spend: on restart it replays
+#      its spend journal (the shared `gatewaystate` volume) into Postgres,
+#   5. `down` + `up` keeps keys and spend (named volumes): the key still works, its spend rows
 #      from before are still there and the new one is added.
 # Exits non-zero at the first failed check and prints each step's time.
 # Base images: by default built from Debian packages (deploy/base-images.sh: no registry needed);
@@ -81,6 +83,7 @@ wait_rows() {  # $1: key, $2: rows expected (the spend queue writes in the backg
 step "compose up ($replicas gateway replicas)"
 up
 step "stack healthy"
+if compose logs gateway | grep -i 'journal disabled'; then fail "a replica cannot write its spend journal"; fi
 
 step "chats through nginx reach every replica"
 for _ in $(seq 20); do chat "$SWITCHYARD_MASTER_KEY" >/dev/null; done
@@ -115,6 +118,22 @@ if [ "${SMOKE_PROMETHEUS:-1}" = 1 ]; then
   done
   [ "$up_targets" -ge "$replicas" ] || fail "prometheus has $up_targets replicas up, expected $replicas"
 fi
+
+step "a replica killed (SIGKILL) right after 20 chats loses no spend"
+key2=$(in_replica "${ids[0]}" /key/generate "$SWITCHYARD_MASTER_KEY" '{"key_alias":"smoke-kill"}' | json "d['key']")
+docker exec "${ids[0]}" python -c "
+import sys, urllib.request
+for _ in range(20):
+    r = urllib.request.Request('http://127.0.0.1:4000/v1/chat/completions', method='POST',
+        data=b'{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}',
+        headers={'Authorization': 'Bearer ' + sys.argv[1], 'content-type': 'application/json'})
+    urllib.request.urlopen(r).read()" "$key2"
+docker kill -s KILL "${ids[0]}" >/dev/null
+# Through nginx the other replica answers; what the killed one had not flushed is in its journal.
+echo "  spend rows in Postgres with the replica dead: $(spend_rows "$key2" || echo '?') of 20"
+docker start "${ids[0]}" >/dev/null
+wait_rows "$key2" 20
+echo "  after its restart (journal replayed): 20 of 20"
 
 step "down + up: nothing lost"
 before=$(curl -fsS "$URL/key/info?key=$key" -H "$MK" | json "d['info']['spend']")
