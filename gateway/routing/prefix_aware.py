@@ -14,11 +14,12 @@ tokenizer, ``local_engine.prefix_summary.prompt_ids``), cut into the engine's bl
 like its block manager. A replica's cached prefix is the number of leading block hashes found in its
 filter, or among the blocks this gateway sent it in the last ``RECENT_TTL_S`` (so a conversation's
 next turn, arriving before the next poll, still finds the replica that served the last one). The
-replica with the longest cached prefix wins, the least busy among equals. The pick is least-busy's
-when no replica holds a block of the prompt, or when the winner has ``OVERLOAD_MARGIN`` more requests
-in flight than the least busy candidate (which bounds how far a system prompt shared by every
-conversation pulls new ones onto the replica that cached it first; once another replica serves one
-of them, both hold it and load decides). Deployments that are not engines, not yet summarised, or
+replica with the longest cached prefix wins, the least busy among equals, among the replicas not
+overloaded: those with at most ``OVERLOAD_MIN + OVERLOAD_RATIO x`` (the least in flight) more
+requests in flight than the least busy one. That bound also keeps a system prompt shared by every
+conversation from pulling new ones onto the replica that cached it first: once another replica
+serves one of them, both hold it and load decides. The pick is least-busy's when no such replica
+holds a block of the prompt. Deployments that are not engines, not yet summarised, or
 whose summary is older than ``STALE_AFTER_S`` count as holding nothing.
 """
 
@@ -58,9 +59,13 @@ SUMMARY_INTERVAL_S = 1.0
 IDLE_STOP_S = 60.0
 STALE_AFTER_S = 10.0
 RECENT_TTL_S = 10.0
-# A cached prefix saves its prefill once; a replica this many requests busier than another costs
-# every one of them a share of its steps.
-OVERLOAD_MARGIN = 4
+# A cached prefix saves its prefill once; every request already in flight on a replica takes a
+# share of each of its steps. So a replica holding the prefix is preferred only while it has at most
+# OVERLOAD_MIN + OVERLOAD_RATIO x (least in flight) more requests in flight than the least busy one:
+# none more at small loads (a CPU replica, where one more request in flight costs seconds: measured
+# with bench/prefix_routing.py, a margin of one lost to least-busy), a quarter more on a busy GPU.
+OVERLOAD_MIN = 0
+OVERLOAD_RATIO = 0.25
 _MAX_RECENT = 65536  # block hashes remembered per replica (a bound, not a tuning knob)
 _FETCH_TIMEOUT_S = 2.0
 
@@ -234,15 +239,15 @@ class RequestChoice:
         strategy = self.strategy
         directory = strategy.directory
         now = time.monotonic()
+        least_busy = min(d.in_flight for d in candidates)
+        busiest_allowed = least_busy + OVERLOAD_MIN + int(least_busy * OVERLOAD_RATIO)
         best: DeploymentState | None = None
         best_view: ReplicaView | None = None
         best_hashes: list[int] = []
         best_n = 0
-        least_busy = candidates[0].in_flight
         for d in candidates:
-            least_busy = min(least_busy, d.in_flight)
-            view = directory.view(d, now)
-            if view is None or view.summary is None:
+            view = directory.view(d, now)  # also keeps every replica's summary polled
+            if view is None or view.summary is None or d.in_flight > busiest_allowed:
                 continue
             tokenizer = directory.tokenizers.get(view.summary.tokenizer)
             if tokenizer is None:
@@ -251,10 +256,9 @@ class RequestChoice:
             n = view.cached_blocks(hashes, now) if hashes else 0
             if n > best_n or (n == best_n and n and best is not None and d.in_flight < best.in_flight):
                 best, best_view, best_hashes, best_n = d, view, hashes, n
-        if best is None or best.in_flight >= least_busy + OVERLOAD_MARGIN:
+        if best is None:
             best = strategy.fallback.choose(tier, candidates, complete, stream, minute)
             best_view = directory.views.get(best.id)
-            best_hashes = []
             if best_view is not None and best_view.summary is not None:
                 tokenizer = directory.tokenizers.get(best_view.summary.tokenizer)
                 best_hashes = self.hashes(best_view.summary, tokenizer) if tokenizer is not None else []
