@@ -69,12 +69,17 @@ class GuideFactory:
 def apply_bitmask(logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> None:
     """Set ``logits[rows[i], t]`` to -inf wherever bit ``t`` of ``bitmask[i]`` is clear."""
     vocab = logits.shape[1]
-    # numpy's unpackbits widens the mask to one byte per token several times faster than torch
-    # shifts; the words are little-endian, so bit t of the row is byte t // 8, bit t % 8.
-    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")[:, :vocab]
-    allowed = torch.from_numpy(bits).view(torch.bool).to(logits.device)
-    if len(rows) == logits.shape[0]:
-        logits.copy_(torch.where(allowed, logits, float("-inf")))
+    # The inverted words' bits, one byte per token (numpy's unpackbits; torch has no bit unpacking):
+    # 1 where the token is banned. Words are little-endian: token t is byte t // 8, bit t % 8.
+    banned = np.unpackbits(np.invert(bitmask.numpy()).view(np.uint8), axis=1, bitorder="little")
+    banned = banned[:, :vocab].view(np.bool_)
+    if logits.device.type == "cpu":
+        # numpy's putmask stores without a branch per element; torch's masked_fill_ and where were
+        # 2-5x slower on these half-allowed, half-banned rows.
+        array = logits.numpy()
+        for j, row in enumerate(rows):
+            np.putmask(array[row], banned[j], -np.inf)
         return
     index = torch.tensor(rows, device=logits.device)
-    logits[index] = torch.where(allowed, logits[index], float("-inf"))
+    mask = torch.from_numpy(banned).to(logits.device)
+    logits[index] = logits[index].masked_fill(mask, float("-inf"))
