@@ -56,6 +56,17 @@ class OrganizationNewRequest(OrganizationFields):
 class OrganizationUpdateRequest(OrganizationFields):
     organization_id: Ref
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten_budget(cls, data: Any) -> Any:
+        """LiteLLM's UI sends the budget nested as ``litellm_budget_table``; its budget fields count as
+        if sent at the top level (and win there), as LiteLLM's update reads them."""
+        if isinstance(data, dict) and isinstance(data.get("litellm_budget_table"), dict):
+            nested = data["litellm_budget_table"]
+            data = {k: v for k, v in data.items() if k != "litellm_budget_table"}
+            data.update({k: v for k, v in nested.items() if k in BUDGET_FIELDS})
+        return data
+
 
 class OrganizationDeleteRequest(_Body):
     organization_ids: list[Ref] = Field(min_length=1, max_length=MAX_LIST)

@@ -66,6 +66,13 @@ def test_organization_lifecycle_in_litellms_shapes(gateway: GatewayProcess) -> N
         updated["budget_id"] == created["budget_id"] and updated["litellm_budget_table"]["max_budget"] == 20
     )
     assert updated["metadata"] == {"tier": "gold"} and updated["organization_alias"] == alias
+    # LiteLLM's UI nests the budget fields.
+    nested = {"organization_id": org_id, "litellm_budget_table": {"max_budget": 30, "rpm_limit": 7}}
+    updated = ok(call(gateway, "/organization/update", nested, method="PATCH"))
+    assert (
+        updated["litellm_budget_table"]["max_budget"] == 30
+        and updated["litellm_budget_table"]["rpm_limit"] == 7
+    )
 
     team = ok(call(gateway, "/team/new", {"organization_id": org_id, "models": ["gpt-4o-mini"]}))
     assert team["organization_id"] == org_id
