@@ -942,7 +942,7 @@ async def spend_logs(
         rows = await conn.fetch(
             "SELECT id, request_id, key_hash, team_id, user_id, model, deployment_id, provider_model, "
             "prompt_tokens, completion_tokens, total_tokens, spend, status, cache_hit, stream, error_code, "
-            "start_time, end_time, metadata FROM spend_logs "
+            "start_time, end_time, metadata, end_user FROM spend_logs "
             "WHERE ($1::text IS NULL OR key_hash = $1) AND ($2::text IS NULL OR user_id = $2) "
             "AND ($3::text IS NULL OR team_id = $3) AND ($4::text IS NULL OR request_id = $4) "
             "AND ($5::date IS NULL OR start_time >= $5::date) "
@@ -979,6 +979,7 @@ async def spend_logs(
                 "metadata": r["metadata"],
                 # The key's tags (``gateway.keys.policy``), under LiteLLM's name for them.
                 "request_tags": (r["metadata"] or {}).get("tags", []),
+                "end_user": r["end_user"],  # the customer the request named (gateway.keys.customers)
             }
             for r in rows
         ]

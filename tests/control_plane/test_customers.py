@@ -90,9 +90,10 @@ def test_customer_lifecycle_in_litellms_shapes(gateway: GatewayProcess) -> None:
 def test_requests_charge_their_customer(gateway: GatewayProcess, database_url: str) -> None:
     customer = unique("shopper")
     client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=MASTER_KEY, max_retries=0)
-    client.chat.completions.create(
+    raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], user=customer
     )
+    request_id = raw.headers["x-request-id"]
 
     # Unknown until now: its first charge created it, as LiteLLM upserts end users.
     def charged() -> Any:
@@ -103,6 +104,8 @@ def test_requests_charge_their_customer(gateway: GatewayProcess, database_url: s
     assert info["spend"] == pytest.approx(float(UNIT_COST)) and info["litellm_budget_table"] is None
     rows = sql(database_url, "SELECT end_user FROM spend_logs WHERE end_user = $1", customer)
     assert len(rows) == 1
+    (log,) = ok(call(gateway, "/spend/logs", params={"request_id": request_id}))
+    assert log["end_user"] == customer
 
 
 def test_customer_budget_refuses_only_that_customer(gateway: GatewayProcess) -> None:
