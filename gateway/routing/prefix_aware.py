@@ -39,11 +39,11 @@ from gateway.routing.strategies import LeastBusy
 from local_engine.prefix_summary import (
     HASH_CHECK,
     PrefixSummary,
+    PromptEncoder,
     chain_hashes,
     prompt_ids,
     tokenizer_from_spec,
 )
-from local_engine.tokenizer import Tokenizer
 from providers.formats.openai_chat import build_request
 from providers.http import shared_client
 
@@ -123,8 +123,8 @@ class PrefixDirectory:
 
     def __init__(self) -> None:
         self.views: dict[str, ReplicaView | None] = {}
-        # Fingerprint -> tokenizer; None while it loads (or after it failed: retried on a later poll).
-        self.tokenizers: dict[str, Tokenizer | None] = {}
+        # Fingerprint -> the tokenizer's prompt encoder; None while it loads.
+        self.tokenizers: dict[str, PromptEncoder | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def view(self, state: DeploymentState, now: float) -> ReplicaView | None:
@@ -184,7 +184,7 @@ class PrefixDirectory:
             try:
                 raw = await self._get(view, "/prefix_cache/tokenizer")
                 # Parsing a large vocabulary takes tens of milliseconds: not on the event loop.
-                tok = await asyncio.to_thread(lambda: tokenizer_from_spec(orjson.loads(raw)))
+                tok = await asyncio.to_thread(lambda: PromptEncoder(tokenizer_from_spec(orjson.loads(raw))))
             except Exception as exc:
                 log.warning("cannot read the tokenizer of engine %s: %s", view.base, exc)
                 del self.tokenizers[summary.tokenizer]
@@ -221,7 +221,7 @@ class RequestChoice:
         self.inv = inv
         self._hashes: dict[tuple[str, int], list[int]] = {}
 
-    def hashes(self, summary: PrefixSummary, tokenizer: Tokenizer) -> list[int]:
+    def hashes(self, summary: PrefixSummary, encoder: PromptEncoder) -> list[int]:
         key = (summary.tokenizer, summary.block_size)
         hashes = self._hashes.get(key)
         if hashes is None:
@@ -229,7 +229,7 @@ class RequestChoice:
             body = inv.body
             if body is None and inv.request is not None:
                 body = build_request(inv.request)
-            ids = prompt_ids(tokenizer, inv.operation, body) if body is not None else None
+            ids = prompt_ids(encoder.tok, inv.operation, body, encoder) if body is not None else None
             hashes = self._hashes[key] = chain_hashes(ids, summary.block_size) if ids else []
         return hashes
 
@@ -249,10 +249,10 @@ class RequestChoice:
             view = directory.view(d, now)  # also keeps every replica's summary polled
             if view is None or view.summary is None or d.in_flight > busiest_allowed:
                 continue
-            tokenizer = directory.tokenizers.get(view.summary.tokenizer)
-            if tokenizer is None:
+            encoder = directory.tokenizers.get(view.summary.tokenizer)
+            if encoder is None:
                 continue
-            hashes = self.hashes(view.summary, tokenizer)
+            hashes = self.hashes(view.summary, encoder)
             n = view.cached_blocks(hashes, now) if hashes else 0
             if n > best_n or (n == best_n and n and best is not None and d.in_flight < best.in_flight):
                 best, best_view, best_hashes, best_n = d, view, hashes, n
@@ -260,8 +260,8 @@ class RequestChoice:
             best = strategy.fallback.choose(tier, candidates, complete, stream, minute)
             best_view = directory.views.get(best.id)
             if best_view is not None and best_view.summary is not None:
-                tokenizer = directory.tokenizers.get(best_view.summary.tokenizer)
-                best_hashes = self.hashes(best_view.summary, tokenizer) if tokenizer is not None else []
+                encoder = directory.tokenizers.get(best_view.summary.tokenizer)
+                best_hashes = self.hashes(best_view.summary, encoder) if encoder is not None else []
         if best_view is not None and best_hashes:
             best_view.remember(best_hashes, now)
         return best

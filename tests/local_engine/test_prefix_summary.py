@@ -14,6 +14,7 @@ from local_engine.loader.hf import load_tokenizer
 from local_engine.prefix_summary import (
     BloomFilter,
     PrefixSummary,
+    PromptEncoder,
     chain_hashes,
     prompt_ids,
     summarize,
@@ -23,6 +24,7 @@ from local_engine.prefix_summary import (
 )
 from local_engine.sampling_params import SamplingParams
 from local_engine.sequence import Sequence
+from local_engine.tokenizer import Tokenizer
 from tests.support.engine_models import write_tokenizer
 
 
@@ -39,14 +41,14 @@ def cache_tokens(bm: BlockManager, tokens: list[int], request_id: str) -> Sequen
 def test_chain_hashes_are_the_block_managers_hashes() -> None:
     bm = BlockManager(num_blocks=32, block_size=4)
     a = [7, 1, 9, 3, 4, 4, 2, 8, 5, 6, 0, 1, 2]  # 3 full blocks + 1 token
-    b = a[:8] + [99, 98, 97, 96, 95]  # shares 2 blocks with a
+    b = [*a[:8], 99, 98, 97, 96, 95]  # shares 2 blocks with a
     cache_tokens(bm, a, "a")
     cache_tokens(bm, b, "b")
     expected = set(chain_hashes(a, 4)) | set(chain_hashes(b, 4))
     assert len(chain_hashes(a, 4)) == 3
     assert set(bm.cached_hashes()) == expected
     # And a later prompt with that prefix is a hit for exactly those blocks.
-    seq = Sequence("c", 0, a[:8] + [1, 2, 3, 4, 5], SamplingParams())
+    seq = Sequence("c", 0, [*a[:8], 1, 2, 3, 4, 5], SamplingParams())
     bm.allocate(seq)
     assert seq.num_cached_tokens == 8
 
@@ -68,7 +70,8 @@ def test_summary_round_trips_and_refuses_garbage() -> None:
     back = PrefixSummary.from_json(summary.to_json())
     assert back == summary
     assert all(h in back.bloom for h in hashes)
-    for bad in (None, {}, {**summary.to_json(), "bloom": {"num_bits": 1000, "num_hashes": 4, "data": "AA=="}}):
+    odd_bloom = {"num_bits": 1000, "num_hashes": 4, "data": "AA=="}
+    for bad in (None, {}, {**summary.to_json(), "bloom": odd_bloom}):
         with pytest.raises(ValueError, match="malformed prefix-cache summary"):
             PrefixSummary.from_json(bad)
 
@@ -96,3 +99,52 @@ def test_tokenizer_spec_rebuilds_the_engines_tokenizer(tmp_path: Path) -> None:
     assert prompt_ids(rebuilt, "chat", {"messages": "not a list"}) is None
     with pytest.raises(ValueError, match="malformed tokenizer spec"):
         tokenizer_from_spec({"tokenizer_json": "{"})
+
+
+def conversation_prompts(tok: Tokenizer, turns: int) -> list[str]:
+    """Rendered prompts of a growing conversation (each turn re-renders every earlier message)."""
+    words = ["Hello", "world!", "café", "naïve", "東京", "😀", "The", "quick", "fox", "  spaced", "\n\nlines"]
+    messages: list[dict[str, str]] = [{"role": "system", "content": "Paged attention keeps blocks."}]
+    prompts = []
+    for t in range(turns):
+        messages.append({"role": "user", "content": " ".join(words[t:] + words[:t])})
+        prompts.append(tok.apply_chat_template(messages))
+        messages.append({"role": "assistant", "content": "".join(words[: t + 2])})
+    return prompts
+
+
+def check_piecewise(tok: Tokenizer) -> None:
+    encoder = PromptEncoder(tok)
+    assert encoder.piecewise
+    for text in conversation_prompts(tok, 8):
+        assert encoder.encode(text) == tok.encode(text)
+    assert encoder.piecewise  # every check agreed
+    pieces = len(encoder._pieces)
+    encoder.encode(conversation_prompts(tok, 9)[-1])
+    assert len(encoder._pieces) <= pieces + 3  # only the new turn's pieces were encoded
+
+
+def test_prompt_encoder_matches_whole_text_encoding(tmp_path: Path) -> None:
+    write_tokenizer(tmp_path)
+    check_piecewise(load_tokenizer(tmp_path, {}))
+
+
+def test_prompt_encoder_matches_on_the_bundled_smollm2_tokenizer() -> None:
+    from local_engine.loader import ModelLoadError, resolve_model_path
+    from local_engine.loader.gguf import GGUFFile, build_tokenizer
+
+    try:
+        path, _ = resolve_model_path(None)
+    except ModelLoadError as exc:
+        pytest.skip(f"bundled model not installed: {exc}")
+    check_piecewise(build_tokenizer(GGUFFile(path)))
+
+
+def test_prompt_encoder_falls_back_when_pieces_disagree(tmp_path: Path) -> None:
+    write_tokenizer(tmp_path)
+    tok = load_tokenizer(tmp_path, {})
+    encoder = PromptEncoder(tok)
+    text = conversation_prompts(tok, 2)[-1]
+    encoder._pieces["<|im_end|>\n"] = [3, 3, 3]  # a piece that encodes differently in context
+    assert encoder.encode(text) == tok.encode(text)
+    assert not encoder.piecewise

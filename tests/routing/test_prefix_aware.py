@@ -18,7 +18,7 @@ from gateway.routing.prefix_aware import PrefixCacheAware, ReplicaView
 from gateway.routing.router import Invocation
 from gateway.routing.state import DeploymentState
 from local_engine.loader.hf import load_tokenizer
-from local_engine.prefix_summary import chain_hashes, prompt_ids, summarize
+from local_engine.prefix_summary import PromptEncoder, chain_hashes, prompt_ids, summarize
 from local_engine.tokenizer import Tokenizer
 from tests.support.engine_models import write_tokenizer
 
@@ -55,7 +55,7 @@ def replicas(strategy: PrefixCacheAware, tok: Tokenizer, cached: dict[str, list[
         view.summary = summarize(cached.get(name, []), capacity=256, block_size=16, tokenizer="t")
         view.summary_at = time.monotonic()
         strategy.directory.views[name] = view
-    strategy.directory.tokenizers["t"] = tok
+    strategy.directory.tokenizers["t"] = PromptEncoder(tok)
     return ModelGroup("tiny", states)
 
 
