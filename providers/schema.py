@@ -65,10 +65,22 @@ class ToolCall:
 
 
 @dataclass(slots=True)
+class ThinkingBlock:
+    """One block of a model's extended thinking as Anthropic returns it, kept so that a later turn
+    can send it back verbatim (Anthropic verifies ``signature``, and wants the thinking before a
+    tool use answered in the next turn). ``redacted`` holds a redacted block's opaque ``data``."""
+
+    thinking: str = ""
+    signature: str | None = None
+    redacted: str | None = None
+
+
+@dataclass(slots=True)
 class Message:
     role: Role
     content: list[Part] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)  # assistant messages only
+    thinking: list[ThinkingBlock] = field(default_factory=list)  # assistant messages only
     tool_call_id: str | None = None  # tool messages only: the call this answers
     is_error: bool = False  # tool messages only: Anthropic's ``is_error``
     name: str | None = None
@@ -141,6 +153,9 @@ class GenerationResponse:
     created: int  # unix seconds
     text: str = ""
     reasoning: str | None = None
+    # The reasoning as signed blocks, when the upstream gives them (Anthropic): what a client
+    # sends back in its next turn. ``reasoning`` is their text.
+    thinking: list[ThinkingBlock] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: FinishReason = "stop"
     usage: Usage | None = None
@@ -165,7 +180,12 @@ class TextDelta:
 
 @dataclass(slots=True)
 class ReasoningDelta:
+    """Reasoning text; or, with ``text`` empty, the ``signature`` that ends the current thinking
+    block, or a whole ``redacted`` thinking block (its opaque data)."""
+
     text: str
+    signature: str | None = None
+    redacted: str | None = None
 
 
 @dataclass(slots=True)

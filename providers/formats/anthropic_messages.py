@@ -13,8 +13,13 @@ Translation choices:
 - A ``tool_use`` block's ``input`` is a JSON object; a ``ToolCall`` carries it as JSON text. A
   model's arguments that are not a JSON object are sent as ``{"_raw_arguments": text}`` in a
   plain response rather than dropped (streams pass the text through as ``input_json_delta``).
-- Thinking blocks in the conversation history are dropped on parse: ``Message`` has no slot and
-  other upstreams would not take them; a thinking answer is ``reasoning``.
+- Thinking blocks (``thinking`` with its ``signature``, ``redacted_thinking`` with its ``data``)
+  are kept both ways: an answer's are ``GenerationResponse.thinking`` (their text also
+  ``reasoning``), a history's are ``Message.thinking``, sent back first in their assistant turn as
+  the API wants them (https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking,
+  "Preserving thinking blocks"). Streams carry the signature as ``ReasoningDelta.signature``.
+  An answer with reasoning but no signed blocks (from another upstream) is written as one
+  thinking block with an empty signature.
 - Upstream direction: ``response_format`` (JSON output) has no Messages field, so it is asked for
   as a tool, ``json_tool_call``, whose ``input_schema`` is the wanted schema (any object for
   ``json_object``), forced with ``tool_choice`` when the caller gave no tools of its own and no
@@ -47,6 +52,7 @@ from providers.schema import (
     StreamStart,
     TextDelta,
     TextPart,
+    ThinkingBlock,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -174,6 +180,7 @@ def _parse_message(raw: Any, param: str) -> list[Message]:
     if role == "assistant":
         parts: list[Part] = []
         calls: list[ToolCall] = []
+        thinking: list[ThinkingBlock] = []
         for i, raw_block in enumerate(blocks):
             where = f"{param}.content.{i}"
             block = req_obj(raw_block, where)
@@ -190,9 +197,11 @@ def _parse_message(raw: Any, param: str) -> list[Message]:
                         arguments=orjson.dumps(req_obj(block.get("input"), f"{where}.input")).decode(),
                     )
                 )
-            elif kind not in ("thinking", "redacted_thinking"):
+            elif kind in ("thinking", "redacted_thinking"):
+                thinking.append(parse_thinking_block(block, where))
+            else:
                 raise FormatError(f"assistant content block type {kind!r} is not supported", f"{where}.type")
-        return [Message("assistant", parts, tool_calls=calls)]
+        return [Message("assistant", parts, tool_calls=calls, thinking=thinking)]
     out: list[Message] = []
     pending: list[Part] = []
     for i, raw_block in enumerate(blocks):
@@ -207,6 +216,26 @@ def _parse_message(raw: Any, param: str) -> list[Message]:
             pending.append(_parse_block(block, where))
     if pending or not out:
         out.append(Message("user", pending))
+    return out
+
+
+def parse_thinking_block(block: Mapping[str, Any], where: str) -> ThinkingBlock:
+    """A ``thinking`` or ``redacted_thinking`` block (the same shape in OpenAI's ``thinking_blocks``)."""
+    if block.get("type") == "redacted_thinking":
+        return ThinkingBlock(redacted=req_str(block.get("data"), f"{where}.data"))
+    return ThinkingBlock(
+        req_str(block.get("thinking"), f"{where}.thinking"),
+        opt_str(block.get("signature"), f"{where}.signature"),
+    )
+
+
+def thinking_block_json(block: ThinkingBlock) -> dict[str, Any]:
+    """The block as the API takes it back (a missing signature stays missing: the API says so)."""
+    if block.redacted is not None:
+        return {"type": "redacted_thinking", "data": block.redacted}
+    out: dict[str, Any] = {"type": "thinking", "thinking": block.thinking}
+    if block.signature is not None:
+        out["signature"] = block.signature
     return out
 
 
@@ -384,7 +413,9 @@ def _message_blocks(msg: Message, param: str) -> list[dict[str, Any]]:
         if msg.is_error:
             result["is_error"] = True
         return [result]
-    blocks = [_part_block(p) for p in msg.content if not (isinstance(p, TextPart) and p.text == "")]
+    # An assistant turn's thinking goes first, as the model produced it.
+    blocks = [thinking_block_json(b) for b in msg.thinking]
+    blocks += [_part_block(p) for p in msg.content if not (isinstance(p, TextPart) and p.text == "")]
     for j, call in enumerate(msg.tool_calls):
         blocks.append(
             {"type": "tool_use", "id": call.id, "name": call.name, "input": _input_object(call, param, j)}
@@ -465,7 +496,9 @@ def message_id(upstream_id: str) -> str:
 def build_response(resp: GenerationResponse) -> dict[str, Any]:
     """A ``message`` body. Content is never empty: an answer without blocks gets one empty text block."""
     content: list[dict[str, Any]] = []
-    if resp.reasoning:
+    if resp.thinking:
+        content += [thinking_block_json(b) for b in resp.thinking]
+    elif resp.reasoning:
         content.append({"type": "thinking", "thinking": resp.reasoning, "signature": ""})
     if resp.text or not resp.tool_calls:
         content.append({"type": "text", "text": resp.text})
@@ -504,6 +537,7 @@ def parse_response(
     """
     text: list[str] = []
     reasoning: list[str] = []
+    thinking: list[ThinkingBlock] = []
     calls: list[ToolCall] = []
     answered_json = False
     for i, raw in enumerate(req_list(body.get("content"), "content")):
@@ -511,8 +545,10 @@ def parse_response(
         kind = block.get("type")
         if kind == "text":
             text.append(req_str(block.get("text"), f"content.{i}.text"))
-        elif kind == "thinking":
-            reasoning.append(req_str(block.get("thinking"), f"content.{i}.thinking"))
+        elif kind in ("thinking", "redacted_thinking"):
+            thinking.append(parse_thinking_block(block, f"content.{i}"))
+            if kind == "thinking":
+                reasoning.append(thinking[-1].thinking)
         elif kind == "tool_use" and json_mode and block.get("name") == JSON_TOOL:
             text.append(orjson.dumps(block.get("input") or {}).decode())
             answered_json = True
@@ -533,6 +569,7 @@ def parse_response(
         created=created,
         text="".join(text),
         reasoning="".join(reasoning) if reasoning else None,
+        thinking=thinking,
         tool_calls=calls,
         finish_reason=finish,
         usage=parse_usage(body.get("usage")),
@@ -598,15 +635,7 @@ class StreamWriter:
                 "content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta}
             )
         if isinstance(event, ReasoningDelta):
-            if not event.text:
-                return b""
-            head = b""
-            if self._kind != "thinking":
-                head = self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
-            delta = {"type": "thinking_delta", "thinking": event.text}
-            return head + _event(
-                "content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta}
-            )
+            return self._reasoning(event)
         if isinstance(event, Finish):
             self._finish = event.reason
             return b""
@@ -626,6 +655,25 @@ class StreamWriter:
         return _event("message_start", {"type": "message_start", "message": message}) + _event(
             "ping", {"type": "ping"}
         )
+
+    def _reasoning(self, event: ReasoningDelta) -> bytes:
+        if event.redacted is not None:  # a whole block: opened with its data, closed by the next
+            return self._open("redacted_thinking", {"type": "redacted_thinking", "data": event.redacted})
+        if event.text:
+            delta: dict[str, Any] = {"type": "thinking_delta", "thinking": event.text}
+        elif event.signature is not None:
+            delta = {"type": "signature_delta", "signature": event.signature}
+        else:
+            return b""
+        head = b""
+        if self._kind != "thinking":
+            head = self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        out = head + _event(
+            "content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta}
+        )
+        if event.signature is not None:
+            out += self._close()  # the signature ends its block: the next thinking is a new one
+        return out
 
     def end(self) -> bytes:
         """Close the open block, then message_delta and message_stop."""
@@ -698,7 +746,9 @@ class StreamParser:
                 return [self._tool_piece(tool, fragment)]
             if dtype == "thinking_delta":
                 return [ReasoningDelta(delta.get("thinking") or "")]
-            return []  # signature_delta, citations_delta: no slot
+            if dtype == "signature_delta" and isinstance(delta.get("signature"), str):
+                return [ReasoningDelta("", signature=delta["signature"])]
+            return []  # citations_delta: no slot
         if kind == "content_block_start":
             block = event.get("content_block") or {}
             index = event.get("index", 0)
@@ -714,6 +764,8 @@ class StreamParser:
                 return [ToolCallDelta(ours, first, block.get("id") or "", block.get("name") or "")]
             if block.get("type") == "text" and block.get("text"):
                 return [TextDelta(block["text"])]
+            if block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
+                return [ReasoningDelta("", redacted=block["data"])]
             return []
         if kind == "content_block_stop":
             tool = self._tools.get(event.get("index", 0))

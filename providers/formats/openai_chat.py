@@ -10,6 +10,14 @@ https://platform.openai.com/docs/api-reference/chat-streaming (``chat.completion
 
 OpenAI-compatible servers (vLLM, DeepSeek, llama.cpp) stream reasoning as ``reasoning_content``;
 it is read (``reasoning`` too) and written under that name.
+
+Anthropic's signed thinking blocks have no slot in OpenAI's format; they travel as LiteLLM carries
+them (https://docs.litellm.ai/docs/reasoning_content): ``thinking_blocks`` on the assistant
+message (``[{"type": "thinking", "thinking", "signature"}]`` or ``{"type": "redacted_thinking",
+"data"}``), written on answers and read from the history a client sends back. In a stream the
+text comes as ``reasoning_content`` deltas and each block's signature in a chunk of its own,
+``delta.thinking_blocks: [{"type": "thinking", "thinking": "", "signature"}]``, which ends that
+block. They are not sent to OpenAI-format upstreams (``build_request``), which have no such field.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from providers.formats.anthropic_messages import parse_thinking_block, thinking_block_json
 from providers.formats.errors import FormatError, StreamError
 from providers.formats.fields import opt_bool, opt_int, opt_num, opt_str, req_list, req_obj, req_str
 from providers.formats.openai_shapes import function_json, json_schema_json, parse_function, parse_json_schema
@@ -38,6 +47,7 @@ from providers.schema import (
     StreamStart,
     TextDelta,
     TextPart,
+    ThinkingBlock,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -137,13 +147,28 @@ def _parse_message(raw: Any, param: str) -> Message:
             _parse_tool_call(c, f"{param}.tool_calls.{i}")
             for i, c in enumerate(req_list(msg.get("tool_calls") or [], f"{param}.tool_calls"))
         ]
-        return Message("assistant", parts, tool_calls=calls, name=msg.get("name"))
+        thinking = _parse_thinking_blocks(msg.get("thinking_blocks"), f"{param}.thinking_blocks")
+        return Message("assistant", parts, tool_calls=calls, thinking=thinking, name=msg.get("name"))
     if role == "tool":
         call_id = req_str(msg.get("tool_call_id"), f"{param}.tool_call_id")
         return Message("tool", _parse_content(content, f"{param}.content"), tool_call_id=call_id)
     raise FormatError(
         f"'{param}.role' must be one of system, developer, user, assistant, tool", f"{param}.role"
     )
+
+
+def _parse_thinking_blocks(raw: Any, param: str) -> list[ThinkingBlock]:
+    if raw is None:
+        return []
+    blocks = []
+    for i, item in enumerate(req_list(raw, param)):
+        block = req_obj(item, f"{param}.{i}")
+        if block.get("type") not in ("thinking", "redacted_thinking"):
+            raise FormatError(
+                f"'{param}.{i}.type' must be 'thinking' or 'redacted_thinking'", f"{param}.{i}.type"
+            )
+        blocks.append(parse_thinking_block(block, f"{param}.{i}"))
+    return blocks
 
 
 def _parse_content(content: Any, param: str) -> list[Part]:
@@ -330,6 +355,8 @@ def build_response(resp: GenerationResponse) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": resp.text or None}
     if resp.reasoning is not None:
         message["reasoning_content"] = resp.reasoning
+    if resp.thinking:
+        message["thinking_blocks"] = [thinking_block_json(b) for b in resp.thinking]
     if resp.tool_calls:
         message["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
@@ -372,6 +399,7 @@ def parse_response(body: Mapping[str, Any]) -> GenerationResponse:
         created=created if isinstance(created, int) else 0,
         text=text,
         reasoning=reasoning if isinstance(reasoning, str) else None,
+        thinking=_parse_thinking_blocks(message.get("thinking_blocks"), "choices.0.message.thinking_blocks"),
         tool_calls=calls,
         finish_reason=_FINISH_IN.get(str(choice.get("finish_reason")), "stop"),
         usage=parse_usage(body.get("usage")),
@@ -430,6 +458,12 @@ class StreamParser:
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning:
                 events.append(ReasoningDelta(reasoning))
+            for block in delta.get("thinking_blocks") or ():
+                # The text already came as reasoning_content: only a block's end is read here.
+                if isinstance(block, Mapping) and isinstance(block.get("data"), str):
+                    events.append(ReasoningDelta("", redacted=block["data"]))
+                elif isinstance(block, Mapping) and isinstance(block.get("signature"), str):
+                    events.append(ReasoningDelta("", signature=block["signature"]))
             text = delta.get("content")
             if text:
                 events.append(TextDelta(text))
@@ -487,7 +521,12 @@ class StreamWriter:
                 piece["function"] = {"arguments": event.arguments}
             return self._chunk({"tool_calls": [piece]})
         if isinstance(event, ReasoningDelta):
-            return self._chunk({"reasoning_content": event.text})
+            if event.text:
+                return self._chunk({"reasoning_content": event.text})
+            if event.redacted is None and event.signature is None:
+                return b""
+            block = thinking_block_json(ThinkingBlock("", event.signature, event.redacted))
+            return self._chunk({"thinking_blocks": [block]})
         if isinstance(event, Finish):
             return self._chunk({}, event.reason)
         if isinstance(event, UsageReport):

@@ -712,6 +712,8 @@ class StreamWriter:
                 delta=event.arguments,
             )
         if isinstance(event, ReasoningDelta):
+            if not event.text:
+                return b""  # a thinking block's signature or redacted data: no Responses slot
             out = self._enter("reasoning")
             assert self._open is not None
             self._open.text.append(event.text)

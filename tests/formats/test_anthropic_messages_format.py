@@ -24,6 +24,7 @@ from providers.schema import (
     StreamStart,
     TextDelta,
     TextPart,
+    ThinkingBlock,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -92,6 +93,7 @@ REQUEST = GenerationRequest(
             "assistant",
             [TextPart("Checking.")],
             tool_calls=[ToolCall("toolu_1", "weather", '{"city":"Oslo"}'), ToolCall("toolu_2", "look", "{}")],
+            thinking=[ThinkingBlock("hm", "sig")],
         ),
         Message("tool", [TextPart("-3C")], tool_call_id="toolu_1"),
         Message("tool", [TextPart("no image")], tool_call_id="toolu_2", is_error=True),
@@ -118,7 +120,7 @@ def test_build_request_golden_and_round_trip() -> None:
     built = am.build_request(REQUEST)
     expected_messages = [
         BODY["messages"][0],
-        {"role": "assistant", "content": BODY["messages"][1]["content"][1:]},  # history thinking dropped
+        BODY["messages"][1],  # the history's thinking block goes back first, signature and all
         {
             "role": "user",
             "content": [
@@ -254,7 +256,74 @@ RESPONSE_BODY = {
 def test_response_both_ways() -> None:
     assert am.build_response(RESPONSE) == RESPONSE_BODY
     back = am.parse_response(RESPONSE_BODY, created=7)
-    assert back == GenerationResponse(**{**_fields(RESPONSE), "id": "msg_chatcmpl-1"})
+    thinking = [ThinkingBlock("think", "")]
+    assert back == GenerationResponse(**{**_fields(RESPONSE), "id": "msg_chatcmpl-1", "thinking": thinking})
+
+
+def test_signed_and_redacted_thinking_blocks_round_trip() -> None:
+    body = {
+        **RESPONSE_BODY,
+        "content": [
+            {"type": "thinking", "thinking": "first", "signature": "sig-1"},
+            {"type": "redacted_thinking", "data": "opaque"},
+            {"type": "text", "text": "Done."},
+        ],
+        "stop_reason": "end_turn",
+    }
+    resp = am.parse_response(body)
+    assert resp.thinking == [ThinkingBlock("first", "sig-1"), ThinkingBlock(redacted="opaque")]
+    assert resp.reasoning == "first"
+    assert am.build_response(resp)["content"] == body["content"]
+    # Sent back in the next turn's history, first in the assistant turn, as the API wants them.
+    history = am.parse_request(
+        {"model": "m", "max_tokens": 9, "messages": [body, {"role": "user", "content": "go"}]}
+    )
+    turn = am.build_request(history)["messages"][0]
+    assert turn == {"role": "assistant", "content": body["content"]}
+
+
+def test_stream_signature_and_redacted_blocks_both_ways() -> None:
+    parser = am.StreamParser()
+    events = [
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+        },
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hm"}},
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "signature_delta", "signature": "sig-9"},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "redacted_thinking", "data": "x1"},
+        },
+        {"type": "content_block_stop", "index": 1},
+    ]
+    parsed = [e for ev in events for e in parser.feed(ev)]
+    assert parsed == [
+        ReasoningDelta("hm"),
+        ReasoningDelta("", signature="sig-9"),
+        ReasoningDelta("", redacted="x1"),
+    ]
+    writer = am.StreamWriter()
+    out = b"".join(writer.write(e) for e in parsed) + writer.end()
+    frames = [orjson.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
+    assert [f["type"] for f in frames][:7] == [
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_stop",
+        "message_delta",
+    ]
+    assert frames[2]["delta"] == {"type": "signature_delta", "signature": "sig-9"}
+    assert frames[4]["content_block"] == {"type": "redacted_thinking", "data": "x1"}
 
 
 def _fields(resp: GenerationResponse) -> dict:

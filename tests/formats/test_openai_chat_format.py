@@ -19,6 +19,7 @@ from providers.schema import (
     StreamStart,
     TextDelta,
     TextPart,
+    ThinkingBlock,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -289,3 +290,43 @@ def test_stream_writer_golden_and_round_trip() -> None:
     # Without include_usage no usage chunk is written.
     quiet = openai_chat.StreamWriter(include_usage=False)
     assert quiet.write(UsageReport(Usage(1, 1))) == b""
+
+
+def test_thinking_blocks_as_litellm_carries_them() -> None:
+    blocks = [
+        {"type": "thinking", "thinking": "hm", "signature": "sig-1"},
+        {"type": "redacted_thinking", "data": "opaque"},
+    ]
+    resp = GenerationResponse(
+        "c1",
+        "m",
+        1,
+        text="ok",
+        reasoning="hm",
+        thinking=[ThinkingBlock("hm", "sig-1"), ThinkingBlock(redacted="opaque")],
+    )
+    message = openai_chat.build_response(resp)["choices"][0]["message"]
+    assert message["reasoning_content"] == "hm" and message["thinking_blocks"] == blocks
+    assert openai_chat.parse_response(openai_chat.build_response(resp)).thinking == resp.thinking
+    # The client sends them back on its assistant message: read into the history.
+    body = {"model": "m", "messages": [{"role": "user", "content": "q"}, {**message, "content": "ok"}]}
+    assert openai_chat.parse_request(body).messages[1].thinking == resp.thinking
+    with pytest.raises(FormatError) as exc:
+        openai_chat.parse_request(
+            {**body, "messages": [{"role": "assistant", "content": "x", "thinking_blocks": [{"type": "x"}]}]}
+        )
+    assert exc.value.param == "messages.0.thinking_blocks.0.type"
+
+
+def test_stream_carries_a_block_s_signature_in_a_chunk_of_its_own() -> None:
+    writer = openai_chat.StreamWriter(include_usage=False, id="c1", model="m", created=1)
+    events = [ReasoningDelta("hm"), ReasoningDelta("", signature="sig-1"), ReasoningDelta("", redacted="x")]
+    deltas = [orjson.loads(writer.write(e)[6:])["choices"][0]["delta"] for e in events]
+    assert deltas == [
+        {"reasoning_content": "hm"},
+        {"thinking_blocks": [{"type": "thinking", "thinking": "", "signature": "sig-1"}]},
+        {"thinking_blocks": [{"type": "redacted_thinking", "data": "x"}]},
+    ]
+    parser = openai_chat.StreamParser()
+    parsed = [e for d in deltas for e in parser.feed({"id": "c1", "choices": [{"delta": d}]})]
+    assert parsed[1:] == events

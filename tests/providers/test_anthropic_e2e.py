@@ -320,3 +320,78 @@ def test_anthropic_sdk_sees_anthropic_errors(gw: GatewayProcess, fake: FakeAnthr
     assert exc.value.status_code == 529
     assert exc.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
     assert exc.value.body["error"]["message"] == "Overloaded"  # type: ignore[index]
+
+
+# ---- extended thinking kept across turns (signatures verified by the fake) ---------------------
+
+THINK = {"type": "enabled", "budget_tokens": 2048}
+THINKING_TOOL_USE = Behavior(thinking="Oslo first.", text="", tool_uses=[("toolu_1", "weather", ROME)])
+
+
+def _tool_turn(tool_use_id: str) -> dict[str, Any]:
+    return {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": tool_use_id, "content": "18C"}],
+    }
+
+
+def test_messages_door_sends_signed_thinking_back(gw: GatewayProcess, fake: FakeAnthropic) -> None:
+    fake.set_behavior(THINKING_TOOL_USE)
+    tool = {"name": "weather", "input_schema": WEATHER_SCHEMA}
+    with ant(gw).messages.stream(
+        model="claude", max_tokens=4000, messages=USER, tools=[tool], thinking=THINK
+    ) as stream:
+        first = stream.get_final_message()
+    assert first.content[0].type == "thinking" and first.content[0].signature  # type: ignore[union-attr]
+    history: Any = [*USER, {"role": "assistant", "content": first.content}, _tool_turn("toolu_1")]
+    fake.set_behavior(Behavior(text="18C in Rome."))
+    answer = ant(gw).messages.create(
+        model="claude", max_tokens=4000, messages=history, tools=[tool], thinking=THINK
+    )
+    assert answer.content[-1].text == "18C in Rome."  # type: ignore[union-attr]
+    assert fake.last().body["messages"][1]["content"][0] == first.content[0].model_dump()
+
+    # Without its signature the block is refused, as Anthropic refuses it.
+    unsigned = {"type": "thinking", "thinking": "Oslo first."}
+    history[1] = {"role": "assistant", "content": [unsigned, *first.content[1:]]}
+    with pytest.raises(anthropic.BadRequestError) as exc:
+        ant(gw).messages.create(
+            model="claude", max_tokens=4000, messages=history, tools=[tool], thinking=THINK
+        )
+    assert "signature: Field required" in exc.value.message
+
+
+def test_chat_door_carries_thinking_blocks_both_ways(gw: GatewayProcess, fake: FakeAnthropic) -> None:
+    fake.set_behavior(THINKING_TOOL_USE)
+    ask: dict[str, Any] = {
+        "model": "claude",
+        "tools": [WEATHER],
+        "max_tokens": 4000,
+        "extra_body": {"thinking": THINK},
+    }
+    plain = oai(gw).chat.completions.create(messages=USER, **ask).choices[0].message
+    blocks = (plain.model_extra or {})["thinking_blocks"]
+    assert blocks[0]["thinking"] == "Oslo first." and blocks[0]["signature"]
+    assert (plain.model_extra or {})["reasoning_content"] == "Oslo first."
+
+    # Streamed: the text as reasoning_content, the signature in a chunk of its own.
+    reasoning, signature = "", None
+    for chunk in oai(gw).chat.completions.create(messages=USER, stream=True, **ask):
+        delta = chunk.choices[0].delta.model_extra or {} if chunk.choices else {}
+        reasoning += delta.get("reasoning_content") or ""
+        for block in delta.get("thinking_blocks") or []:
+            signature = block["signature"]
+    assert [{"type": "thinking", "thinking": reasoning, "signature": signature}] == blocks
+
+    fake.set_behavior(Behavior(text="18C in Rome."))
+    assistant = plain.model_dump(exclude_none=True)
+    tool_result = {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"}
+    answer = oai(gw).chat.completions.create(messages=[*USER, assistant, tool_result], **ask)
+    assert answer.choices[0].message.content == "18C in Rome."
+    assert fake.last().body["messages"][1]["content"][0] == {"type": "thinking", **blocks[0]}
+
+    # Without them Anthropic refuses the tool-result turn; the gateway passes its 400 on.
+    del assistant["thinking_blocks"]
+    with pytest.raises(openai.BadRequestError) as exc:
+        oai(gw).chat.completions.create(messages=[*USER, assistant, tool_result], **ask)
+    assert "must start with a thinking block" in exc.value.message

@@ -29,7 +29,11 @@ OpenAI field such as ``response_format`` or ``seed`` sent on); a ``system`` role
 unanswered by the next user turn, text before the tool results of a turn; images of other media
 types; tools without an object ``input_schema``; a ``tool_choice`` naming an unknown tool;
 ``thinking`` with a budget under 1024 or not below ``max_tokens``, or with forced tool use;
-``temperature`` outside [0, 1]. Consecutive turns of one role are merged, as the API documents.
+``temperature`` outside [0, 1]; a ``thinking`` block in the history without its ``signature``, or
+with one the fake did not give for that text (signatures are ``sign(thinking)``); with thinking on,
+a tool-result turn whose assistant turn does not start with its thinking
+(https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking, "Preserving thinking
+blocks"). Consecutive turns of one role are merged, as the API documents.
 
 Usage::
 
@@ -44,6 +48,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import threading
 import time
@@ -139,7 +144,7 @@ class Behavior:
     def content(self) -> list[dict[str, Any]]:
         blocks: list[dict[str, Any]] = []
         if self.thinking is not None:
-            blocks.append({"type": "thinking", "thinking": self.thinking, "signature": "sig-fake"})
+            blocks.append({"type": "thinking", "thinking": self.thinking, "signature": sign(self.thinking)})
         if self.text:
             blocks.append({"type": "text", "text": self.text})
         for tool_id, name, arguments in self.tool_uses:
@@ -438,7 +443,36 @@ def validate(body: dict[str, Any]) -> str | None:
         problem = _validate_thinking(body)
     if problem is None:
         problem = _validate_messages(body.get("messages"))
+    if problem is None and (body.get("thinking") or {}).get("type") == "enabled":
+        problem = _validate_thinking_kept(body["messages"])
     return problem
+
+
+def sign(thinking: str) -> str:
+    """The fake's signature of a thinking block: the API verifies what comes back against it."""
+    return "sig-" + hashlib.sha256(thinking.encode()).hexdigest()[:24]
+
+
+def _validate_thinking_kept(messages: list[dict[str, Any]]) -> str | None:
+    """With thinking on, the assistant turn whose tool use the last user turn answers must start
+    with its thinking (the documented rule for tool use with extended thinking)."""
+    last = len(messages) - 1
+    if last < 1 or messages[last].get("role") != "user" or messages[last - 1].get("role") != "assistant":
+        return None
+    content = messages[last]["content"]
+    answers_tools = isinstance(content, list) and any(b.get("type") == "tool_result" for b in content)
+    blocks = messages[last - 1]["content"]
+    if not answers_tools or not isinstance(blocks, list) or not blocks:
+        return None
+    first = blocks[0].get("type")
+    if first in ("thinking", "redacted_thinking"):
+        return None
+    return (
+        f"messages.{last - 1}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+        f"`{first}`. When `thinking` is enabled, a final `assistant` message must start with a thinking "
+        "block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you "
+        "include thinking blocks from previous turns."
+    )
 
 
 def validate_count(body: dict[str, Any]) -> str | None:
@@ -603,6 +637,13 @@ def _validate_block(block: Any, role: str, where: str) -> str | None:
             return f"{where}.input: Input should be a valid dictionary"
     if kind == "tool_result" and not isinstance(block.get("tool_use_id"), str):
         return f"{where}.tool_use_id: Field required"
+    if kind == "thinking":
+        if not isinstance(block.get("signature"), str):
+            return f"{where}.thinking.signature: Field required"
+        if block["signature"] != sign(str(block.get("thinking"))):
+            return f"{where}: Invalid `signature` in `thinking` block"
+    if kind == "redacted_thinking" and not isinstance(block.get("data"), str):
+        return f"{where}.redacted_thinking.data: Field required"
     return None
 
 
