@@ -90,6 +90,7 @@ def gw(azure: FakeAzure, entra: FakeEntra) -> Iterator[GatewayProcess]:
     }
     with gateway_process(config, env={"AZURE_AUTHORITY_HOST": entra.authority}) as g:
         yield g
+        assert CLIENT_SECRET not in g.logs()  # the service principal's secret is never logged
 
 
 @pytest.fixture
