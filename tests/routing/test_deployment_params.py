@@ -6,7 +6,8 @@ caller leaves them out and lose to the caller's own values; ``additional_drop_pa
 ``organization`` and ``extra_headers`` become headers; a retry on another deployment gets the
 caller's body as it came, not the first deployment's defaults; the typed path (the anthropic SDK
 on ``/v1/messages``) gets the defaults in its empty slots; per-deployment ``timeout`` bounds a
-call; per-deployment ``max_retries`` retries the same deployment; ``drop_params`` (global or per deployment) reaches the adapters in ``ProviderCall.params``.
+call; per-deployment ``max_retries`` retries the same deployment; ``drop_params`` (global or per
+deployment) reaches the adapters in ``ProviderCall.params``.
 """
 
 from __future__ import annotations
