@@ -168,9 +168,10 @@ class TracedProvider:
         span = self._open(operation, call, request)
         tap = UsageTap() if request is None else None
         usage: Usage | None = None
-        events = open_events()
+        events: AsyncIterator[Any] | None = None
         failed = False
         try:
+            events = open_events()
             async for event in events:
                 if tap is not None:
                     tap.inspect(event)
@@ -185,7 +186,7 @@ class TracedProvider:
             _failed(span, exc)
             raise
         finally:
-            closer = getattr(events, "aclose", None)
+            closer = getattr(events, "aclose", None) if events is not None else None
             try:
                 if closer is not None:
                     await closer()

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -209,3 +210,20 @@ def test_refused_request_ends_its_span_with_the_error(base_url: str, exporter: I
     attrs = dict(server.attributes or {})
     assert attrs["http.response.status_code"] == 404
     assert attrs["error.type"] == "model_not_found"
+
+
+def test_messages_door_traces_the_typed_path(base_url: str, exporter: InMemorySpanExporter) -> None:
+    request_id = f"messages-{uuid.uuid4().hex}"
+    client = anthropic.Anthropic(
+        base_url=base_url, api_key=MASTER_KEY, max_retries=0, default_headers={"x-request-id": request_id}
+    )
+    reply = client.messages.create(model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+    spans = trace_of(exporter, request_id)
+    server = one(spans, "POST /v1/messages")
+    assert (server.attributes or {})["switchyard.operation"] == "messages"
+    assert (server.attributes or {})["gen_ai.operation.name"] == "chat"
+    upstream = one(spans, "chat fake-upstream")
+    attrs = dict(upstream.attributes or {})
+    assert attrs["gen_ai.request.max_tokens"] == 20
+    assert attrs["gen_ai.usage.output_tokens"] == reply.usage.output_tokens
+    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
