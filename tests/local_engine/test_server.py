@@ -19,6 +19,10 @@ from tests.support.engine_models import make_hf_model
 from tests.support.gateway_process import REPO, free_port, gateway_process, switchyard_command
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# For answers checked by content. Not QUESTION: its first token is a near-tie (0.09 logits apart in
+# fp32) that the default quantized weights (dtype auto, int8 activations as llama.cpp) tip to
+# "L'Étoile..." rather than "The capital of France is Paris".
+ARITHMETIC = [{"role": "user", "content": "What is 2+2?"}]
 
 
 @dataclass
@@ -80,18 +84,18 @@ def test_models_lists_the_default_model(client: openai.OpenAI) -> None:
 
 
 def test_chat_greedy_answer_usage_and_stream_agree(client: openai.OpenAI) -> None:
-    full = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=10, temperature=0)
+    full = client.chat.completions.create(model="smollm2", messages=ARITHMETIC, max_tokens=16, temperature=0)
     text = full.choices[0].message.content
-    assert text is not None and "Paris" in text
+    assert text is not None and "4" in text
     assert full.choices[0].finish_reason in ("stop", "length")
     assert full.usage is not None and full.usage.prompt_tokens > 20
-    assert 0 < full.usage.completion_tokens <= 10
+    assert 0 < full.usage.completion_tokens <= 16
     assert full.usage.total_tokens == full.usage.prompt_tokens + full.usage.completion_tokens
 
     stream = client.chat.completions.create(
         model="smollm2",
-        messages=QUESTION,
-        max_tokens=10,
+        messages=ARITHMETIC,
+        max_tokens=16,
         temperature=0,
         stream=True,
         stream_options={"include_usage": True},
@@ -108,16 +112,16 @@ def test_chat_greedy_answer_usage_and_stream_agree(client: openai.OpenAI) -> Non
 def test_chat_stop_string_and_logprobs(client: openai.OpenAI) -> None:
     done = client.chat.completions.create(
         model="smollm2",
-        messages=QUESTION,
-        max_tokens=12,
+        messages=ARITHMETIC,
+        max_tokens=16,
         temperature=0,
-        stop=["Paris"],
+        stop=["4"],
         logprobs=True,
         top_logprobs=2,
     )
     choice = done.choices[0]
     assert choice.finish_reason == "stop"
-    assert choice.message.content is not None and "Paris" not in choice.message.content
+    assert choice.message.content is not None and "4" not in choice.message.content
     assert choice.logprobs is not None and choice.logprobs.content
     first = choice.logprobs.content[0]
     assert first.logprob <= 0 and len(first.top_logprobs) == 2
