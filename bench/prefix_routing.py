@@ -4,7 +4,10 @@ Two ``switchyard engine serve`` replicas of the bundled SmolLM2-135M (CPU, one t
 three gateways in front of both, one per strategy (``prefix-cache-aware``, ``simple-shuffle``,
 ``least-busy``). A phase runs ``--conversations`` chats concurrently through one gateway, each
 ``--turns`` turns long, every turn the whole history plus a new user message (streamed, greedy,
-``--max-tokens`` generated with ``ignore_eos`` so every strategy decodes the same amount). Phases
+``--max-tokens`` generated with ``ignore_eos`` so every strategy decodes the same amount), sent
+``--think-s`` (mean, uniformly 0.5-1.5x) after the last reply. With no think time (a closed loop)
+every replica always holds all it can and time to first token mostly measures queueing behind the
+other conversations' prefills and decodes, not the prefill a cached prefix saves. Phases
 alternate between the strategies (the order rotates each repeat) in one run, and each phase's
 conversations start with their own tag, so no phase finds another's prompts cached; within a phase
 the conversations share a system prompt, as real ones do.
@@ -181,7 +184,10 @@ async def conversation(
 ) -> None:
     rng = random.Random(seed)
     messages = [{"role": "system", "content": f"[{tag}] {SYSTEM_PROMPT}"}]
-    for _ in range(args.turns):
+    await asyncio.sleep(rng.uniform(0, args.think_s))  # conversations start spread out
+    for i in range(args.turns):
+        if i:
+            await asyncio.sleep(rng.uniform(0.5, 1.5) * args.think_s)  # the user reads and types
         messages.append({"role": "user", "content": user_message(rng, args.words)})
         ttft, reply, generated = await turn(client, url, messages, args.max_tokens)
         messages.append({"role": "assistant", "content": reply})
@@ -226,6 +232,12 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--words", type=int, default=80, help="words per user message")
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument(
+        "--think-s",
+        type=float,
+        default=3.0,
+        help="mean pause between a reply and the next turn (0: closed loop)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 repeat, 6 conversations of 6 turns, 40 words")
     args = parser.parse_args()
     if args.quick:
@@ -233,7 +245,8 @@ def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="prefix-routing-"))
     print(
         f"# {args.repeats} repeats x {len(STRATEGIES)} strategies; {args.conversations} conversations x "
-        f"{args.turns} turns, {args.words} words a message, {args.max_tokens} tokens a reply; "
+        f"{args.turns} turns, {args.words} words a message, {args.max_tokens} tokens a reply, "
+        f"{args.think_s:g} s to think; "
         f"logs in {directory}"
     )
     with ExitStack() as stack:
