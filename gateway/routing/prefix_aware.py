@@ -14,12 +14,9 @@ tokenizer, ``local_engine.prefix_summary.prompt_ids``), cut into the engine's bl
 like its block manager. A replica's cached prefix is the number of leading block hashes found in its
 filter, or among the blocks this gateway sent it in the last ``RECENT_TTL_S`` (so a conversation's
 next turn, arriving before the next poll, still finds the replica that served the last one). The
-replica with the longest cached prefix wins, the least busy among equals, among the replicas not
-overloaded: those with at most ``OVERLOAD_MIN + OVERLOAD_RATIO x`` (the least in flight) more
-requests in flight than the least busy one. That bound also keeps a system prompt shared by every
-conversation from pulling new ones onto the replica that cached it first: once another replica
-serves one of them, both hold it and load decides. The pick is least-busy's when no such replica
-holds a block of the prompt. Deployments that are not engines, not yet summarised, or
+replica with the lowest score wins: its requests in flight x ``LOAD_TOKENS`` minus the prompt tokens
+it holds cached (the fewest in flight among equals), and when no replica holds a block of the prompt
+the pick is least-busy's. Deployments that are not engines, not yet summarised, or
 whose summary is older than ``STALE_AFTER_S`` count as holding nothing.
 """
 
@@ -59,13 +56,13 @@ SUMMARY_INTERVAL_S = 1.0
 IDLE_STOP_S = 60.0
 STALE_AFTER_S = 10.0
 RECENT_TTL_S = 10.0
-# A cached prefix saves its prefill once; every request already in flight on a replica takes a
-# share of each of its steps. So a replica holding the prefix is preferred only while it has at most
-# OVERLOAD_MIN + OVERLOAD_RATIO x (least in flight) more requests in flight than the least busy one:
-# none more at small loads (a CPU replica, where one more request in flight costs seconds: measured
-# with bench/prefix_routing.py, a margin of one lost to least-busy), a quarter more on a busy GPU.
-OVERLOAD_MIN = 0
-OVERLOAD_RATIO = 0.25
+# What one request already in flight on a replica costs a new one there, in prompt tokens it would
+# have to prefill: each replica's score is its requests in flight x LOAD_TOKENS minus the prompt
+# tokens it holds cached, lowest wins. A long conversation stays on its replica until that replica
+# is several requests busier; a shared system prompt of a few dozen tokens never outweighs one
+# request of load. (bench/prefix_routing.py: a rule of "at most as busy as the least busy" was no
+# better than least-busy once users pause between turns; "one more" lost to it without pauses.)
+LOAD_TOKENS = 256
 _MAX_RECENT = 65536  # block hashes remembered per replica (a bound, not a tuning knob)
 _FETCH_TIMEOUT_S = 2.0
 
@@ -236,29 +233,31 @@ class RequestChoice:
     def choose(
         self, tier: Tier, candidates: Sequence[DeploymentState], complete: bool, stream: bool, minute: int
     ) -> DeploymentState:
-        strategy = self.strategy
-        directory = strategy.directory
+        directory = self.strategy.directory
         now = time.monotonic()
-        least_busy = min(d.in_flight for d in candidates)
-        busiest_allowed = least_busy + OVERLOAD_MIN + int(least_busy * OVERLOAD_RATIO)
         best: DeploymentState | None = None
         best_view: ReplicaView | None = None
         best_hashes: list[int] = []
-        best_n = 0
+        best_cost = 0
+        any_cached = False
         for d in candidates:
             view = directory.view(d, now)  # also keeps every replica's summary polled
-            if view is None or view.summary is None or d.in_flight > busiest_allowed:
-                continue
-            encoder = directory.tokenizers.get(view.summary.tokenizer)
-            if encoder is None:
-                continue
-            hashes = self.hashes(view.summary, encoder)
-            n = view.cached_blocks(hashes, now) if hashes else 0
-            if n > best_n or (n == best_n and n and best is not None and d.in_flight < best.in_flight):
-                best, best_view, best_hashes, best_n = d, view, hashes, n
-        if best is None:
-            best = strategy.fallback.choose(tier, candidates, complete, stream, minute)
+            hashes: list[int] = []
+            cached_tokens = 0
+            if view is not None and view.summary is not None:
+                encoder = directory.tokenizers.get(view.summary.tokenizer)
+                if encoder is not None:
+                    hashes = self.hashes(view.summary, encoder)
+                    cached_tokens = view.cached_blocks(hashes, now) * view.summary.block_size
+            any_cached = any_cached or cached_tokens > 0
+            # The prompt's length is the same everywhere, so it cancels out of the comparison.
+            cost = d.in_flight * LOAD_TOKENS - cached_tokens
+            if best is None or cost < best_cost or (cost == best_cost and d.in_flight < best.in_flight):
+                best, best_view, best_hashes, best_cost = d, view, hashes, cost
+        if not any_cached or best is None:
+            best = self.strategy.fallback.choose(tier, candidates, complete, stream, minute)
             best_view = directory.views.get(best.id)
+            best_hashes = []
             if best_view is not None and best_view.summary is not None:
                 encoder = directory.tokenizers.get(best_view.summary.tokenizer)
                 best_hashes = self.hashes(best_view.summary, encoder) if encoder is not None else []

@@ -1,6 +1,6 @@
 """The ``prefix-cache-aware`` pick on real routing states and real summaries (no servers): the
-replica whose published Bloom filter holds the prompt's leading blocks wins unless it is busier
-than the least busy one beyond the bound, a replica with nothing cached leaves the pick to
+replica whose published Bloom filter holds the prompt's leading blocks wins unless its extra load
+outweighs the cached tokens, a replica with nothing cached leaves the pick to
 least-busy, a pick is remembered for the conversation's next turn, and a summary hashed by
 another interpreter is ignored."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from gateway.routing.deployment import Deployment
 from gateway.routing.model_group import ModelGroup
-from gateway.routing.prefix_aware import PrefixCacheAware, ReplicaView
+from gateway.routing.prefix_aware import LOAD_TOKENS, PrefixCacheAware, ReplicaView
 from gateway.routing.router import Invocation
 from gateway.routing.state import DeploymentState
 from local_engine.loader.hf import load_tokenizer
@@ -77,18 +77,22 @@ def test_the_replica_holding_the_prefix_wins(tokenizer: Tokenizer) -> None:
     assert [pick(strategy, group) for _ in range(20)] == ["b"] * 20
 
 
-def test_a_busier_replica_loses_its_prefix_advantage(tokenizer: Tokenizer) -> None:
+def test_load_outweighs_a_short_prefix_but_not_a_long_one(tokenizer: Tokenizer) -> None:
+    # A few cached blocks are worth less than one request in flight.
     strategy = PrefixCacheAware()
     group = replicas(strategy, tokenizer, {"b": prompt_hashes(tokenizer)[:3]})
-    a, b = group.deployments
-    b.in_flight = 1
+    group.deployments[1].in_flight = 1
     assert {pick(strategy, group) for _ in range(10)} == {"a"}
-    # At 4 in flight the bound is a quarter more: one more request is still worth the cached prefix.
-    strategy = PrefixCacheAware()
-    group = replicas(strategy, tokenizer, {"b": prompt_hashes(tokenizer)[:3]})
-    a, b = group.deployments
-    a.in_flight, b.in_flight = 4, 5
-    assert pick(strategy, group) == "b"
+    # A long conversation stays on its replica while the extra load costs less than its prefix.
+    long_body = {**BODY, "messages": [*BODY["messages"], {"role": "user", "content": "Hello world! " * 300}]}
+    hashes = chain_hashes(prompt_ids(tokenizer, "chat", long_body) or [], 16)
+    cached_tokens = len(hashes) * 16
+    assert cached_tokens > 2 * LOAD_TOKENS
+    for extra, winner in ((cached_tokens // LOAD_TOKENS - 1, "b"), (cached_tokens // LOAD_TOKENS + 1, "a")):
+        strategy = PrefixCacheAware()
+        group = replicas(strategy, tokenizer, {"b": hashes})
+        group.deployments[0].in_flight, group.deployments[1].in_flight = 2, 2 + extra
+        assert pick(strategy, group, long_body) == winner, (extra, cached_tokens)
 
 
 def test_with_nothing_cached_the_pick_is_least_busy_and_remembered(tokenizer: Tokenizer) -> None:
