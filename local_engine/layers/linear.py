@@ -183,10 +183,11 @@ class LinearBase(nn.Module):
 
     def _copy(self, param: torch.Tensor, loaded: torch.Tensor | QuantizedTensor, row_offset: int = 0) -> None:
         """``loaded`` into ``param`` (rows ``row_offset...`` of the weight, for a quantized one)."""
-        if param.shape != loaded.shape:
-            raise ValueError(
-                f"checkpoint tensor shape {tuple(loaded.shape)} does not fit {tuple(param.shape)}"
-            )
+        shape = tuple(param.shape)
+        if param.dtype == torch.uint8 and quant_linear.is_quantized(self.weight):
+            shape = (shape[0], quant_linear.row_values(self.weight))  # a view of rows of blocks
+        if shape != tuple(loaded.shape):
+            raise ValueError(f"checkpoint tensor shape {tuple(loaded.shape)} does not fit {shape}")
         if isinstance(loaded, QuantizedTensor):
             quant_linear.store_rows(self, "weight", loaded, row_offset, self.weight.shape[0])
         else:
@@ -230,6 +231,8 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
     def pack_weight(self) -> bool:
         """As ``LinearBase.pack_weight``; a gate/up pair is packed for the fused activation."""
+        if quant_linear.is_quantized(self.weight):
+            return super().pack_weight()
         gated = len(self.output_sizes) == 2 and self.output_sizes[0] == self.output_sizes[1]
         self._packed = _pack(self.weight, self.bias, gated=gated)
         return self._packed is not None
@@ -237,7 +240,10 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor | None:
         """``silu(gate) * up`` of this gate/up projection in one fused call, or None where the
         fused kernel does not apply (use ``SiluAndMul()(self(x))``)."""
-        if quant_linear.is_quantized(self.weight) and len(self.output_sizes) == 2:
+        gated = len(self.output_sizes) == 2 and self.output_sizes[0] == self.output_sizes[1]
+        if quant_linear.is_quantized(self.weight):
+            if not gated or not quant_linear.fuses_silu_mul(self.weight):
+                return None
             return quant_linear.linear(x, self.weight, self._quant_bias, silu_mul=True)
         return None if self._packed is None else packed_silu_and_mul(x, self._packed)
 

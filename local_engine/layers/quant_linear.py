@@ -45,6 +45,11 @@ def _meta(weight: torch.Tensor) -> tuple[int, int, bool]:
     return weight.ggml_type, weight.quant_values, weight.quant_panels  # type: ignore[attr-defined]
 
 
+def row_values(weight: torch.Tensor) -> int:
+    """Values per row of a quantized weight (its dense shape's second dimension)."""
+    return _meta(weight)[1]
+
+
 def store_rows(module: nn.Module, name: str, loaded: QuantizedTensor, row_offset: int, rows: int) -> None:
     """Copy ``loaded`` into rows ``[row_offset, ...)`` of ``module.<name>``, which becomes a
     quantized parameter of ``rows`` rows on the first call (later shards must share the type)."""
@@ -72,6 +77,13 @@ def pack(weight: torch.Tensor) -> None:
     qtype, values, panels = _meta(weight)
     if not panels:
         weight.quant_panels = cpu_kernels.pack_panels(weight.data, qtype, values)  # type: ignore[attr-defined]
+
+
+def fuses_silu_mul(weight: torch.Tensor) -> bool:
+    """Whether the kernel can fuse SiLU-and-mul on this gate/up weight: its two halves must each
+    be whole panels in the panel layout (16 rows), or just whole rows in the row layout."""
+    _, _, panels = _meta(weight)
+    return weight.shape[0] % (32 if panels else 2) == 0
 
 
 def linear(

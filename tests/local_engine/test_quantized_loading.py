@@ -46,6 +46,8 @@ def test_default_gguf_stays_in_its_quantization_one_copy(smollm_q) -> None:
     embed = model.model.embed_tokens.weight
     assert is_quantized(embed) and embed.ggml_type == Q.Q8_0
     assert model.lm_head.weight is embed  # tied: the head reads the same blocks
+    if cpu_kernels._lib().sy_quant_panels_supported():  # every matrix in the fast layout
+        assert all(p.quant_panels for p in model.parameters() if is_quantized(p))
     # Nothing widened: the only floating-point parameters are the norms' vectors.
     assert all(p.dim() == 1 for p in model.parameters() if p.is_floating_point())
     reader = gguf.GGUFReader(str(default_model_path()))
@@ -112,3 +114,32 @@ def test_engine_dtype_spellings() -> None:
     assert not EngineConfig(dtype="bf16").keep_quantized
     with pytest.raises(ValueError, match="auto or one of"):
         EngineConfig(dtype="int3")
+
+
+@pytest.mark.parametrize("inter,fused", [(32, True), (24, False)])
+def test_quantized_gate_up_fuses_silu_only_on_whole_panels(inter: int, fused: bool) -> None:
+    """Each half of a panel-layout gate/up weight must be whole 16-row panels for the fused kernel;
+    otherwise the layer answers None and the model takes the two-step path."""
+    from gguf.quants import quantize
+
+    from local_engine.layers.activation import SiluAndMul
+    from local_engine.layers.linear import MergedColumnParallelLinear
+    from local_engine.layers.quant_linear import QuantizedTensor
+
+    torch.manual_seed(inter)
+    with torch.device("cpu"):
+        layer = MergedColumnParallelLinear(64, [inter, inter])
+    for shard in (0, 1):
+        blocks = quantize(torch.randn(inter, 64).numpy() * 0.1, Q.Q8_0)
+        layer.weight_loader(
+            layer.weight, QuantizedTensor(torch.from_numpy(blocks), int(Q.Q8_0), (inter, 64)), shard
+        )
+    assert layer.pack_weight() and is_quantized(layer.weight)
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    two_step = SiluAndMul()(layer(x))
+    got = layer.silu_and_mul(x)
+    if not fused:
+        assert got is None
+        return
+    assert got is not None and got.shape == two_step.shape
+    torch.testing.assert_close(got.float(), two_step.float(), rtol=2**-6, atol=1e-3)
