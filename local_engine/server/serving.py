@@ -286,18 +286,15 @@ class OpenAIServing:
             if prepared.tool_format is not None:
                 content, calls = parse_tool_calls(c.text, prepared.tool_format)
                 if calls:
-                    message = {
-                        "role": "assistant",
-                        "content": content,
-                        "tool_calls": [
-                            {
-                                "id": call.id,
-                                "type": "function",
-                                "function": {"name": call.name, "arguments": call.arguments},
-                            }
-                            for call in calls
-                        ],
-                    }
+                    message["content"] = content
+                    message["tool_calls"] = [
+                        {
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments},
+                        }
+                        for call in calls
+                    ]
                     finish = "tool_calls" if finish == "stop" else finish
             choice: dict[str, Any] = {
                 "index": c.index,
