@@ -24,10 +24,14 @@ MK="Authorization: Bearer $SWITCHYARD_MASTER_KEY"
 t0=$(date +%s)
 step() { echo "[$(($(date +%s) - t0))s] $*"; }
 fail() { echo "FAIL: $*" >&2; compose ps >&2 || true; compose logs --tail 30 >&2 || true; exit 1; }
+setup="apt-get install docker.io docker-compose debootstrap; dockerd >/var/log/dockerd.log 2>&1 &"
+docker info >/dev/null 2>&1 || { echo "no Docker daemon answers; on Debian, as root: $setup" >&2; exit 2; }
 if docker compose version >/dev/null 2>&1; then
   compose() { docker compose "$@"; }
-else
+elif command -v docker-compose >/dev/null; then
   compose() { docker-compose "$@"; }
+else
+  echo "neither \`docker compose\` nor docker-compose; on Debian, as root: $setup" >&2; exit 2
 fi
 # The legacy builder: BuildKit would fetch the Dockerfile's `# syntax` frontend from a registry.
 export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
