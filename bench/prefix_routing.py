@@ -229,7 +229,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--conversations", type=int, default=8)
-    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--words", type=int, default=80, help="words per user message")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument(
