@@ -10,6 +10,7 @@ A model served only by the local engine also carries ``max_model_len`` and ``cap
 from __future__ import annotations
 
 import asyncio
+import importlib
 from typing import Any
 
 import orjson
@@ -38,6 +39,9 @@ async def _local_card(services: Services, name: str) -> dict[str, Any]:
     deployments = [s.deployment for s in group.deployments] if group is not None else []
     if not deployments or any(d.provider != "local" for d in deployments):
         return {}
+    if services.providers.built("local") is None:
+        # Its module imports torch (seconds): off the event loop, which keeps serving meanwhile.
+        await asyncio.to_thread(importlib.import_module, "providers.local")
     local = services.providers.get("local")
     cards = [await local.describe(d.upstream_model, d.params) for d in deployments]  # type: ignore[attr-defined]
     card: dict[str, Any] = {

@@ -112,6 +112,7 @@ class LocalProvider:
 
     def __init__(self) -> None:
         self._servings: dict[tuple[Any, ...], OpenAIServing] = {}
+        self._cards: dict[tuple[Any, ...], dict[str, Any]] = {}  # describe()'s, per engine key
         self._lock = asyncio.Lock()
 
     def engines(self) -> list[tuple[str, AsyncEngine]]:
@@ -125,10 +126,14 @@ class LocalProvider:
             config = engine_config(upstream_model, params)
         except ProviderError:
             return model_card(None, None)
-        serving = self._servings.get(self._engine_key(upstream_model, config))
+        key = self._engine_key(upstream_model, config)
+        serving = self._servings.get(key)
         if serving is not None:
             return model_card(serving.engine.max_model_len, serving.engine.tokenizer.chat_template)
-        return await asyncio.to_thread(describe, config)
+        card = self._cards.get(key)
+        if card is None:  # the model's files do not change under a running gateway: read them once
+            card = self._cards[key] = await asyncio.to_thread(describe, config)
+        return card
 
     @staticmethod
     def _engine_key(upstream_model: str, config: EngineConfig) -> tuple[Any, ...]:
