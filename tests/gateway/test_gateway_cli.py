@@ -31,6 +31,19 @@ def test_non_loopback_bind_without_master_key_is_refused() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_an_unusable_embedded_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # data_dir under a file: the embedded server cannot create its directory
+    config = tmp_path / "config.yaml"
+    config.write_text(f"general_settings:\n  data_dir: {blocker / 'data'}\nmodel_list: []\n")
+    result = run_switchyard(
+        ["serve", "--config", str(config), "--port", str(free_port())], env={"DATABASE_URL": ""}
+    )
+    assert result.returncode == 2
+    assert "no database" in result.stderr and "DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_bad_config_names_field_and_line(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(
