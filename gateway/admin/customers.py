@@ -19,8 +19,8 @@ import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.admin.budget_rows import budget_columns, budget_table
 from gateway.admin.customer_schemas import (
-    BUDGET_FIELDS,
     MAX_LIST,
     CustomerBlockRequest,
     CustomerDeleteRequest,
@@ -32,37 +32,13 @@ from gateway.admin.router import _allow, _audit, _json, _money, _parse, _plane, 
 from gateway.db import budgets as budgets_sql
 from gateway.db import customers as customers_sql
 from gateway.errors import GatewayError, bad_request
-from gateway.keys.durations import next_reset
 
 router = APIRouter(tags=["admin"])
 PREFIXES = ("/customer", "/end_user")
 
 
-def _money_out(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 def _view(row: asyncpg.Record) -> dict[str, Any]:
     """LiteLLM's ``CustomerResponse``."""
-    budget = None
-    if row["budget_id"] is not None:
-        budget = {
-            "budget_id": row["budget_id"],
-            "max_budget": _money_out(row["max_budget"]),
-            "soft_budget": _money_out(row["soft_budget"]),
-            "max_parallel_requests": row["max_parallel_requests"],
-            "tpm_limit": row["tpm_limit"],
-            "rpm_limit": row["rpm_limit"],
-            "model_max_budget": None,
-            "budget_duration": row["budget_duration"],
-            "budget_reset_at": _iso(row["budget_reset_at"]),
-            "created_at": _iso(row["b_created_at"]),
-            "updated_at": _iso(row["b_updated_at"]),
-        }
     return {
         "user_id": row["id"],
         "blocked": row["blocked"],
@@ -72,7 +48,7 @@ def _view(row: asyncpg.Record) -> dict[str, Any]:
         "default_model": row["default_model"],
         "models": list(row["models"] or []),
         "budget_id": row["budget_id"],
-        "litellm_budget_table": budget,
+        "litellm_budget_table": budget_table(row),
         "object_permission_id": None,
         "object_permission": None,
     }
@@ -95,17 +71,6 @@ def _check_default_model(request: Request, body: CustomerFields) -> None:
 def _customer_columns(body: CustomerFields) -> dict[str, Any]:
     sent = body.model_fields_set
     return {name: getattr(body, name) for name in customers_sql.COLUMNS if name in sent and name != "spend"}
-
-
-def _budget_columns(body: CustomerFields, now: datetime) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name in BUDGET_FIELDS:
-        if name in body.model_fields_set:
-            value = getattr(body, name)
-            values[name] = _money(value) if name in ("max_budget", "soft_budget") else value
-    if "budget_duration" in values:
-        values["budget_reset_at"] = next_reset(body.budget_duration, now)
-    return values
 
 
 async def _one(conn: asyncpg.Connection, customer_id: str, param: str = "user_id") -> asyncpg.Record:
@@ -132,7 +97,7 @@ async def customer_new(request: Request) -> Response:
                 f"user_id: customer {body.user_id!r} already exists", param="user_id", code="duplicate"
             )
         values = _customer_columns(body)
-        budget = _budget_columns(body, now)
+        budget = budget_columns(body, now)
         if budget:
             values["budget_id"] = str(uuid.uuid4())
             await budgets_sql.insert(conn, values["budget_id"], budget, now)
@@ -156,7 +121,7 @@ async def customer_update(request: Request) -> Response:
             raise _not_found([body.user_id], "user_id")
         before = _view(rows[0])
         values = _customer_columns(body)
-        budget = _budget_columns(body, now)
+        budget = budget_columns(body, now)
         if budget and before["budget_id"] is not None:
             # LiteLLM updates the row the customer points at (a shared tier changes for all its members).
             await budgets_sql.update(conn, before["budget_id"], budget, now)

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.admin.access import ATTACHABLE_USER_ROLES, Caller, Scope, forbidden
-from gateway.admin.customer_schemas import BUDGET_FIELDS
+from gateway.admin.budget_rows import budget_columns, budget_table, iso
 from gateway.admin.organization_rules import check_team_fits
 from gateway.admin.organization_schemas import (
     MAX_LIST,
@@ -39,40 +39,13 @@ from gateway.admin.organization_schemas import (
     OrganizationUpdateRequest,
     OrgMember,
 )
-from gateway.admin.router import _allow, _audit, _invalidate_all, _json, _money, _parse, _read, _write
+from gateway.admin.router import _allow, _audit, _invalidate_all, _json, _parse, _read, _write
 from gateway.db import budgets as budgets_sql
 from gateway.db import organizations as orgs_sql
 from gateway.errors import GatewayError, bad_request
 from gateway.keys import store
-from gateway.keys.durations import next_reset
 
 router = APIRouter(tags=["admin"])
-
-
-def _money_out(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def _budget_view(row: asyncpg.Record) -> dict[str, Any] | None:
-    if row["budget_id"] is None:
-        return None
-    return {
-        "budget_id": row["budget_id"],
-        "max_budget": _money_out(row["max_budget"]),
-        "soft_budget": _money_out(row["soft_budget"]),
-        "max_parallel_requests": row["max_parallel_requests"],
-        "tpm_limit": row["tpm_limit"],
-        "rpm_limit": row["rpm_limit"],
-        "model_max_budget": None,
-        "budget_duration": row["budget_duration"],
-        "budget_reset_at": _iso(row["budget_reset_at"]),
-        "created_at": _iso(row["b_created_at"]),
-        "updated_at": _iso(row["b_updated_at"]),
-    }
 
 
 async def _views(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
@@ -88,8 +61,8 @@ async def _views(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[d
                 "spend": 0.0,
                 "budget_id": None,
                 "user_email": m["email"],
-                "created_at": _iso(m["created_at"]),
-                "updated_at": _iso(m["created_at"]),
+                "created_at": iso(m["created_at"]),
+                "updated_at": iso(m["created_at"]),
             }
         )
     teams: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
@@ -107,9 +80,9 @@ async def _views(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[d
             "model_spend": {},
             "created_by": r["created_by"],
             "updated_by": r["updated_by"],
-            "created_at": _iso(r["created_at"]),
-            "updated_at": _iso(r["updated_at"]),
-            "litellm_budget_table": _budget_view(r),
+            "created_at": iso(r["created_at"]),
+            "updated_at": iso(r["updated_at"]),
+            "litellm_budget_table": budget_table(r),
             "members": members[r["id"]],
             "teams": teams[r["id"]],
             "object_permission": None,
@@ -131,17 +104,6 @@ async def _one(
             param=param,
         )
     return rows[0]
-
-
-def _budget_columns(body: OrganizationFields, now: datetime) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name in BUDGET_FIELDS:
-        if name in body.model_fields_set:
-            value = getattr(body, name)
-            values[name] = _money(value) if name in ("max_budget", "soft_budget") else value
-    if "budget_duration" in values:
-        values["budget_reset_at"] = next_reset(body.budget_duration, now)
-    return values
 
 
 def _org_columns(body: OrganizationFields) -> dict[str, Any]:
@@ -167,7 +129,7 @@ async def organization_new(request: Request) -> Response:
         values = {**_org_columns(body), "created_by": caller.actor, "updated_by": caller.actor}
         if body.budget_id is None:
             values["budget_id"] = str(uuid.uuid4())
-            await budgets_sql.insert(conn, values["budget_id"], _budget_columns(body, now), now)
+            await budgets_sql.insert(conn, values["budget_id"], budget_columns(body, now), now)
         await orgs_sql.insert(conn, organization_id, values)
         (view,) = await _views(conn, [await _one(conn, organization_id, "organization_id")])
         await _audit(conn, caller, "organization.new", "organization", organization_id, None, view)
@@ -182,7 +144,7 @@ async def organization_update(request: Request) -> Response:
         row = await _one(conn, body.organization_id, "organization_id", lock=True)
         (before,) = await _views(conn, [row])
         values = {**_org_columns(body), "updated_by": caller.actor}
-        budget = _budget_columns(body, now)
+        budget = budget_columns(body, now)
         if budget and row["budget_id"] is not None:
             await budgets_sql.update(conn, row["budget_id"], budget, now)  # its row, as LiteLLM does
         elif budget:
