@@ -116,7 +116,7 @@ class ChatCompletionRequest(_SamplingFields):
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = 16
+    max_tokens: int | None = 16  # absent: OpenAI's 16; null: the engine's default budget (as chat's)
     logprobs: int | None = None
     echo: bool = False
     suffix: str | None = None

@@ -180,9 +180,15 @@ class OpenAIServing:
             prompts = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in raw]  # type: ignore[union-attr]
         else:
             raise OpenAIError(400, "prompt must not be empty", param="prompt")
-        params = self._params(req, req.max_tokens, req.logprobs)
+        max_tokens = req.max_tokens
+        if max_tokens is None:
+            # An explicit null (absent is OpenAI's 16) takes the chat default budget, not the whole
+            # context: vLLM's reading of null let a plain prompt ramble for minutes.
+            longest = max(len(p) for p in prompts)
+            max_tokens = self.defaults.max_tokens_for(longest, self.engine.max_model_len)
+        params = self._params(req, max_tokens, req.logprobs)
         for prompt in prompts:
-            self._check_length(prompt, req.max_tokens)
+            self._check_length(prompt, max_tokens)
         echo = [tokenizer.decode(p, skip_special_tokens=False) for p in prompts] if req.echo else None
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return req, Prepared(
