@@ -205,7 +205,10 @@ def _delegate(module: str, what: str, argv: Sequence[str]) -> int:
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
-    """Hook for the local inference engine (``local_engine.server``; imports torch)."""
+    """Hook for the local inference engine (``local_engine.server``; imports torch); with ``--ray``
+    the launcher that runs engine replicas on a Ray cluster (``gateway.engines.ray_launcher``)."""
+    if "--ray" in args.engine_args:
+        return _delegate("gateway.engines.ray_launcher", "the Ray launcher", args.engine_args)
     return _delegate("local_engine.server", "the local engine", args.engine_args)
 
 

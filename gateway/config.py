@@ -229,6 +229,9 @@ class GatewayConfig(_Strict):
     warnings: list[str] = Field(default_factory=list, exclude=True)
     disabled: list[DisabledDeployment] = Field(default_factory=list, exclude=True)
     hidden_models: set[str] = Field(default_factory=set, exclude=True)
+    # model_list entries naming engine replicas on a Ray cluster (``model: ray/<app>``), found at
+    # run time by gateway.routing.ray_discovery rather than served as written.
+    ray_engines: list[ModelEntry] = Field(default_factory=list, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -279,7 +282,7 @@ class GatewayConfig(_Strict):
 # --------------------------------------------------------------------------- loading
 
 # GatewayConfig fields set by the loader, never by the file.
-_LOADER_FIELDS = frozenset({"source", "warnings", "disabled"})
+_LOADER_FIELDS = frozenset({"source", "warnings", "disabled", "ray_engines"})
 
 
 def _our_fields() -> dict[str, frozenset[str]]:
@@ -360,6 +363,22 @@ def _disable_unknown_providers(config: GatewayConfig, report: ConfigReport, tran
     config.model_list = kept
 
 
+def _take_ray_entries(config: GatewayConfig, translated: Translated) -> None:
+    """Set ``ray/<app>`` entries apart (``gateway.engines.ray_target``): their deployments are the
+    app's replicas, which the gateway learns from the cluster once it runs."""
+    from gateway.engines.ray_target import is_ray_entry
+
+    ray = [is_ray_entry(e) for e in config.model_list]
+    if not any(ray):
+        return
+    config.ray_engines = [e for e, r in zip(config.model_list, ray, strict=True) if r]
+    config.model_list = [e for e, r in zip(config.model_list, ray, strict=True) if not r]
+    # Later steps name an entry by its index in the file: keep the map aligned with the list.
+    translated.model_list_index = [
+        i for i, r in zip(translated.model_list_index, ray, strict=True) if not r
+    ]
+
+
 def _add_aliases(config: GatewayConfig, report: ConfigReport, translated: Translated) -> None:
     """``router_settings.model_group_alias``: the alias serves its target group's deployments (as
     LiteLLM lists them: copies named after the alias)."""
@@ -409,6 +428,7 @@ def parse_config(text: str, where: str = "<config>", *, strict: bool = False) ->
     translate(data, report, translated)
     config = _validate(data, report, translated, missing)
     if config is not None:
+        _take_ray_entries(config, translated)
         _disable_unknown_providers(config, report, translated)
         _add_aliases(config, report, translated)
     warnings = report.warnings_in_file_order()

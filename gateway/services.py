@@ -111,6 +111,16 @@ async def build_services(config: GatewayConfig) -> Services:
 
     model_sync = await start_model_sync(config, control_plane, router)
     closers.append(model_sync.close)
+    # SLOT (router): engine replicas on Ray clusters (`model: ray/<app>` entries), learned from the
+    # cluster at run time; after the stored models, so model_sync's snapshot of the config's
+    # deployments holds no replica.
+    if config.ray_engines:
+        from gateway.routing.ray_discovery import start_ray_discovery
+
+        discovery = await start_ray_discovery(
+            config.ray_engines, router, config.router_settings.timeout or 600.0
+        )
+        closers.append(discovery.close)
     resolvers: list[KeyResolver] = []
     if config.general_settings.master_key:
         resolvers.append(MasterKeyResolver(config.general_settings.master_key))

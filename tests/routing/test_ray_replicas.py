@@ -1,0 +1,189 @@
+"""Engine replicas on Ray behind the gateway, end to end: a local Ray cluster on this machine,
+``switchyard engine serve --ray --replicas 2`` running two CPU replicas of a tiny random Llama, and
+a real gateway whose config names the Ray app (``model: ray/<app>``), driven by the ``openai`` SDK.
+Requests spread over both replicas (each engine's own counters say so); killing one replica's actor
+ends its engine and moves every request to the other, with no failed request (the router's retries
+cover the requests that still reach the dead one before the gateway's next listing drops it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from gateway.config import parse_config
+from tests.support.engine_models import make_hf_model
+from tests.support.gateway_process import REPO, GatewayProcess, gateway_process, switchyard_command
+
+ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'switchyard[ray]'")
+
+NAMESPACE = "switchyard-test"
+APP = "tiny-app"
+READY = re.compile(r"replica (\S+) ready at (http://\S+/v1)")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A fresh local Ray cluster (never one already running here); yields its GCS address."""
+    ray.init(
+        address="local",
+        num_cpus=2,  # one per replica
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace=NAMESPACE,
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()  # stops the cluster this test started, whatever happened
+
+
+@pytest.fixture(scope="module")
+def replicas(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Replica actor name -> its engine's /v1 URL, from the launcher's own report."""
+    root = tmp_path_factory.mktemp("ray-replicas")
+    make_hf_model("llama", root / "tiny")
+    command = [
+        *switchyard_command(),
+        *("engine", "serve", "--ray", "--replicas", "2", "--ray-address", cluster),
+        *("--ray-namespace", NAMESPACE, "--ray-app", APP),
+        *("--model", str(root / "tiny"), "--served-model-name", "tiny", "--dtype", "float32"),
+        *("--max-model-len", "256", "--num-threads", "1", "--host", "127.0.0.1", "--log-level", "warning"),
+    ]
+    log_path = root / "launcher.log"
+    with log_path.open("wb") as log:
+        launcher = subprocess.Popen(
+            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "replica(s) of app" not in log_path.read_text(errors="replace"):
+            if launcher.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"the launcher did not start both replicas:\n{log_path.read_text(errors='replace')}"
+                )
+            time.sleep(0.3)
+        found = dict(READY.findall(log_path.read_text(errors="replace")))
+        assert sorted(found) == [f"{APP}/0", f"{APP}/1"]
+        yield found
+        assert launcher.poll() is None, log_path.read_text(errors="replace")
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGTERM)  # the launcher stops its engines, then the actors
+            try:
+                launcher.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
+
+
+@pytest.fixture(scope="module")
+def gateway(cluster: str, replicas: dict[str, str]) -> Iterator[GatewayProcess]:
+    config = {
+        "model_list": [
+            {
+                "model_name": "tiny",
+                "litellm_params": {"model": f"ray/{APP}", "ray_address": cluster, "ray_namespace": NAMESPACE},
+            }
+        ],
+        "router_settings": {"routing_strategy": "simple-shuffle", "num_retries": 2},
+    }
+    with gateway_process(config, ready_timeout=60) as gw:
+        yield gw
+
+
+def served_tokens(url: str) -> int:
+    """Prompt tokens the engine looked up in its prefix cache: grows with every request it serves."""
+    return httpx.get(url + "/prefix_cache/summary", timeout=5).json()["prefix_cache"]["queries"]
+
+
+def ask(client: openai.OpenAI, text: str) -> str:
+    """One chat request through the gateway; the deployment id that served it."""
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=[{"role": "user", "content": text}], max_tokens=4, temperature=0
+    )
+    assert raw.parse().choices[0].message.content is not None
+    return raw.headers["x-switchyard-deployment"]
+
+
+def client_for(gateway: GatewayProcess) -> openai.OpenAI:
+    # No SDK retries: every request that failed at the gateway would show.
+    return openai.OpenAI(base_url=gateway.base_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def deployment_of(name: str, url: str) -> str:
+    """The gateway's deployment id for replica ``name`` at ``url``: ``<app>/<i>@<host>:<port>``."""
+    return f"{name}@{httpx.URL(url).netloc.decode()}"
+
+
+def routed_deployments(gateway: GatewayProcess) -> set[str]:
+    """The deployments the gateway routes to now (its per-deployment health gauge on /metrics)."""
+    text = httpx.get(gateway.base_url + "/metrics", timeout=5).text
+    return set(re.findall(r'^switchyard_deployment_healthy\{deployment="([^"]+)"', text, re.MULTILINE))
+
+
+def test_requests_spread_over_both_replicas(gateway: GatewayProcess, replicas: dict[str, str]) -> None:
+    client = client_for(gateway)
+    before = {name: served_tokens(url) for name, url in replicas.items()}
+    served = [ask(client, f"Hello world! Request {i}.") for i in range(16)]
+    after = {name: served_tokens(url) for name, url in replicas.items()}
+    ids = {deployment_of(name, url): name for name, url in replicas.items()}
+    assert set(served) == set(ids), (served, gateway.logs())
+    for name in replicas:
+        assert after[name] > before[name], f"{name} served nothing by its own count"
+
+
+def test_killed_replica_moves_traffic_to_the_other(gateway: GatewayProcess, replicas: dict[str, str]) -> None:
+    victim, survivor = f"{APP}/0", f"{APP}/1"
+    ray.kill(ray.get_actor(victim, namespace=NAMESPACE), no_restart=True)
+    client = client_for(gateway)
+    # At once, before the gateway's next listing: requests that pick the dead replica are retried.
+    served = [ask(client, f"The quick brown fox, request {i}.") for i in range(12)]
+    assert set(served) == {deployment_of(survivor, replicas[survivor])}, gateway.logs()
+    # The engine went with its actor (its port refuses), and the gateway dropped the replica.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            httpx.get(replicas[victim] + "/models", timeout=1)
+        except httpx.TransportError:
+            engine_gone = True
+        else:
+            engine_gone = False
+        routed = routed_deployments(gateway)
+        if engine_gone and deployment_of(victim, replicas[victim]) not in routed:
+            break
+        assert time.monotonic() < deadline, f"engine gone: {engine_gone}, routed: {routed}\n{gateway.logs()}"
+        time.sleep(0.3)
+    assert routed == {deployment_of(survivor, replicas[survivor])}
+
+
+def test_ray_entries_are_set_apart_from_the_deployments() -> None:
+    config = parse_config(
+        "model_list:\n"
+        "  - model_name: smol\n"
+        "    litellm_params: {model: ray/smol-app, ray_address: '10.0.0.5:6379'}\n"
+        "  - model_name: other\n"
+        "    litellm_params: {model: nosuchprovider/x}\n"
+    )
+    assert [e.model_name for e in config.ray_engines] == ["smol"]
+    assert config.model_list == []
+    assert [d.model_name for d in config.disabled] == ["other"]
+    # The warning names the entry's own place in the file, not the ray entry's before it.
+    assert any(w.startswith("<config>:5: model_list[1].") for w in config.warnings), config.warnings
+
+
+def test_the_gateway_never_imports_ray() -> None:
+    """Ray runs in the launcher and the directory child process only."""
+    code = (
+        "import sys, gateway.app, gateway.services, gateway.routing.ray_discovery, "
+        "gateway.engines.ray_launcher; assert 'ray' not in sys.modules, 'ray imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
