@@ -143,6 +143,67 @@ async def test_sink_charges_key_team_user_exactly_and_flushes_on_close(db: Datab
     assert resolver._budgets[f"team:{team}"].spend == float(sum(expected))
 
 
+async def test_spend_log_rows_keep_every_field_exactly(db: Database) -> None:
+    # The batch travels as one jsonb parameter: text with JSON's special characters, a cost that prints in
+    # exponent form, half-microsecond timestamps and nested metadata must come back as they went in.
+    team = await _new_team(db)
+    key, key_hash = await _new_key(db, team_id=team)
+    principal = await PostgresKeyResolver(db.pool).resolve(key)
+    assert principal is not None
+    tricky = 'q"uo\\te,{brace}\n\u00fc\u2603'
+    event = UsageEvent(
+        request_id=f"row-{time.monotonic_ns()}",
+        principal=principal,
+        model=tricky,
+        deployment_id="dep-1",
+        provider_model="openai/x",
+        usage=Usage(1_000_000, 3),
+        cost=1.23e-7,
+        status="failure",
+        cache_hit=True,
+        started_at=1733385600.1234565,
+        ended_at=1733385600.9999995,
+        stream=True,
+        error_code="upstream_error",
+        metadata={"tags": ["a", "b\n"], "n": 1.5, "nested": {"k": None}},
+        operation="messages",
+        end_user=f"customer,{time.monotonic_ns()}",
+    )
+    bare = _event(principal, 0.0, request_id=f"bare-{time.monotonic_ns()}")
+    sink = PostgresSpendSink(db.pool)
+    sink.record(event)
+    sink.record(bare)
+    assert await sink.flush() == 2
+    async with db.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM spend_logs WHERE request_id = $1", event.request_id)
+        plain = await conn.fetchrow("SELECT * FROM spend_logs WHERE request_id = $1", bare.request_id)
+    assert row is not None and plain is not None
+    assert {k: v for k, v in dict(row).items() if k != "id"} == {
+        "request_id": event.request_id,
+        "key_hash": key_hash,
+        "team_id": team,
+        "user_id": None,
+        "model": tricky,
+        "deployment_id": "dep-1",
+        "provider_model": "openai/x",
+        "prompt_tokens": 1_000_000,
+        "completion_tokens": 3,
+        "total_tokens": 1_000_003,
+        "spend": Decimal("1.23e-7"),
+        "status": "failure",
+        "cache_hit": True,
+        "stream": True,
+        "error_code": "upstream_error",
+        "start_time": datetime.fromtimestamp(event.started_at, UTC),
+        "end_time": datetime.fromtimestamp(event.ended_at, UTC),
+        "metadata": event.metadata,
+        "operation": "messages",
+        "end_user": event.end_user,
+    }
+    assert plain["deployment_id"] is None and plain["error_code"] is None and plain["user_id"] is None
+    assert plain["metadata"] == {} and plain["operation"] == "chat" and plain["end_user"] is None
+
+
 async def test_failed_flush_is_retried_without_losing_or_doubling_rows(db: Database) -> None:
     team = await _new_team(db)
     key, key_hash = await _new_key(db, team_id=team)
