@@ -85,6 +85,21 @@ class _EngineCollector(Collector):
             "finished": CounterMetricFamily(
                 "switchyard_engine_requests_finished", "Requests the engine finished.", labels=["model"]
             ),
+            "drafts": CounterMetricFamily(
+                "switchyard_engine_spec_decode_drafts",
+                "Speculative decoding: draft runs (prompt-lookup proposals) the engine verified.",
+                labels=["model"],
+            ),
+            "draft_tokens": CounterMetricFamily(
+                "switchyard_engine_spec_decode_draft_tokens",
+                "Speculative decoding: draft tokens verified (acceptance rate: accepted / draft tokens).",
+                labels=["model"],
+            ),
+            "accepted_tokens": CounterMetricFamily(
+                "switchyard_engine_spec_decode_accepted_tokens",
+                "Speculative decoding: draft tokens accepted (each saved one decode step).",
+                labels=["model"],
+            ),
         }
         tpot = HistogramMetricFamily(
             "switchyard_engine_time_per_output_token_seconds",
@@ -102,6 +117,9 @@ class _EngineCollector(Collector):
             counters["hits"].add_metric([model], s.prefix_cache_hit_tokens)
             counters["generated"].add_metric([model], s.generation_tokens)
             counters["finished"].add_metric([model], s.finished_requests)
+            counters["drafts"].add_metric([model], s.spec_drafts)
+            counters["draft_tokens"].add_metric([model], s.spec_draft_tokens)
+            counters["accepted_tokens"].add_metric([model], s.spec_accepted_tokens)
             tpot.add_metric([model], cumulative_buckets(TPOT_BUCKETS, s.tpot_counts), s.tpot_sum)
         yield from gauges.values()
         yield from counters.values()

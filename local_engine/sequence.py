@@ -15,6 +15,7 @@ import torch
 from local_engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
+    from local_engine.engine.ngram_proposer import NgramIndex
     from local_engine.engine.outputs import TokenLogprob
     from local_engine.structured.guide import Guide
 
@@ -61,6 +62,10 @@ class Sequence:
     # Constrained decoding: the grammar state that masks this sequence's logits (None: free).
     guide: Guide | None = None
     num_preemptions: int = 0
+    # Speculative decoding: draft tokens to check after the last token in the next step (never in
+    # ``token_ids`` until accepted), and the prompt-lookup index they come from.
+    spec_token_ids: list[int] = field(default_factory=list)
+    ngram_index: NgramIndex | None = None
 
     def __post_init__(self) -> None:
         if not self.token_ids:

@@ -103,9 +103,13 @@ class BlockManager:
         in_use = sum(1 for b in hits if self.ref_counts[b] > 0)
         return needed - in_use <= self.num_free_blocks
 
-    def can_append(self, seq: Sequence) -> bool:
-        """Whether ``seq`` can get a slot for its next uncomputed token."""
-        return not self._needs_block(seq) or self.num_free_blocks > 0
+    def _blocks_short(self, seq: Sequence, num_lookahead: int) -> int:
+        return max(0, self.blocks_needed(seq.num_tokens + num_lookahead) - len(seq.block_table))
+
+    def can_append(self, seq: Sequence, num_lookahead: int = 0) -> bool:
+        """Whether ``seq`` can get slots for its next uncomputed token and ``num_lookahead`` draft
+        tokens after it (speculative decoding)."""
+        return self._blocks_short(seq, num_lookahead) <= self.num_free_blocks
 
     # -- mutations ---------------------------------------------------------------------------
 
@@ -148,13 +152,22 @@ class BlockManager:
         seq.num_computed_tokens = cached
         seq.num_registered_blocks = len(hits)
 
-    def _needs_block(self, seq: Sequence) -> bool:
-        return seq.num_tokens > len(seq.block_table) * self.block_size
-
-    def append_slot(self, seq: Sequence) -> None:
-        """Make room for ``seq``'s next token (a new block when the last one is full)."""
-        if self._needs_block(seq):
+    def append_slot(self, seq: Sequence, num_lookahead: int = 0) -> None:
+        """Make room for ``seq``'s next token and ``num_lookahead`` draft tokens after it (new blocks
+        when the last one fills up)."""
+        for _ in range(self._blocks_short(seq, num_lookahead)):
             seq.block_table.append(self._take_free_block())
+
+    def trim(self, seq: Sequence) -> None:
+        """Free the blocks past ``seq``'s tokens, taken for draft tokens that were rejected. They were
+        never registered (only computed full blocks are), so they go straight back to the free list."""
+        keep = self.blocks_needed(seq.num_tokens)
+        table = seq.block_table
+        while len(table) > keep:
+            block = table.pop()
+            self.ref_counts[block] -= 1
+            if self.ref_counts[block] == 0:
+                self._free_plain.append(block)
 
     def commit(self, seq: Sequence) -> None:
         """Register ``seq``'s newly computed full blocks in the prefix cache (after a step)."""

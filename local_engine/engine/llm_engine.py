@@ -3,6 +3,15 @@
 Output handling per sampled token: append, detokenize incrementally, then finish on EOS, a stop
 token id, ``max_tokens``/context length, or a stop string (found across token boundaries; text that
 could still be the start of a stop string is held back until it can't).
+
+Speculative decoding by prompt lookup (``config.speculative_decoding``): before a step, each greedy
+decoding sequence may get draft tokens from ``NgramProposer``; the step computes its last token and
+the drafts together (as decode rows, ``ModelRunner.prepare``) and samples a token after each.
+Drafts are accepted while they equal what was sampled before them, so the accepted tokens plus the
+one sampled after them are exactly what plain greedy decoding would have produced; they go through
+the same per-token append (stopping at the first finish), and only their positions count as
+computed. Sampling that depends on more than the logits of one position (temperature, penalties,
+grammars, logprobs, pending min_tokens) does not speculate.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from local_engine.config import EngineConfig
 from local_engine.detokenizer import IncrementalDetokenizer
 from local_engine.engine.block_manager import BlockManager
 from local_engine.engine.model_runner import ModelRunner
+from local_engine.engine.ngram_proposer import NgramIndex, NgramProposer
 from local_engine.engine.outputs import CompletionOutput, RequestOutput, RequestTimes, TokenLogprob
 from local_engine.engine.scheduler import Scheduler
 from local_engine.engine.stats import EngineSnapshot, EngineStats
@@ -78,6 +88,11 @@ class LLMEngine:
         self._reported: dict[int, _Reported] = {}
         self.num_steps = 0
         self.stats = EngineStats()
+        self.proposer: NgramProposer | None = None
+        if config.speculative_decoding:
+            self.proposer = NgramProposer(
+                config.num_speculative_tokens, config.prompt_lookup_min, config.prompt_lookup_max
+            )
         if config.warmup:
             self.warmup()
 
@@ -139,6 +154,8 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Schedule and run one model step; returns an output for every request that progressed."""
+        if self.proposer is not None:
+            self._propose(self.proposer)
         batch = self.scheduler.schedule()
         if batch.is_empty:
             if self.scheduler.waiting and not self.scheduler.running:
@@ -152,19 +169,28 @@ class LLMEngine:
         bm = self.block_manager
         requests = self.requests
         for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
-            seq.num_computed_tokens += n
-            bm.commit(seq)
+            if not seq.spec_token_ids:  # a speculating sequence counts what it accepts, below
+                seq.num_computed_tokens += n
+                bm.commit(seq)
             times = requests[seq.request_id].times
             if times.scheduled is None:
                 times.scheduled = started
         touched: dict[str, _Request] = {}
         sampled = result.sampled
-        self.stats.generated(now, len(result.seqs))
-        for seq, token_id, logprob in zip(result.seqs, sampled.token_ids, sampled.logprobs, strict=True):
+        rows, num_rows = result.seqs, len(result.seqs)
+        generated = 0
+        row = 0
+        while row < num_rows:
+            seq = rows[row]
             request = requests[seq.request_id]
             if request.times.first_token is None:
                 request.times.first_token = now
-            self._append_token(request, seq, token_id, logprob)
+            if seq.spec_token_ids:
+                row, appended = self._verify(request, seq, sampled.token_ids, row)
+            else:
+                self._append_token(request, seq, sampled.token_ids[row], sampled.logprobs[row])
+                row, appended = row + 1, 1
+            generated += appended
             if seq.finish_reason is not None:
                 self.scheduler.finish(seq)
             if request.pending_siblings and seq.index == 0:
@@ -172,6 +198,7 @@ class LLMEngine:
                     self.scheduler.add(sibling, front=True)
                 request.pending_siblings = []
             touched[request.request_id] = request
+        self.stats.generated(now, generated)
         for request in touched.values():
             if request.finished:
                 self._finished(request, now)
@@ -182,6 +209,57 @@ class LLMEngine:
                 for seq in request.seqs:
                     self._reported.pop(seq.seq_id, None)
         return outputs
+
+    def _propose(self, proposer: NgramProposer) -> None:
+        """Give each greedy decoding sequence its draft tokens for the next step, while the running
+        batch is small enough that verifying them costs about as little as one token."""
+        running = self.scheduler.running
+        speculate = len(running) <= self.config.speculative_max_batch
+        for seq in running:
+            seq.spec_token_ids = []
+            if not speculate or seq.num_uncomputed_tokens != 1:
+                continue
+            p = seq.params
+            if (
+                not p.greedy
+                or p.has_penalties
+                or seq.guide is not None
+                or seq.logprobs is not None
+                or seq.num_output_tokens < p.min_tokens
+            ):
+                continue
+            # Room for the drafts and the token sampled after them, within max_tokens and the context.
+            limit = self.max_model_len - seq.num_tokens
+            if p.max_tokens is not None:
+                limit = min(limit, p.max_tokens - seq.num_output_tokens - 1)
+            if seq.ngram_index is None:
+                seq.ngram_index = NgramIndex()
+            seq.spec_token_ids = proposer.propose(seq.ngram_index, seq.token_ids, limit)
+
+    def _verify(self, request: _Request, seq: Sequence, sampled: list[int], row: int) -> tuple[int, int]:
+        """Accept ``seq``'s drafts while each equals the token sampled before it, append the accepted
+        ones and the token sampled after them (stopping at a finish), roll the rest back.
+        ``sampled[row:]`` holds its 1 + drafts rows; returns the next row and the tokens appended."""
+        drafts = seq.spec_token_ids
+        tokens = sampled[row : row + len(drafts) + 1]
+        accepted = 0
+        while accepted < len(drafts) and drafts[accepted] == tokens[accepted]:
+            accepted += 1
+        self.stats.speculated(len(drafts), accepted)
+        appended = 0
+        for token_id in tokens[: accepted + 1]:
+            self._append_token(request, seq, token_id, None)
+            appended += 1
+            if seq.finish_reason is not None:
+                break
+        # K/V is valid for the last token and the accepted drafts: the rejected positions' slots are
+        # rewritten when the sequence gets there, and their spare blocks go back now.
+        seq.num_computed_tokens += appended
+        seq.spec_token_ids = []
+        self.block_manager.commit(seq)
+        if seq.finish_reason is None:
+            self.block_manager.trim(seq)
+        return row + len(drafts) + 1, appended
 
     def _finished(self, request: _Request, now: float) -> None:
         times = request.times
@@ -209,6 +287,9 @@ class LLMEngine:
             tpot_counts=tuple(stats.tpot_counts),
             tpot_sum=stats.tpot_sum,
             generation_tokens_per_s=stats.tokens_per_s(time.monotonic()),
+            spec_drafts=stats.spec_drafts,
+            spec_draft_tokens=stats.spec_draft_tokens,
+            spec_accepted_tokens=stats.spec_accepted_tokens,
         )
 
     def _append_token(

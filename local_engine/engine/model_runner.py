@@ -32,12 +32,12 @@ class StepInputs:
     positions: torch.Tensor  # [T] int64
     meta: AttentionMetadata
     sample_indices: list[int]  # token rows whose logits are sampled
-    sample_seqs: list[Sequence]
+    sample_seqs: list[Sequence]  # per sampled row (a speculating sequence has 1 + drafts rows)
 
 
 @dataclass(slots=True)
 class StepResult:
-    seqs: list[Sequence]  # the sequences that sampled a token this step
+    seqs: list[Sequence]  # per sampled row, as ``StepInputs.sample_seqs``
     sampled: SamplerOutput
 
 
@@ -165,10 +165,26 @@ class ModelRunner:
         sample_indices: list[int] = []
         sample_seqs: list[Sequence] = []
         tables: list[list[int]] = []
+        query_lens: list[int] = []
         for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
             start = seq.num_computed_tokens
             end = start + n
             table = seq.block_table
+            if seq.spec_token_ids:
+                # A speculating decode (its last token, then its drafts) enters attention as one decode
+                # row per token over the same blocks, each seeing one position more: every row is then
+                # computed exactly as a plain decode step would, so accepted tokens match plain greedy.
+                for pos, token_id in enumerate([seq.token_ids[start], *seq.spec_token_ids], start):
+                    input_ids.append(token_id)
+                    positions.append(pos)
+                    slots.append(table[pos // bs] * bs + pos % bs)
+                    query_start.append(query_start[-1] + 1)
+                    query_lens.append(1)
+                    seq_lens.append(pos + 1)
+                    tables.append(table)
+                    sample_indices.append(query_start[-1] - 1)
+                    sample_seqs.append(seq)
+                continue
             if n == 1:
                 input_ids.append(seq.token_ids[start])
                 positions.append(start)
@@ -183,6 +199,7 @@ class ModelRunner:
                     slots.extend(range(base + pos, base + block_end))
                     pos = block_end
             query_start.append(query_start[-1] + n)
+            query_lens.append(n)
             seq_lens.append(end)
             tables.append(table)
             if end == seq.num_tokens:
@@ -202,7 +219,6 @@ class ModelRunner:
         if self.device.type != "cpu":
             longs = longs.pin_memory().to(self.device, non_blocking=True)
             ints = ints.pin_memory().to(self.device, non_blocking=True)
-        query_lens = batch.num_tokens
         meta = AttentionMetadata(
             slot_mapping=longs[2 * num_tokens :],
             query_start_loc=ints[: num_seqs + 1],
@@ -211,7 +227,7 @@ class ModelRunner:
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
             block_size=bs,
-            query_lens_cpu=list(query_lens),
+            query_lens_cpu=query_lens,
             seq_lens_cpu=seq_lens,
         )
         return StepInputs(

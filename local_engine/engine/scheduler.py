@@ -1,11 +1,11 @@
 """Continuous batching: which sequences run this step, and how many tokens each computes.
 
 Each step has a token budget (``max_num_batched_tokens``) and a cap on running sequences
-(``max_num_seqs``). Running decodes go first (one token each), then running prefills continue in
-chunks, then waiting sequences are admitted FCFS with whatever budget is left (chunked prefill
-mixed with decodes). When a decode needs a block and none is free, the most recently admitted
-running sequence is preempted by recompute: its blocks are freed and it goes back to the front
-of the waiting queue.
+(``max_num_seqs``). Running decodes go first (one token each, plus the draft tokens a speculating
+sequence verifies), then running prefills continue in chunks, then waiting sequences are admitted
+FCFS with whatever budget is left (chunked prefill mixed with decodes). When a decode needs a block
+and none is free, the most recently admitted running sequence is preempted by recompute: its blocks
+are freed and it goes back to the front of the waiting queue.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
+        seq.spec_token_ids.clear()  # it prefills again; drafts only ride on a decode step
         self.block_manager.free(seq)
         seq.num_preemptions += 1
         self.num_preemptions += 1
@@ -68,7 +69,9 @@ class Scheduler:
         bm = self.block_manager
         preempted_before = self.num_preemptions
 
-        # 1. Running decodes (one new token each); preempt from the back when blocks run out.
+        # 1. Running decodes (one new token each, plus any draft tokens to verify); preempt from the
+        # back when blocks run out. Drafts are trimmed to the budget and free blocks, never worth a
+        # preemption.
         decoding = [s for s in self.running if s.num_uncomputed_tokens == 1]
         scheduled_ids: set[int] = set()
         for seq in decoding:
@@ -76,6 +79,12 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted by an earlier sequence in this loop
+            drafts = seq.spec_token_ids
+            if drafts:
+                keep = min(len(drafts), budget - 1)
+                if keep and not bm.can_append(seq, keep):
+                    keep = 0
+                del drafts[keep:]
             while not bm.can_append(seq):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -83,11 +92,11 @@ class Scheduler:
                     break
             if seq.status is not SequenceStatus.RUNNING:
                 continue
-            bm.append_slot(seq)
+            bm.append_slot(seq, len(drafts))
             out.seqs.append(seq)
-            out.num_tokens.append(1)
+            out.num_tokens.append(1 + len(drafts))
             scheduled_ids.add(seq.seq_id)
-            budget -= 1
+            budget -= 1 + len(drafts)
 
         # 2. Running prefills continue (their blocks were allocated at admission).
         for seq in self.running:

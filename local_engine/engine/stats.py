@@ -32,6 +32,11 @@ class EngineSnapshot:
     tpot_counts: tuple[int, ...]  # per TPOT_BUCKETS bound (not cumulative), then the overflow
     tpot_sum: float
     generation_tokens_per_s: float  # over the last RATE_WINDOW_S whole seconds
+    # Speculative decoding: verification passes, draft tokens checked, and of those, accepted
+    # (acceptance rate: accepted / draft tokens).
+    spec_drafts: int = 0
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -40,6 +45,9 @@ class EngineStats:
     finished_requests: int = 0
     tpot_counts: list[int] = field(default_factory=lambda: [0] * (len(TPOT_BUCKETS) + 1))
     tpot_sum: float = 0.0
+    spec_drafts: int = 0
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
     # (whole second, tokens generated in it), newest last.
     _per_second: deque[list[int]] = field(default_factory=lambda: deque(maxlen=RATE_WINDOW_S + 1))
 
@@ -51,6 +59,12 @@ class EngineStats:
             per_second[-1][1] += tokens
         else:
             per_second.append([second, tokens])
+
+    def speculated(self, draft_tokens: int, accepted: int) -> None:
+        """One sequence's drafts were verified: ``accepted`` of ``draft_tokens`` held."""
+        self.spec_drafts += 1
+        self.spec_draft_tokens += draft_tokens
+        self.spec_accepted_tokens += accepted
 
     def finished(self, time_per_output_token: float | None) -> None:
         """A request finished; ``time_per_output_token`` is None when it made fewer than two tokens."""

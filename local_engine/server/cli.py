@@ -40,6 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--gpu-memory-utilization", type=float, default=0.85)
     serve.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: all cores)")
     serve.add_argument("--no-prefix-caching", action="store_true")
+    serve.add_argument(
+        "--no-speculative-decoding",
+        action="store_true",
+        help="never verify prompt-lookup draft tokens (on by default for small batches)",
+    )
+    serve.add_argument(
+        "--num-speculative-tokens", type=int, default=4, help="draft tokens verified per step at most"
+    )
+    serve.add_argument("--prompt-lookup-min", type=int, default=2, help="shortest n-gram looked up")
+    serve.add_argument("--prompt-lookup-max", type=int, default=4, help="longest n-gram looked up")
+    serve.add_argument(
+        "--speculative-max-batch",
+        type=int,
+        default=2,
+        help="speculate only while at most this many sequences run",
+    )
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument(
         "--api-key",
@@ -75,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             kv_cache_memory_bytes=args.kv_cache_memory_bytes,
             gpu_memory_utilization=args.gpu_memory_utilization,
             enable_prefix_caching=not args.no_prefix_caching,
+            speculative_decoding=not args.no_speculative_decoding,
+            num_speculative_tokens=args.num_speculative_tokens,
+            prompt_lookup_min=args.prompt_lookup_min,
+            prompt_lookup_max=args.prompt_lookup_max,
+            speculative_max_batch=args.speculative_max_batch,
             seed=args.seed,
             num_threads=args.num_threads,
         )
