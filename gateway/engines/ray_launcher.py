@@ -190,6 +190,8 @@ def _supervise(ray: Any, replicas: dict[str, Any]) -> int:
             except ray.exceptions.ActorUnavailableError:
                 continue  # restarting: its next answer has the new endpoint
             except ray.exceptions.RayActorError as exc:
+                if _still_named(ray, name):
+                    continue  # died and being restarted: Ray keeps the name until it gives up
                 print(f"switchyard engine: replica {name} is gone: {exc}", file=sys.stderr, flush=True)
                 del replicas[name]
                 continue
@@ -200,6 +202,14 @@ def _supervise(ray: Any, replicas: dict[str, Any]) -> int:
             print("switchyard engine: every replica is gone", file=sys.stderr)
             return 1
     return 0
+
+
+def _still_named(ray: Any, name: str) -> bool:
+    try:
+        ray.get_actor(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _stop_all(ray: Any, replicas: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -47,8 +48,16 @@ def cluster() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def replicas(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Replica actor name -> its engine's /v1 URL, from the launcher's own report."""
+def launcher_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ray-launcher") / "launcher.log"
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    cluster: str, launcher_log: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """Replica actor name -> its engine's /v1 URL, from the launcher's own report (updated by a test
+    that has a replica restarted)."""
     root = tmp_path_factory.mktemp("ray-replicas")
     make_hf_model("llama", root / "tiny")
     command = [
@@ -58,7 +67,7 @@ def replicas(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         *("--model", str(root / "tiny"), "--served-model-name", "tiny", "--dtype", "float32"),
         *("--max-model-len", "256", "--num-threads", "1", "--host", "127.0.0.1", "--log-level", "warning"),
     ]
-    log_path = root / "launcher.log"
+    log_path = launcher_log
     with log_path.open("wb") as log:
         launcher = subprocess.Popen(
             command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -75,6 +84,12 @@ def replicas(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         assert sorted(found) == [f"{APP}/0", f"{APP}/1"]
         yield found
         assert launcher.poll() is None, log_path.read_text(errors="replace")
+        os.killpg(launcher.pid, signal.SIGTERM)
+        assert launcher.wait(timeout=45) == 0, log_path.read_text(errors="replace")
+        # The launcher stopped every engine it started (checked before the cluster itself goes).
+        for url in found.values():
+            with pytest.raises(httpx.TransportError):
+                httpx.get(url + "/models", timeout=2)
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGTERM)  # the launcher stops its engines, then the actors
@@ -100,6 +115,30 @@ def gateway(cluster: str, replicas: dict[str, str]) -> Iterator[GatewayProcess]:
         yield gw
 
 
+@pytest.fixture(scope="module")
+def aware_gateway(cluster: str, replicas: dict[str, str]) -> Iterator[GatewayProcess]:
+    """A second gateway, routing with ``prefix-cache-aware``; warmed up (a first request made it read
+    both replicas' prefix-cache summaries and the tokenizer)."""
+    config = {
+        "model_list": [
+            {
+                "model_name": "tiny",
+                "litellm_params": {"model": f"ray/{APP}", "ray_address": cluster, "ray_namespace": NAMESPACE},
+            }
+        ],
+        "router_settings": {"routing_strategy": "prefix-cache-aware", "num_retries": 0},
+    }
+    with gateway_process(config, ready_timeout=60) as gw:
+        ask(client_for(gw), "Warm up.")
+        time.sleep(2.0)  # the engines rebuild their summaries every 0.5 s, the gateway polls every 1 s
+        yield gw
+
+
+def prefix_hits(url: str) -> int:
+    """Prompt tokens the engine found in its prefix cache at admission."""
+    return httpx.get(url + "/prefix_cache/summary", timeout=5).json()["prefix_cache"]["hits"]
+
+
 def served_tokens(url: str) -> int:
     """Prompt tokens the engine looked up in its prefix cache: grows with every request it serves."""
     return httpx.get(url + "/prefix_cache/summary", timeout=5).json()["prefix_cache"]["queries"]
@@ -112,6 +151,26 @@ def ask(client: openai.OpenAI, text: str) -> str:
     )
     assert raw.parse().choices[0].message.content is not None
     return raw.headers["x-switchyard-deployment"]
+
+
+def ask_messages(client: openai.OpenAI, messages: list[dict[str, str]]) -> str:
+    """One chat turn through the gateway; the deployment id that served it."""
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny",
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=4,
+        temperature=0,
+    )
+    return raw.headers["x-switchyard-deployment"]
+
+
+def wait_for_line(log: Path, text: str, timeout_s: float = 15.0) -> str:
+    """``log``'s text once it holds ``text`` (the launcher checks its replicas every 5 s)."""
+    deadline = time.monotonic() + timeout_s
+    while text not in (content := log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, content
+        time.sleep(0.3)
+    return content
 
 
 def client_for(gateway: GatewayProcess) -> openai.OpenAI:
@@ -139,6 +198,57 @@ def test_requests_spread_over_both_replicas(gateway: GatewayProcess, replicas: d
     assert set(served) == set(ids), (served, gateway.logs())
     for name in replicas:
         assert after[name] > before[name], f"{name} served nothing by its own count"
+
+
+def test_prefix_cache_aware_keeps_a_conversation_on_its_replica(
+    aware_gateway: GatewayProcess, replicas: dict[str, str]
+) -> None:
+    """Ray replicas take part in ``prefix-cache-aware`` routing (they are marked as engines)."""
+    client = client_for(aware_gateway)
+    ids = {deployment_of(name, url): name for name, url in replicas.items()}
+    for conversation in range(3):
+        messages = [
+            {
+                "role": "system",
+                "content": f"Conversation {conversation}. Paged attention keeps the KV cache.",
+            },
+            {"role": "user", "content": "The quick brown fox jumps over the lazy dog."},
+        ]
+        first = client.chat.completions.with_raw_response.create(
+            model="tiny", messages=messages, max_tokens=4, temperature=0
+        )
+        owner = ids[first.headers["x-switchyard-deployment"]]
+        messages += [
+            {"role": "assistant", "content": first.parse().choices[0].message.content or ""},
+            {"role": "user", "content": "Hello world! Continuous batching mixes prefill and decode tokens."},
+        ]
+        before = prefix_hits(replicas[owner])
+        assert ask_messages(client, messages) == deployment_of(owner, replicas[owner]), aware_gateway.logs()
+        assert prefix_hits(replicas[owner]) - before >= 16  # at least one block of the last turn reused
+
+
+def test_replica_restarted_by_ray_is_learned_again(
+    gateway: GatewayProcess, replicas: dict[str, str], launcher_log: Path
+) -> None:
+    """A replica whose actor dies is restarted by Ray (max_restarts) with a new engine on a new
+    port: the gateway drops the old deployment and routes to the new one."""
+    name = f"{APP}/1"
+    old = deployment_of(name, replicas[name])
+    ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=False)
+    client = client_for(gateway)
+    for i in range(6):  # none fails: the router retries those that reach the dying engine
+        ask(client, f"Request {i} while a replica restarts.")
+    deadline = time.monotonic() + 120
+    while True:
+        routed = routed_deployments(gateway)
+        new = {d for d in routed if d.startswith(name + "@")} - {old}
+        if new and old not in routed:
+            break
+        assert time.monotonic() < deadline, f"routed: {routed}\n{gateway.logs()}"
+        time.sleep(0.5)
+    replicas[name] = "http://" + new.pop().split("@", 1)[1] + "/v1"
+    assert set(ask(client, f"Request {i} after the restart.") for i in range(16)) == routed
+    assert f"replica {name} restarted at {replicas[name]}" in wait_for_line(launcher_log, "restarted at")
 
 
 def test_killed_replica_moves_traffic_to_the_other(gateway: GatewayProcess, replicas: dict[str, str]) -> None:
