@@ -162,7 +162,7 @@ def test_quant_gemm_without_vnni_or_avx2_computes_the_same(flags: tuple[str, ...
         raw = torch.from_numpy(quantized_weight(qtype, 40, 512, seed=5))
         want = cpu_kernels.quant_gemm(x, raw, int(qtype))
         out = torch.empty((6, 40), dtype=BF16)
-        args = (x.data_ptr(), 6, 512, 512, raw.data_ptr(), 40, None, out.data_ptr(), 40, 2, 0, 0)
+        args = (x.data_ptr(), 6, 512, 512, raw.data_ptr(), 40, None, out.data_ptr(), 40, 2, 0, 0, 0)
         assert fn(int(qtype), *args) == 0
         # same integer sums; fp32 summation order differs, so a last-bit bf16 difference at most
         assert torch.allclose(out.float(), want.float(), rtol=2**-7, atol=1e-5), qtype.name

@@ -35,11 +35,12 @@ _SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     "sy_quant_row_bytes": (_I, [ctypes.c_int, _I]),
     "sy_quant_gemm": (
         ctypes.c_int,
-        [ctypes.c_int, _P, _I, _I, _I, _P, _I, _P, _P, _I, _T, ctypes.c_int, ctypes.c_int],
+        [ctypes.c_int, _P, _I, _I, _I, _P, _I, _P, _P, _I, _T, ctypes.c_int, ctypes.c_int, ctypes.c_int],
     ),
     "sy_quant_dequant_rows": (None, [ctypes.c_int, _P, _I, _P, _I, _P, ctypes.c_int]),
     "sy_quant_pack_panels": (ctypes.c_int, [ctypes.c_int, _P, _I, _I, _T]),
     "sy_quant_panels_supported": (ctypes.c_int, []),
+    "sy_decoder_forward": (ctypes.c_int, [_P, _P, _I, _P, _P, _P, _I, _P, _P, _T]),
 }
 MAX_GROUP = 16  # query heads per KV head the decode kernel holds in registers / stack
 MAX_HEAD_DIM = 256
@@ -399,12 +400,16 @@ def quant_gemm(
     bias_f32: torch.Tensor | None = None,
     silu_mul: bool = False,
     panels: bool = False,
+    out_dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
-    """``x @ W.T + bias`` (bf16 in and out) with ``W`` the GGUF blocks ``weight`` (uint8
-    ``[n, row bytes]``, in the panel layout where ``panels``) of GGML type ``qtype``: activations
-    quantized to int8 per 32 values, integer dot products, fp32 sums. With ``silu_mul`` (``W`` a
-    gated MLP's gate rows, then its up rows) the result is ``silu(gate) * up``, ``n / 2`` wide."""
+    """``x @ W.T + bias`` (bf16 in, ``out_dtype`` bf16 or float32 out) with ``W`` the GGUF blocks
+    ``weight`` (uint8 ``[n, row bytes]``, in the panel layout where ``panels``) of GGML type
+    ``qtype``: activations quantized to int8 per 32 values, integer dot products, fp32 sums. With
+    ``silu_mul`` (``W`` a gated MLP's gate rows, then its up rows; bf16 out only) the result is
+    ``silu(gate) * up``, ``n / 2`` wide."""
     _require_bf16(x=x)
+    if out_dtype not in (torch.bfloat16, torch.float32) or (silu_mul and out_dtype != torch.bfloat16):
+        raise ValueError(f"quant_gemm writes bf16 (or float32 without silu_mul), not {out_dtype}")
     k = x.shape[-1]
     _check_quant(weight, qtype, k)
     n = weight.shape[0]
@@ -416,7 +421,7 @@ def quant_gemm(
         raise ValueError(f"a gated projection needs an even number of rows, not {n}")
     width = n // 2 if silu_mul else n
     x2 = _rows(x)
-    out = torch.empty((x2.shape[0], width), dtype=_BF16)
+    out = torch.empty((x2.shape[0], width), dtype=out_dtype)
     rc = _lib().sy_quant_gemm(
         qtype,
         x2.data_ptr(),
@@ -431,6 +436,7 @@ def quant_gemm(
         torch.get_num_threads(),
         int(silu_mul),
         int(panels),
+        int(out_dtype == torch.float32),
     )
     if rc == -1:
         raise ValueError(f"this build cannot run a panel-layout weight of {n} rows")

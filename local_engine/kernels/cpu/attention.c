@@ -1,5 +1,6 @@
 /* Decode attention over the paged KV cache: one query token per sequence. */
 #include "common.h"
+#include "kernels.h"
 #include "pool.h"
 
 #include <stdatomic.h>

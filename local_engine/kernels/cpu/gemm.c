@@ -1,5 +1,6 @@
 /* Matmuls for decode batches against weights packed for AVX512-BF16 dot products. */
 #include "common.h"
+#include "kernels.h"
 #include "pool.h"
 
 /* Matmuls for a few rows (decode batches): y[m, n] = x[m, :] . w[n, :] + bias[n], bf16 in and out,

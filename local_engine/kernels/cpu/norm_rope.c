@@ -1,5 +1,6 @@
 /* RMSNorm (with its residual add), rotary + KV-cache write, and the plain KV-cache write. */
 #include "common.h"
+#include "kernels.h"
 #include "pool.h"
 
 /* out = bf16(bf16(normalise(s)) * w) where s = x, or s = bf16(x + residual) written to sum_out.

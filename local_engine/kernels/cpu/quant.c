@@ -28,6 +28,7 @@
  *   per feature (4x fewer instructions at batch 1, 5x at 16 rows than the row layout here).
  * Output features are shared out among the pool's threads. */
 #include "common.h"
+#include "kernels.h"
 #include "pool.h"
 
 #if defined(__AVX2__)
@@ -449,14 +450,23 @@ static inline __attribute__((always_inline)) void panel_tile(const int type, con
 #endif
 
 struct qgemm_job {
-    int type, panels, silu_mul;
+    int type, panels, silu_mul, f32_out;
     const uint8_t *w;
     int64_t row_bytes, m, n;
     struct qx x;
     const float *bias;
-    bf16 *y;
+    void *y; /* bf16, or fp32 with f32_out */
     int64_t y_stride;
 };
+
+/* Output value f of row i: rounded to bf16, or kept in fp32 (f32_out: logits, which bf16 would
+ * round by up to 1/256 of their size, enough to flip a near-tie). */
+static inline void put(const struct qgemm_job *job, int64_t i, int64_t f, float v) {
+    if (job->f32_out)
+        ((float *)job->y)[i * job->y_stride + f] = v;
+    else
+        ((bf16 *)job->y)[i * job->y_stride + f] = f2bf(v);
+}
 
 /* silu(gate) * up with Hugging Face's bf16 roundings (as gemm.c's fused MLP). */
 static inline float silu_mul_bf16(float gate, float up) {
@@ -497,12 +507,11 @@ static void qgemm_features(void *arg, int64_t begin, int64_t end) {
                 if (job->silu_mul) row_dot(qt, up, &job->x, i0, R, b);
             }))
             for (int i = 0; i < mr; i++) {
-                bf16 *y = job->y + (i0 + i) * job->y_stride;
                 if (job->silu_mul) {
                     const float gb = job->bias ? job->bias[f] : 0.0f, ub = job->bias ? job->bias[f + job->n / 2] : 0.0f;
-                    y[f] = f2bf(silu_mul_bf16(a[i] + gb, b[i] + ub));
+                    put(job, i0 + i, f, silu_mul_bf16(a[i] + gb, b[i] + ub));
                 } else {
-                    y[f] = f2bf(a[i] + (job->bias ? job->bias[f] : 0.0f));
+                    put(job, i0 + i, f, a[i] + (job->bias ? job->bias[f] : 0.0f));
                 }
             }
         }
@@ -527,16 +536,20 @@ static void qgemm_panels(void *arg, int64_t begin, int64_t end) {
                 }
             }))
             for (int i = 0; i < mr; i++) {
-                bf16 *y = job->y + (i0 + i) * job->y_stride + f0;
+                const int64_t at = (i0 + i) * job->y_stride + f0;
                 if (job->silu_mul) {
                     __m512 gate = a[i], up = b[i];
                     if (job->bias) {
                         gate = _mm512_add_ps(gate, _mm512_loadu_ps(job->bias + f0));
                         up = _mm512_add_ps(up, _mm512_loadu_ps(job->bias + f0 + job->n / 2));
                     }
-                    store16(y, _mm512_mul_ps(round_bf16(silu16(round_bf16(gate))), round_bf16(up)));
+                    store16((bf16 *)job->y + at, _mm512_mul_ps(round_bf16(silu16(round_bf16(gate))), round_bf16(up)));
                 } else {
-                    store16(y, job->bias ? _mm512_add_ps(a[i], _mm512_loadu_ps(job->bias + f0)) : a[i]);
+                    const __m512 v = job->bias ? _mm512_add_ps(a[i], _mm512_loadu_ps(job->bias + f0)) : a[i];
+                    if (job->f32_out)
+                        _mm512_storeu_ps((float *)job->y + at, v);
+                    else
+                        store16((bf16 *)job->y + at, v);
                 }
             }
         }
@@ -545,13 +558,14 @@ static void qgemm_panels(void *arg, int64_t begin, int64_t end) {
 #endif
 
 /* y[m, n] = x[m, k] . w[n, k] + bias, with w a GGUF tensor of `type` (rows of quantized blocks,
- * or panels: see sy_quant_pack_panels) and x, y bf16. silu_mul: w holds a gated MLP's gate rows
- * then its up rows; y gets silu(gate) * up, n / 2 wide. Returns -1 for an unknown type, a k the
- * blocks do not divide or a panel layout this build cannot run, -2 when scratch memory is short. */
+ * or panels: see sy_quant_pack_panels), x bf16 and y bf16 (fp32 with f32_out). silu_mul: w holds
+ * a gated MLP's gate rows then its up rows; y gets silu(gate) * up, n / 2 wide, in bf16. Returns
+ * -1 for an unknown type, a k the blocks do not divide, a panel layout this build cannot run or
+ * silu_mul with f32_out, -2 when scratch memory is short. */
 int sy_quant_gemm(int type, const bf16 *x, int64_t m, int64_t x_stride, int64_t k, const uint8_t *w, int64_t n,
-                  const float *bias, bf16 *y, int64_t y_stride, int threads, int silu_mul, int panels) {
+                  const float *bias, void *y, int64_t y_stride, int threads, int silu_mul, int panels, int f32_out) {
     const int64_t row_bytes = sy_quant_row_bytes(type, k);
-    if (row_bytes < 0 || (silu_mul && n % 2)) return -1;
+    if (row_bytes < 0 || (silu_mul && (n % 2 || f32_out))) return -1;
     if (panels && (!sy_quant_panels_supported() || !panel_type(type) || n % (silu_mul ? 2 * QP : QP))) return -1;
     if (m == 0 || n == 0) return 0;
     const int64_t groups = k / QK;
@@ -565,8 +579,8 @@ int sy_quant_gemm(int type, const bf16 *x, int64_t m, int64_t x_stride, int64_t 
         return -2;
     }
     quantize_rows(x, m, x_stride, k, q, ds, ds + m * groups, sums);
-    struct qgemm_job job = {type,      panels, silu_mul, w, row_bytes, m, n, {q, ds, ds + m * groups, sums, k, groups},
-                            bias,      y,      y_stride};
+    struct qgemm_job job = {type, panels, silu_mul, f32_out, w, row_bytes, m, n, {q, ds, ds + m * groups, sums, k, groups},
+                            bias, y,      y_stride};
     const int64_t features = silu_mul ? n / 2 : n;
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
     if (panels)
