@@ -1,1 +1,1 @@
-"""Model building blocks (tensor-parallel-ready boundaries, tp_size=1 is what runs today)."""
+"""Model building blocks, with tensor-parallel boundaries (``tp_rank`` / ``tp_size``; see ``linear``)."""

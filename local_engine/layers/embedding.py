@@ -1,4 +1,9 @@
-"""Token embedding and the LM head (vocabulary split along rows when tensor parallel)."""
+"""Token embedding and the LM head (vocabulary split along rows when tensor parallel).
+
+A vocabulary that does not divide by ``tp_size`` is padded: every rank holds ``ceil(V / tp_size)``
+rows, the last one's tail zeros that no token id reaches and whose logits are cut off after the
+gather.
+"""
 
 from __future__ import annotations
 
@@ -11,29 +16,31 @@ from local_engine.layers.quant_linear import QuantizedTensor
 
 
 class VocabParallelEmbedding(nn.Module):
-    """Embedding table holding rows ``[tp_rank * V/tp, (tp_rank + 1) * V/tp)`` of the vocabulary."""
+    """Embedding table holding rows ``[tp_rank * S, (tp_rank + 1) * S)`` of the vocabulary,
+    ``S = ceil(V / tp_size)``."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, tp_rank: int = 0, tp_size: int = 1) -> None:
         super().__init__()
-        if num_embeddings % tp_size:
-            raise ValueError(f"vocab size {num_embeddings} is not divisible by tp_size {tp_size}")
         self.num_embeddings = num_embeddings
         self.tp_rank = tp_rank
         self.tp_size = tp_size
-        self.shard_size = num_embeddings // tp_size
+        self.shard_size = -(-num_embeddings // tp_size)
         self.vocab_start = tp_rank * self.shard_size
+        # Rows of the real vocabulary in this shard (fewer than shard_size on a padded last rank).
+        self.shard_rows = max(0, min(self.shard_size, num_embeddings - self.vocab_start))
         self.weight = nn.Parameter(torch.empty(self.shard_size, embedding_dim))
         self.weight.weight_loader = self.weight_loader  # type: ignore[attr-defined]
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor | QuantizedTensor) -> None:
-        """Copy this rank's rows of the full table ``loaded`` (a quantized one stays quantized)."""
-        shard = loaded.narrow(0, self.vocab_start, self.shard_size)
-        if shard.shape != param.shape:
+        """Copy this rank's rows of the full table (or bias) ``loaded``; a quantized one stays quantized."""
+        if loaded.shape[0] != self.num_embeddings or tuple(loaded.shape[1:]) != tuple(param.shape[1:]):
             raise ValueError(f"embedding shape {tuple(loaded.shape)} does not fit {tuple(param.shape)}")
+        shard = loaded.narrow(0, self.vocab_start, self.shard_rows)
         if isinstance(shard, QuantizedTensor):
             quant_linear.store_rows(self, "weight", shard, 0, self.shard_size)
         else:
-            param.data.copy_(shard)
+            param.data[: self.shard_rows].copy_(shard)
+            param.data[self.shard_rows :].zero_()
 
     def _lookup(self, input_ids: torch.Tensor) -> torch.Tensor:
         if quant_linear.is_quantized(self.weight):
@@ -87,7 +94,7 @@ class ParallelLMHead(VocabParallelEmbedding):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         packed = getattr(self, "_packed", None)
         if quant_linear.is_quantized(self.weight):
-            logits = quant_linear.linear(hidden, self.weight, self._quant_bias).float()
+            logits = quant_linear.linear(hidden, self.weight, self._quant_bias, out_dtype=torch.float32)
         elif packed is not None:
             from local_engine.layers.linear import packed_linear
 
@@ -98,4 +105,4 @@ class ParallelLMHead(VocabParallelEmbedding):
             return logits
         parts = [torch.empty_like(logits) for _ in range(self.tp_size)]
         torch.distributed.all_gather(parts, logits)
-        return torch.cat(parts, dim=-1)
+        return torch.cat(parts, dim=-1)[..., : self.num_embeddings]

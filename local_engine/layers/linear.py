@@ -2,8 +2,9 @@
 
 Each parameter carries a ``weight_loader(param, loaded_weight, shard_id=None)`` that takes the
 *full* checkpoint tensor and copies this rank's shard, so checkpoint loading never needs to know
-how a layer is split. Only ``tp_size == 1`` is exercised today; the collectives are where they
-would go.
+how a layer is split. With ``tp_size > 1`` a row-parallel layer sums its partial outputs over the
+default ``torch.distributed`` group (``local_engine.distributed`` sets it up); at ``tp_size == 1``
+no collective is ever called.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def pack_cpu_weights(model: nn.Module) -> int:
 
 def _divide(numerator: int, denominator: int) -> int:
     if numerator % denominator:
-        raise ValueError(f"{numerator} is not divisible by {denominator}")
+        raise ValueError(f"size {numerator} does not split over {denominator} tensor-parallel ranks")
     return numerator // denominator
 
 
@@ -269,8 +270,14 @@ class QKVParallelLinear(ColumnParallelLinear):
         tp_rank: int = 0,
         tp_size: int = 1,
     ) -> None:
+        if total_num_heads % tp_size:
+            raise ValueError(f"{total_num_heads} attention heads do not split over {tp_size} ranks")
+        if total_num_kv_heads % tp_size and tp_size % total_num_kv_heads:
+            raise ValueError(
+                f"{total_num_kv_heads} KV heads neither split over nor replicate evenly on {tp_size} ranks"
+            )
         self.head_dim = head_dim
-        self.num_heads = _divide(total_num_heads, tp_size)
+        self.num_heads = total_num_heads // tp_size
         # With more ranks than KV heads each KV head is replicated on tp_size / kv_heads ranks.
         self.num_kv_heads = max(1, total_num_kv_heads // tp_size)
         self.kv_replicas = max(1, tp_size // total_num_kv_heads)

@@ -56,13 +56,13 @@ class _GateUp(MergedColumnParallelLinear):
 
 
 class GemmaMLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp_rank: int = 0, tp_size: int = 1) -> None:
         super().__init__()
         if config.hidden_act not in _GELU_TANH:
             raise ValueError(f"activation {config.hidden_act!r} is not supported (gelu_pytorch_tanh)")
         size = config.intermediate_size
-        self.gate_up_proj = _GateUp(config.hidden_size, [size, size])
-        self.down_proj = RowParallelLinear(size, config.hidden_size)
+        self.gate_up_proj = _GateUp(config.hidden_size, [size, size], tp_rank=tp_rank, tp_size=tp_size)
+        self.down_proj = RowParallelLinear(size, config.hidden_size, tp_rank=tp_rank, tp_size=tp_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -70,17 +70,32 @@ class GemmaMLP(nn.Module):
 
 
 class GemmaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer: int) -> None:
+    def __init__(
+        self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer: int, tp_rank: int = 0, tp_size: int = 1
+    ) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size,
+            self.head_dim,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            bias=config.qkv_bias,
+            tp_rank=tp_rank,
+            tp_size=tp_size,
+        )
+        # This rank's heads.
+        self.num_heads = self.qkv_proj.num_heads
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = QKVParallelLinear(
-            config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias=config.qkv_bias
+        self.o_proj = RowParallelLinear(
+            config.num_attention_heads * self.head_dim,
+            config.hidden_size,
+            bias=config.o_bias,
+            tp_rank=tp_rank,
+            tp_size=tp_size,
         )
-        self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, bias=config.o_bias)
         self.rotary_emb = rotary_emb
         scalar = config.query_pre_attn_scalar or float(self.head_dim)
         self.attn = Attention(
@@ -112,11 +127,13 @@ class GemmaAttention(nn.Module):
 class GemmaDecoderLayer(nn.Module):
     """Norms on both sides of attention and of the MLP (Gemma 2's "sandwich" layout)."""
 
-    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer: int) -> None:
+    def __init__(
+        self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer: int, tp_rank: int = 0, tp_size: int = 1
+    ) -> None:
         super().__init__()
         eps = config.rms_norm_eps
-        self.self_attn = GemmaAttention(config, rotary_emb, layer)
-        self.mlp = GemmaMLP(config)
+        self.self_attn = GemmaAttention(config, rotary_emb, layer, tp_rank, tp_size)
+        self.mlp = GemmaMLP(config, tp_rank, tp_size)
         self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps)
         self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps)
         self.pre_feedforward_layernorm = GemmaRMSNorm(config.hidden_size, eps)
@@ -132,9 +149,9 @@ class GemmaDecoderLayer(nn.Module):
 
 
 class GemmaModel(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp_rank: int = 0, tp_size: int = 1) -> None:
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp_rank, tp_size)
         self.embed_scale = config.hidden_size**0.5
         rope_max = config.max_position_embeddings
         global_rope = get_rope(config.head_dim, rope_max, config.rope_theta, config.rope_scaling)
@@ -144,7 +161,7 @@ class GemmaModel(nn.Module):
             local_rope = get_rope(config.head_dim, rope_max, config.local_rope_theta)
         self.ropes = [global_rope] if local_rope is global_rope else [global_rope, local_rope]
         self.layers = nn.ModuleList(
-            GemmaDecoderLayer(config, local_rope if config.window_of(i) else global_rope, i)
+            GemmaDecoderLayer(config, local_rope if config.window_of(i) else global_rope, i, tp_rank, tp_size)
             for i in range(config.num_hidden_layers)
         )
         self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -173,12 +190,12 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
     """``forward(input_ids [T], positions [T], kv_caches, meta) -> hidden [T, H]``;
     ``compute_logits(hidden [N, H]) -> float32 [N, vocab]`` (soft-capped when the config says so)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp_rank: int = 0, tp_size: int = 1) -> None:
         # Llama's forward and checkpoint loading serve as they are; only the layer stack differs.
         nn.Module.__init__(self)
         self.config = config
-        self.model = GemmaModel(config)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+        self.model = GemmaModel(config, tp_rank, tp_size)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp_rank=tp_rank, tp_size=tp_size)
         if config.tie_word_embeddings:
             self.lm_head.tie(self.model.embed_tokens)
 

@@ -2,7 +2,9 @@
 q/k RMSNorm), SmolLM2 (tied embeddings), and the sliding window and partial rotary Phi-3 adds.
 
 Parameter names follow Hugging Face's (``model.layers.N.self_attn.q_proj.weight`` ...); q/k/v and
-gate/up are fused here and ``load_weights`` routes each checkpoint tensor to its shard.
+gate/up are fused here and ``load_weights`` routes each checkpoint tensor to its shard. Built with
+``tp_rank`` / ``tp_size``, a model holds one tensor-parallel rank's shard: its share of the
+attention heads (and KV cache) and of the MLP, and a slice of the vocabulary.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from torch import nn
 
 from local_engine.attention.metadata import AttentionMetadata
 from local_engine.attention.select import get_backend
-from local_engine.layers import cpu_decoder
 from local_engine.layers.activation import SiluAndMul
 from local_engine.layers.attention import Attention
 from local_engine.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -31,17 +32,32 @@ class WeightLoadError(ValueError):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer: int) -> None:
+    def __init__(
+        self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer: int, tp_rank: int = 0, tp_size: int = 1
+    ) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size,
+            self.head_dim,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            bias=config.qkv_bias,
+            tp_rank=tp_rank,
+            tp_size=tp_size,
+        )
+        # This rank's heads.
+        self.num_heads = self.qkv_proj.num_heads
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = QKVParallelLinear(
-            config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias=config.qkv_bias
+        self.o_proj = RowParallelLinear(
+            config.num_attention_heads * self.head_dim,
+            config.hidden_size,
+            bias=config.o_bias,
+            tp_rank=tp_rank,
+            tp_size=tp_size,
         )
-        self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, bias=config.o_bias)
         # One table shared by every layer: at 128k positions it is tens of MB.
         self.rotary_emb = rotary_emb
         self.attn = Attention(
@@ -79,13 +95,17 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp_rank: int = 0, tp_size: int = 1) -> None:
         super().__init__()
         if config.hidden_act != "silu":
             raise ValueError(f"activation {config.hidden_act!r} is not supported (silu)")
         size = config.intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [size, size], bias=config.mlp_bias)
-        self.down_proj = RowParallelLinear(size, config.hidden_size, bias=config.mlp_bias)
+        self.gate_up_proj = MergedColumnParallelLinear(
+            config.hidden_size, [size, size], bias=config.mlp_bias, tp_rank=tp_rank, tp_size=tp_size
+        )
+        self.down_proj = RowParallelLinear(
+            size, config.hidden_size, bias=config.mlp_bias, tp_rank=tp_rank, tp_size=tp_size
+        )
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,10 +116,12 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer: int) -> None:
+    def __init__(
+        self, config: ModelConfig, rotary_emb: RotaryEmbedding, layer: int, tp_rank: int = 0, tp_size: int = 1
+    ) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, rotary_emb, layer)
-        self.mlp = LlamaMLP(config)
+        self.self_attn = LlamaAttention(config, rotary_emb, layer, tp_rank, tp_size)
+        self.mlp = LlamaMLP(config, tp_rank, tp_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -122,9 +144,9 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp_rank: int = 0, tp_size: int = 1) -> None:
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp_rank, tp_size)
         rotary_emb = get_rope(
             config.head_dim,
             config.max_position_embeddings,
@@ -133,7 +155,8 @@ class LlamaModel(nn.Module):
             config.rotary_dim,
         )
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, rotary_emb, i) for i in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, rotary_emb, i, tp_rank, tp_size)
+            for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -150,9 +173,6 @@ class LlamaModel(nn.Module):
         if len(self.layers):
             self.layers[0].self_attn.rotary_emb.begin_step()  # shared by every layer
         hidden = self.embed_tokens(input_ids)
-        fused = cpu_decoder.run(self, hidden, positions, kv_caches, meta)  # CPU decode: one C call
-        if fused is not None:
-            return fused
         residual: torch.Tensor | None = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
@@ -173,11 +193,11 @@ class LlamaForCausalLM(nn.Module):
         (".up_proj.", ".gate_up_proj.", 1),
     )
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp_rank: int = 0, tp_size: int = 1) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+        self.model = LlamaModel(config, tp_rank, tp_size)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp_rank=tp_rank, tp_size=tp_size)
         if config.tie_word_embeddings:
             self.lm_head.tie(self.model.embed_tokens)
 
