@@ -16,6 +16,7 @@ from torch import nn
 
 from local_engine.attention.metadata import AttentionMetadata
 from local_engine.attention.select import get_backend
+from local_engine.layers import cpu_decoder
 from local_engine.layers.activation import SiluAndMul
 from local_engine.layers.attention import Attention
 from local_engine.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -173,6 +174,9 @@ class LlamaModel(nn.Module):
         if len(self.layers):
             self.layers[0].self_attn.rotary_emb.begin_step()  # shared by every layer
         hidden = self.embed_tokens(input_ids)
+        fused = cpu_decoder.run(self, hidden, positions, kv_caches, meta)  # CPU decode: one C call
+        if fused is not None:
+            return fused
         residual: torch.Tensor | None = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
