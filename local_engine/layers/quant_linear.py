@@ -87,15 +87,22 @@ def fuses_silu_mul(weight: torch.Tensor) -> bool:
 
 
 def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias_f32: torch.Tensor | None, silu_mul: bool = False
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias_f32: torch.Tensor | None,
+    silu_mul: bool = False,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """``x @ W.T + b`` (or ``silu(gate) * up`` of a gate/up weight) on a quantized weight. The
-    kernels take bf16 activations; other dtypes round-trip through bf16."""
+    """``x @ W.T + b`` (or ``silu(gate) * up`` of a gate/up weight) on a quantized weight, in
+    ``out_dtype`` (default ``x``'s). The kernels take bf16 activations (other dtypes round-trip
+    through bf16) and write bf16 or, for float32 (logits), their fp32 sums unrounded."""
     qtype, _, panels = _meta(weight)
+    want = out_dtype or x.dtype
+    kernel_out = torch.float32 if want == torch.float32 and not silu_mul else torch.bfloat16
     out = cpu_kernels.quant_gemm(
-        x.to(torch.bfloat16), weight.data, qtype, bias_f32, silu_mul=silu_mul, panels=panels
+        x.to(torch.bfloat16), weight.data, qtype, bias_f32, silu_mul, panels, out_dtype=kernel_out
     )
-    return out if x.dtype == torch.bfloat16 else out.to(x.dtype)
+    return out if out.dtype == want else out.to(want)
 
 
 def embedding(input_ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

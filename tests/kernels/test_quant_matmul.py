@@ -166,3 +166,19 @@ def test_quant_gemm_without_vnni_or_avx2_computes_the_same(flags: tuple[str, ...
         assert fn(int(qtype), *args) == 0
         # same integer sums; fp32 summation order differs, so a last-bit bf16 difference at most
         assert torch.allclose(out.float(), want.float(), rtol=2**-7, atol=1e-5), qtype.name
+
+
+@pytest.mark.parametrize("qtype,panels", LAYOUTS, ids=lambda v: getattr(v, "name", str(v)))
+def test_quant_gemm_fp32_output_is_the_sum_before_rounding(qtype: Q, panels: bool) -> None:
+    """``out_dtype=float32`` (logits) gives the fp32 sums the bf16 output is rounded from."""
+    torch.manual_seed(9)
+    x = torch.randn(5, 256).to(BF16)
+    raw = quantized_weight(qtype, 48, 256, seed=9)
+    weight = _panels(raw, qtype, 256) if panels else torch.from_numpy(raw)
+    bias = torch.randn(48) * 0.1
+    wide = cpu_kernels.quant_gemm(x, weight, int(qtype), bias, panels=panels, out_dtype=torch.float32)
+    narrow = cpu_kernels.quant_gemm(x, weight, int(qtype), bias, panels=panels)
+    assert wide.dtype == torch.float32 and torch.equal(wide.to(BF16), narrow)
+    assert not torch.equal(wide, narrow.float())  # not merely widened from bf16
+    with pytest.raises(ValueError, match="float32 without silu_mul"):
+        cpu_kernels.quant_gemm(x, weight, int(qtype), silu_mul=True, panels=panels, out_dtype=torch.float32)
