@@ -62,6 +62,8 @@ def _resolved(config: Any) -> dict[str, Any]:
         headers = entry.get("params", {}).get("extra_headers")
         if isinstance(headers, dict):  # header values may carry credentials of any name
             entry["params"]["extra_headers"] = {k: MASK for k in headers}
+    if config.ray_engines:  # `model: ray/<app>` entries: their deployments are found at run time
+        data["ray_engines"] = [e.model_dump(mode="json", exclude_none=True) for e in config.ray_engines]
     if config.disabled:
         data["disabled_deployments"] = [
             {"model_name": d.model_name, "model": d.model, "reason": d.reason} for d in config.disabled
@@ -83,7 +85,7 @@ def check(file: str, *, strict: bool = False) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     sys.stdout.write(yaml.safe_dump(_resolved(config), sort_keys=False))
-    served = len({e.model_name for e in config.model_list})
+    served = len({e.model_name for e in (*config.model_list, *config.ray_engines)})
     print(
         f"switchyard: {file}: OK, {served} model(s), {len(config.disabled)} disabled deployment(s), "
         f"{len(config.warnings)} warning(s)",

@@ -25,6 +25,7 @@ from gateway.engines.ray_replica import ReplicaEndpoint, parse_replica_name
 
 INTERVAL_S = 1.0
 _ANSWER_TIMEOUT_S = 2.0
+_CONNECT_REPORT_S = 5.0
 
 
 def list_replicas(ray: Any, namespaces: set[str]) -> list[ReplicaEndpoint]:
@@ -51,7 +52,10 @@ def list_replicas(ray: Any, namespaces: set[str]) -> list[ReplicaEndpoint]:
 
 
 def _exit_when_stdin_closes() -> None:
-    sys.stdin.buffer.read()
+    # os.read, not sys.stdin: a thread blocked inside the buffered reader makes the interpreter's
+    # own exit (Ray turns SIGTERM into sys.exit) abort.
+    while os.read(0, 4096):
+        pass
     os._exit(0)
 
 
@@ -67,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
 
+    # ray.init keeps trying an address that does not answer for a minute or more: say so early, so
+    # that the gateway's start does not wait for it.
+    slow = threading.Timer(
+        _CONNECT_REPORT_S,
+        say,
+        ({"error": f"no answer from the Ray cluster at {args.address} yet; still trying"},),
+    )
+    slow.start()
     try:
         import ray
 
@@ -74,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # no cluster there (yet): the gateway restarts this process later
         say({"error": f"cannot connect to the Ray cluster at {args.address}: {exc}"})
         return 1
+    finally:
+        slow.cancel()
     namespaces = set(args.namespaces)
     while True:
         try:

@@ -1,7 +1,7 @@
 """The deployments of ``ray/<app>`` entries: the app's engine replicas, as the Ray cluster lists them.
 
-Per cluster address a child process (``gateway.engines.ray_directory``, the only place that imports
-``ray``) prints the replicas every second. Each replica becomes a deployment of the entry's
+Per cluster address a child process (``gateway.engines.ray_directory``: the gateway's process itself
+never imports ``ray``) prints the replicas every second. Each replica becomes a deployment of the entry's
 ``model_name``: ``hosted_vllm/<served model>`` at the replica's URL, with the entry's other params,
 marked ``switchyard_engine`` so ``prefix-cache-aware`` reads its prefix-cache summary, and with the
 id ``<app>/<index>@<host>:<port>`` (a replica restarted on a new port is a new deployment). When the
@@ -10,8 +10,9 @@ list changes the model is rebuilt with ``Router.replace_model``; a replica kept 
 requests that reach it fail over and cool it down like any deployment's.
 
 A cluster that cannot be reached (or a directory process that died) leaves the last list in place
-and is retried with a growing pause. Until the first list arrives a model with no other
-deployment is not served (404), so startup waits up to ``FIRST_LIST_WAIT_S`` for it.
+and is retried with a growing pause. Until a first list arrives a model with no other deployment
+is not served (404), so startup waits up to ``FIRST_LIST_WAIT_S`` for the directory's first
+answer: a list, or the error that the cluster cannot be reached.
 """
 
 from __future__ import annotations
@@ -102,31 +103,49 @@ class RayDiscovery:
             )
             self._processes.add(process)
             drain = asyncio.create_task(self._keep_tail(process, stderr))
-            failing = False
             try:
-                assert process.stdout is not None
-                async for line in process.stdout:
-                    message = json.loads(line)
-                    if "replicas" in message:
-                        self._apply(address, message["replicas"])
-                        self._listed[address].set()
-                        pause, failing = _RESTART_PAUSE_S[0], False
-                    elif not failing:  # said once per streak, not every second
-                        log.warning("Ray replicas at %s: %s", address, message.get("error"))
-                        failing = True
+                if await self._read(address, process):
+                    pause = _RESTART_PAUSE_S[0]
                 code = await process.wait()
                 await drain
-            finally:
-                self._processes.discard(process)
+            except asyncio.CancelledError:
+                # Shutting down: close() waits for the process this ends.
+                if process.returncode is None:
+                    process.kill()
+                drain.cancel()
+                raise
+            self._processes.discard(process)
             log.warning(
                 "the Ray directory process for %s exited with %s; restarting in %gs%s",
                 address,
                 code,
                 pause,
-                "".join("\n  " + s for s in stderr) if code else "",
+                "".join("\n  " + line for line in stderr) if code else "",
             )
             await asyncio.sleep(pause)
             pause = min(pause * 2, _RESTART_PAUSE_S[1])
+
+    async def _read(self, address: str, process: asyncio.subprocess.Process) -> bool:
+        """Apply each list ``process`` prints until it exits; whether any list came."""
+        listed = failing = False
+        assert process.stdout is not None
+        async for line in process.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:  # not ours (a library writing to stdout)
+                continue
+            if "replicas" in message:
+                try:
+                    self._apply(address, message["replicas"])
+                except Exception:  # a malformed entry must not end discovery
+                    log.exception("Ray replicas at %s not applied", address)
+                listed, failing = True, False
+            elif not failing:  # said once per streak, not every second
+                log.warning("Ray replicas at %s: %s", address, message.get("error"))
+                failing = True
+            # Startup waits for the first answer, a list or an error, not longer.
+            self._listed[address].set()
+        return listed
 
     @staticmethod
     async def _keep_tail(process: asyncio.subprocess.Process, tail: deque[str]) -> None:
@@ -173,10 +192,12 @@ class RayDiscovery:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for process in list(self._processes):
+        for process in self._processes:
+            # SIGKILL: it holds nothing to flush, and SIGTERM waits while ray.init is connecting.
             if process.returncode is None:
-                process.terminate()
-                await process.wait()
+                process.kill()
+            await process.wait()
+        self._processes.clear()
         self._tasks.clear()
 
 

@@ -112,6 +112,7 @@ def gateway(cluster: str, replicas: dict[str, str]) -> Iterator[GatewayProcess]:
         "router_settings": {"routing_strategy": "simple-shuffle", "num_retries": 2},
     }
     with gateway_process(config, ready_timeout=60) as gw:
+        wait_routed(gw, 2)
         yield gw
 
 
@@ -129,6 +130,7 @@ def aware_gateway(cluster: str, replicas: dict[str, str]) -> Iterator[GatewayPro
         "router_settings": {"routing_strategy": "prefix-cache-aware", "num_retries": 0},
     }
     with gateway_process(config, ready_timeout=60) as gw:
+        wait_routed(gw, 2)
         ask(client_for(gw), "Warm up.")
         time.sleep(2.0)  # the engines rebuild their summaries every 0.5 s, the gateway polls every 1 s
         yield gw
@@ -187,6 +189,15 @@ def routed_deployments(gateway: GatewayProcess) -> set[str]:
     """The deployments the gateway routes to now (its per-deployment health gauge on /metrics)."""
     text = httpx.get(gateway.base_url + "/metrics", timeout=5).text
     return set(re.findall(r'^switchyard_deployment_healthy\{deployment="([^"]+)"', text, re.MULTILINE))
+
+
+def wait_routed(gateway: GatewayProcess, count: int) -> None:
+    """Until the gateway routes to ``count`` replicas (it is ready before its first list when the
+    cluster is slow to answer)."""
+    deadline = time.monotonic() + 30
+    while len(routed_deployments(gateway)) != count:
+        assert time.monotonic() < deadline, gateway.logs()
+        time.sleep(0.2)
 
 
 def test_requests_spread_over_both_replicas(gateway: GatewayProcess, replicas: dict[str, str]) -> None:
@@ -297,3 +308,20 @@ def test_the_gateway_never_imports_ray() -> None:
         "gateway.engines.ray_launcher; assert 'ray' not in sys.modules, 'ray imported'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_gateway_starts_without_its_ray_cluster() -> None:
+    """A cluster that does not answer delays the start by seconds, not minutes; its model is unknown
+    meanwhile."""
+    config = {
+        "model_list": [
+            {"model_name": "tiny", "litellm_params": {"model": f"ray/{APP}", "ray_address": "127.0.0.1:9"}},
+        ]
+    }
+    started = time.monotonic()
+    with gateway_process(config, ready_timeout=60) as gw:
+        assert time.monotonic() - started < 30, gw.logs()
+        client = client_for(gw)
+        with pytest.raises(openai.NotFoundError):
+            ask(client, "Hello?")
+        assert "no answer from the Ray cluster at 127.0.0.1:9" in gw.logs()
