@@ -45,6 +45,11 @@ class EngineConfig:
     ``gpu_memory_utilization`` (CUDA), and never grows past that. On the CPU that size is only
     reserved: memory is committed as blocks are first written.
 
+    ``tensor_parallel_size`` N > 1 splits the model over N ranks, one process each (this one rank 0,
+    ``local_engine.distributed``): on the CPU all share its cores; on CUDA rank r uses the r-th GPU
+    from ``device``'s. Each rank's KV cache holds its share of the KV heads, sized as above per rank.
+    A GGUF file's weights are dequantized (to bfloat16 under ``dtype="auto"``) with N > 1.
+
     Speculative decoding by prompt lookup (``speculative_decoding``): while at most
     ``speculative_max_batch`` sequences run, a greedy sequence whose last ``prompt_lookup_max`` down
     to ``prompt_lookup_min`` tokens occurred earlier in its prompt + output gets up to
@@ -66,6 +71,7 @@ class EngineConfig:
     seed: int = 0
     enforce_eager: bool = False
     num_threads: int | None = None  # CPU: torch intra-op threads; None = all cores
+    tensor_parallel_size: int = 1
     warmup: bool = True
     # The completion budget of a chat request naming no max_tokens, unless the model's own
     # generation_config gives one (max_new_tokens); None: up to the context length.
@@ -96,6 +102,10 @@ class EngineConfig:
             raise ValueError(
                 f"prompt_lookup_max: must be >= prompt_lookup_min ({self.prompt_lookup_min}), "
                 f"got {self.prompt_lookup_max}"
+            )
+        if not isinstance(self.tensor_parallel_size, int) or self.tensor_parallel_size < 1:
+            raise ValueError(
+                f"tensor_parallel_size: must be a positive integer, got {self.tensor_parallel_size!r}"
             )
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len: must be at least 2, got {self.max_model_len!r}")

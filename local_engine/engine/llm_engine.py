@@ -24,8 +24,8 @@ import torch
 
 from local_engine.config import EngineConfig
 from local_engine.detokenizer import IncrementalDetokenizer
+from local_engine.distributed.executor import make_runner
 from local_engine.engine.block_manager import BlockManager
-from local_engine.engine.model_runner import ModelRunner
 from local_engine.engine.ngram_proposer import NgramIndex, NgramProposer
 from local_engine.engine.outputs import CompletionOutput, RequestOutput, RequestTimes, TokenLogprob
 from local_engine.engine.scheduler import Scheduler
@@ -71,12 +71,16 @@ class LLMEngine:
             torch.set_num_threads(config.threads())
         if loaded is None:
             loaded = load_model(
-                config.model, dtype=config.torch_dtype, device=config.device, quantized=config.keep_quantized
+                config.model,
+                dtype=config.torch_dtype,
+                device=config.device,
+                quantized=config.keep_quantized,
+                tp_size=config.tensor_parallel_size,
             )
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.model_name = loaded.config.name
-        self.runner = ModelRunner(config, loaded)
+        self.runner = make_runner(config, loaded)
         self.max_model_len = self.runner.max_model_len
         self.block_manager = BlockManager(
             self.runner.num_blocks, config.block_size, config.enable_prefix_caching

@@ -34,6 +34,7 @@ class LoadedModel:
     config: ModelConfig
     generation_config: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    tp_size: int = 1  # the model holds one of this many tensor-parallel shards
 
 
 @contextlib.contextmanager
@@ -74,10 +75,11 @@ def _build_model(
     weights: Iterable[tuple[str, torch.Tensor]],
     dtype: torch.dtype,
     device: str | torch.device,
+    shard: tuple[int, int] = (0, 1),
 ) -> nn.Module:
     cls = get_model_class(config.architecture)
     with _default_dtype(dtype), torch.device(device):
-        model = cls(config)
+        model = cls(config, tp_rank=shard[0], tp_size=shard[1])
     model.load_weights(weights)  # type: ignore[operator]
     if torch.device(device).type == "cpu":
         pack_cpu_weights(model)  # oneDNN layouts for bf16 matmuls (a no-op for other dtypes)
@@ -101,7 +103,12 @@ def _quant_types(quantized: bool, dtype: torch.dtype, device: str | torch.device
 
 
 def _load_gguf(
-    path: Path, name: str, dtype: torch.dtype, device: str | torch.device, quantized: bool = False
+    path: Path,
+    name: str,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    quantized: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> LoadedModel:
     from local_engine.generation_defaults import gguf_sampling
     from local_engine.loader.gguf import GGUFFile, build_tokenizer
@@ -113,16 +120,22 @@ def _load_gguf(
     tensors = gguf_file.iter_tensors(
         config.num_attention_heads, config.num_key_value_heads, _quant_types(quantized, dtype, device)
     )
-    model = _build_model(config, tensors, dtype, device)
+    model = _build_model(config, tensors, dtype, device, shard)
     # The file's recommended sampling (llama.cpp's general.sampling.* keys), named as HF names it.
     generation_config: dict[str, Any] = gguf_sampling(path, gguf_file.metadata)
     generation_config["eos_token_id"] = list(config.eos_token_ids)
     if config.bos_token_id is not None:
         generation_config["bos_token_id"] = config.bos_token_id
-    return LoadedModel(model, tokenizer, config, generation_config, path)
+    return LoadedModel(model, tokenizer, config, generation_config, path, shard[1])
 
 
-def _load_hf_dir(model_dir: Path, name: str, dtype: torch.dtype, device: str | torch.device) -> LoadedModel:
+def _load_hf_dir(
+    model_dir: Path,
+    name: str,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    shard: tuple[int, int] = (0, 1),
+) -> LoadedModel:
     from local_engine.loader.hf import iter_safetensors, load_tokenizer, read_json, safetensors_files
 
     cfg_path = model_dir / "config.json"
@@ -136,8 +149,8 @@ def _load_hf_dir(model_dir: Path, name: str, dtype: torch.dtype, device: str | t
     gen_eos_ids = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
     config.eos_token_ids = _merge_eos(gen_eos_ids, config.eos_token_ids, tokenizer.eos_token_ids)
     tokenizer.eos_token_ids = config.eos_token_ids
-    model = _build_model(config, iter_safetensors(safetensors_files(model_dir)), dtype, device)
-    return LoadedModel(model, tokenizer, config, generation_config, model_dir)
+    model = _build_model(config, iter_safetensors(safetensors_files(model_dir)), dtype, device, shard)
+    return LoadedModel(model, tokenizer, config, generation_config, model_dir, shard[1])
 
 
 def load_model(
@@ -146,22 +159,29 @@ def load_model(
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     quantized: bool = False,
+    tp_rank: int = 0,
+    tp_size: int = 1,
 ) -> LoadedModel:
     """Load a HF model directory, a ``.gguf`` file (or a directory holding exactly one), or the default.
 
     ``quantized``: a GGUF file's weight matrices stay in the file's quantization where the CPU
-    kernels run it (bf16 activations on the CPU); everything else is dequantized to ``dtype``."""
+    kernels run it (bf16 activations on the CPU); everything else is dequantized to ``dtype``.
+    ``tp_rank`` / ``tp_size``: build only that tensor-parallel rank's shard of the model (each
+    layer slices its part from the full checkpoint tensors); a GGUF file's weights are then
+    dequantized, since a quantized block row cannot be split along its input dimension."""
     resolved, name = resolve_model_path(path)
+    shard = (tp_rank, tp_size)
+    quantized = quantized and tp_size == 1
     try:
         if resolved.is_file():
             if resolved.suffix.lower() != ".gguf":
                 raise ModelLoadError(f"{resolved} is neither a .gguf file nor a model directory")
-            return _load_gguf(resolved, name, dtype, device, quantized)
+            return _load_gguf(resolved, name, dtype, device, quantized, shard)
         if (resolved / "config.json").is_file():
-            return _load_hf_dir(resolved, name, dtype, device)
+            return _load_hf_dir(resolved, name, dtype, device, shard)
         ggufs = sorted(resolved.glob("*.gguf"))
         if len(ggufs) == 1:
-            return _load_gguf(ggufs[0], name, dtype, device, quantized)
+            return _load_gguf(ggufs[0], name, dtype, device, quantized, shard)
         if ggufs:
             raise ModelLoadError(f"{resolved} holds several .gguf files; pass the one to load")
         raise ModelLoadError(f"{resolved / 'config.json'} is missing (and {resolved} holds no .gguf file)")

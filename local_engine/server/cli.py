@@ -25,6 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (a GGUF file's quantization as stored, bfloat16 compute), bfloat16, float16 or float32",
     )
     serve.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    serve.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="split the model over N ranks, one process each (CPU: sharing its cores; CUDA: N GPUs "
+        "from --device's)",
+    )
     serve.add_argument("--max-model-len", type=int, default=None)
     serve.add_argument(
         "--default-max-tokens",
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model,
             dtype=args.dtype,
             device=args.device,
+            tensor_parallel_size=args.tensor_parallel_size,
             block_size=args.block_size,
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
