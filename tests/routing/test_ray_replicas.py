@@ -38,6 +38,7 @@ def cluster() -> Iterator[str]:
         address="local",
         num_cpus=2,  # one per replica
         include_dashboard=False,
+        object_store_memory=100 * 1024 * 1024,  # nothing is stored in it; the default takes 30% of RAM
         log_to_driver=False,
         namespace=NAMESPACE,
     )
@@ -265,25 +266,29 @@ def test_replica_restarted_by_ray_is_learned_again(
 def test_killed_replica_moves_traffic_to_the_other(gateway: GatewayProcess, replicas: dict[str, str]) -> None:
     victim, survivor = f"{APP}/0", f"{APP}/1"
     ray.kill(ray.get_actor(victim, namespace=NAMESPACE), no_restart=True)
+    # The engine goes with its actor (its port refuses within a second)...
+    wait_refused(replicas[victim])
+    # ...and the requests sent at once, before the gateway's next list drops the replica, never
+    # fail: those that pick the dead one are retried on the other.
     client = client_for(gateway)
-    # At once, before the gateway's next listing: requests that pick the dead replica are retried.
     served = [ask(client, f"The quick brown fox, request {i}.") for i in range(12)]
     assert set(served) == {deployment_of(survivor, replicas[survivor])}, gateway.logs()
-    # The engine went with its actor (its port refuses), and the gateway dropped the replica.
     deadline = time.monotonic() + 10
+    while (routed := routed_deployments(gateway)) != {deployment_of(survivor, replicas[survivor])}:
+        assert time.monotonic() < deadline, f"routed: {routed}\n{gateway.logs()}"
+        time.sleep(0.3)
+
+
+def wait_refused(url: str, timeout_s: float = 10.0) -> None:
+    """Until nothing answers at ``url``."""
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
-            httpx.get(replicas[victim] + "/models", timeout=1)
+            httpx.get(url + "/models", timeout=1)
         except httpx.TransportError:
-            engine_gone = True
-        else:
-            engine_gone = False
-        routed = routed_deployments(gateway)
-        if engine_gone and deployment_of(victim, replicas[victim]) not in routed:
-            break
-        assert time.monotonic() < deadline, f"engine gone: {engine_gone}, routed: {routed}\n{gateway.logs()}"
-        time.sleep(0.3)
-    assert routed == {deployment_of(survivor, replicas[survivor])}
+            return
+        assert time.monotonic() < deadline, f"{url} still answers"
+        time.sleep(0.1)
 
 
 def test_ray_entries_are_set_apart_from_the_deployments() -> None:
