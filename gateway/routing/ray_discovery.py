@@ -89,7 +89,9 @@ class RayDiscovery:
         for task in pending:
             task.cancel()
         if pending:
-            log.warning("Ray replicas not listed within %gs; their models are served once they are", wait_s)
+            log.warning(
+                "no word from the Ray directory within %gs; its models are served once it lists them", wait_s
+            )
 
     async def _watch(self, address: str, namespaces: list[str]) -> None:
         pause = _RESTART_PAUSE_S[0]

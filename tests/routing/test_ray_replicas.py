@@ -20,7 +20,11 @@ import httpx
 import openai
 import pytest
 
-from gateway.config import parse_config
+from gateway.config import RouterSettings, parse_config
+from gateway.routing.deployment import deployments_from_entries
+from gateway.routing.ray_discovery import RayDiscovery
+from gateway.routing.router import Router
+from providers.registry import ProviderRegistry
 from tests.support.engine_models import make_hf_model
 from tests.support.gateway_process import REPO, GatewayProcess, gateway_process, switchyard_command
 
@@ -330,3 +334,36 @@ def test_gateway_starts_without_its_ray_cluster() -> None:
         with pytest.raises(openai.NotFoundError):
             ask(client, "Hello?")
         assert "no answer from the Ray cluster at 127.0.0.1:9" in gw.logs()
+
+
+def test_a_list_changes_only_the_replicas() -> None:
+    """What a directory list does to the router: a config deployment of the same model name stays,
+    a replica still listed keeps its routing state, one no longer listed leaves."""
+    config = parse_config(
+        "model_list:\n"
+        "  - model_name: tiny\n"
+        "    litellm_params: {model: ray/tiny-app, ray_address: 'head:6379', timeout: 7}\n"
+        "  - model_name: tiny\n"
+        "    litellm_params: {model: hosted_vllm/tiny, api_base: 'http://spare:8000/v1'}\n"
+        "    model_info: {id: spare}\n"
+    )
+    router = Router(deployments_from_entries(config.model_list), RouterSettings(), ProviderRegistry.default())
+    discovery = RayDiscovery(config.ray_engines, router, 600.0)
+
+    def replica(index: int, port: int) -> dict[str, object]:
+        url = f"http://10.0.0.{index}:{port}/v1"
+        return {"namespace": "switchyard", "app": APP, "index": index, "url": url, "model": "tiny"}
+
+    discovery._apply("head:6379", [replica(0, 8001), replica(1, 8002)])
+    group = router.groups["tiny"]
+    assert sorted(group.by_id) == ["spare", f"{APP}/0@10.0.0.0:8001", f"{APP}/1@10.0.0.1:8002"]
+    kept = group.by_id[f"{APP}/1@10.0.0.1:8002"]
+    assert kept.deployment.timeout == 7 and kept.deployment.model_info["switchyard_engine"] is True
+    kept.cooldown_until = time.time() + 60
+    discovery._apply("head:6379", [replica(1, 8002)])
+    group = router.groups["tiny"]
+    assert sorted(group.by_id) == ["spare", f"{APP}/1@10.0.0.1:8002"]
+    assert group.by_id[f"{APP}/1@10.0.0.1:8002"] is kept  # its cooldown with it
+    discovery._apply("other:6379", [])  # another cluster's list says nothing about this one
+    discovery._apply("head:6379", [])
+    assert sorted(router.groups["tiny"].by_id) == ["spare"]
