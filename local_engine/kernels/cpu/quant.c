@@ -154,6 +154,24 @@ static void quantize_rows(const bf16 *x, int64_t m, int64_t x_stride, int64_t k,
     for (int64_t i = 0; i < m; i++) {
         for (int64_t g = 0; g < k / QK; g++) {
             const bf16 *src = x + i * x_stride + g * QK;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+            { /* the scalar code below, 16 lanes at a time (lrintf and cvtps both round to nearest even) */
+                const __m512 lo = load16(src), hi = load16(src + 16);
+                const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+                const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+                const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, inv));
+                const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, inv));
+                int8_t *dst = q + i * k + g * QK;
+                _mm_storeu_si128((__m128i *)dst, _mm512_cvtepi32_epi8(qlo));
+                _mm_storeu_si128((__m128i *)(dst + 16), _mm512_cvtepi32_epi8(qhi));
+                const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+                const float scale = amax / 127.0f;
+                d[i * (k / QK) + g] = scale;
+                s[i * (k / QK) + g] = scale * (float)sum;
+                isum[i * (k / QK) + g] = sum;
+                continue;
+            }
+#endif
             float v[QK], amax = 0.0f;
             for (int l = 0; l < QK; l++) {
                 v[l] = bf2f(src[l]);
