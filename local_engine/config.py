@@ -60,6 +60,10 @@ class EngineConfig:
 
     model: str | Path | None = None
     dtype: str | torch.dtype = "auto"
+    # "q8_0": a checkpoint's dense weight matrices (safetensors, or a GGUF file's tensors not kept
+    # in their own quantization) are quantized to GGUF Q8_0 as they load and run on the CPU
+    # kernels: about half the bytes of bf16. None: they load in ``dtype``. CPU, bfloat16 only.
+    quantization: str | None = None
     device: str = "cpu"
     block_size: int = 16
     max_num_seqs: int = 64
@@ -120,6 +124,21 @@ class EngineConfig:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(
                 f"gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization!r}"
+            )
+        if self.quantization is not None:
+            self._check_quantization()
+
+    def _check_quantization(self) -> None:
+        self.quantization = str(self.quantization).lower()
+        if self.quantization != "q8_0":
+            raise ValueError(f"quantization: unsupported value {self.quantization!r} (only q8_0)")
+        if self.device != "cpu":
+            raise ValueError(f"quantization: q8_0 runs on the CPU only, not on {self.device!r}")
+        if self.tensor_parallel_size > 1:  # each rank would need its own slice of whole block rows
+            raise ValueError("quantization: q8_0 runs in one process, not with tensor_parallel_size > 1")
+        if self.torch_dtype != torch.bfloat16:
+            raise ValueError(
+                f"quantization: q8_0 computes in bfloat16 (dtype auto or bf16), not {self.dtype}"
             )
 
     @property

@@ -75,6 +75,7 @@ class LLMEngine:
                 dtype=config.torch_dtype,
                 device=config.device,
                 quantized=config.keep_quantized,
+                quantization=config.quantization,
                 tp_size=config.tensor_parallel_size,
             )
         self.loaded = loaded

@@ -17,6 +17,7 @@ from torch import nn
 
 from local_engine.layers.linear import pack_cpu_weights
 from local_engine.loader.errors import ModelLoadError
+from local_engine.loader.quantize import quantize_on_load
 from local_engine.models.config import ModelConfig, ModelConfigError
 from local_engine.models.default import DEFAULT_MODEL_NAME, DefaultModelMissing, default_model_path
 from local_engine.models.registry import UnsupportedArchitecture, get_model_class
@@ -75,11 +76,15 @@ def _build_model(
     weights: Iterable[tuple[str, torch.Tensor]],
     dtype: torch.dtype,
     device: str | torch.device,
+    quantization: str | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> nn.Module:
     cls = get_model_class(config.architecture)
     with _default_dtype(dtype), torch.device(device):
         model = cls(config, tp_rank=shard[0], tp_size=shard[1])
+    if quantization is not None:
+        _check_quantization(quantization, dtype, device)
+        quantize_on_load(model, quantization)
     model.load_weights(weights)  # type: ignore[operator]
     if torch.device(device).type == "cpu":
         pack_cpu_weights(model)  # oneDNN layouts for bf16 matmuls (a no-op for other dtypes)
@@ -102,12 +107,25 @@ def _quant_types(quantized: bool, dtype: torch.dtype, device: str | torch.device
     return frozenset(cpu_kernels.QUANT_TYPES.values()) if usable else frozenset()
 
 
+def _check_quantization(quantization: str, dtype: torch.dtype, device: str | torch.device) -> None:
+    """Quantizing on load needs what running the blocks needs: the CPU, bf16, the kernel library."""
+    from local_engine.kernels import cpu as cpu_kernels
+
+    if torch.device(device).type != "cpu" or dtype != torch.bfloat16:
+        raise ModelLoadError(f"quantization {quantization} runs on the CPU in bfloat16, not {device} {dtype}")
+    if cpu_kernels._library() is None:
+        raise ModelLoadError(
+            f"quantization {quantization} needs the CPU kernel library, which did not build (see the log)"
+        )
+
+
 def _load_gguf(
     path: Path,
     name: str,
     dtype: torch.dtype,
     device: str | torch.device,
     quantized: bool = False,
+    quantization: str | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> LoadedModel:
     from local_engine.generation_defaults import gguf_sampling
@@ -120,7 +138,7 @@ def _load_gguf(
     tensors = gguf_file.iter_tensors(
         config.num_attention_heads, config.num_key_value_heads, _quant_types(quantized, dtype, device)
     )
-    model = _build_model(config, tensors, dtype, device, shard)
+    model = _build_model(config, tensors, dtype, device, quantization, shard)
     # The file's recommended sampling (llama.cpp's general.sampling.* keys), named as HF names it.
     generation_config: dict[str, Any] = gguf_sampling(path, gguf_file.metadata)
     generation_config["eos_token_id"] = list(config.eos_token_ids)
@@ -134,6 +152,7 @@ def _load_hf_dir(
     name: str,
     dtype: torch.dtype,
     device: str | torch.device,
+    quantization: str | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> LoadedModel:
     from local_engine.loader.hf import iter_safetensors, load_tokenizer, read_json, safetensors_files
@@ -149,7 +168,8 @@ def _load_hf_dir(
     gen_eos_ids = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
     config.eos_token_ids = _merge_eos(gen_eos_ids, config.eos_token_ids, tokenizer.eos_token_ids)
     tokenizer.eos_token_ids = config.eos_token_ids
-    model = _build_model(config, iter_safetensors(safetensors_files(model_dir)), dtype, device, shard)
+    weights = iter_safetensors(safetensors_files(model_dir))
+    model = _build_model(config, weights, dtype, device, quantization, shard)
     return LoadedModel(model, tokenizer, config, generation_config, model_dir, shard[1])
 
 
@@ -159,6 +179,7 @@ def load_model(
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     quantized: bool = False,
+    quantization: str | None = None,
     tp_rank: int = 0,
     tp_size: int = 1,
 ) -> LoadedModel:
@@ -166,6 +187,8 @@ def load_model(
 
     ``quantized``: a GGUF file's weight matrices stay in the file's quantization where the CPU
     kernels run it (bf16 activations on the CPU); everything else is dequantized to ``dtype``.
+    ``quantization`` ``"q8_0"``: the weight matrices that would load dense are quantized to Q8_0
+    blocks instead (``loader.quantize``; CPU and bf16 only).
     ``tp_rank`` / ``tp_size``: build only that tensor-parallel rank's shard of the model (each
     layer slices its part from the full checkpoint tensors); a GGUF file's weights are then
     dequantized, since a quantized block row cannot be split along its input dimension."""
@@ -176,12 +199,12 @@ def load_model(
         if resolved.is_file():
             if resolved.suffix.lower() != ".gguf":
                 raise ModelLoadError(f"{resolved} is neither a .gguf file nor a model directory")
-            return _load_gguf(resolved, name, dtype, device, quantized, shard)
+            return _load_gguf(resolved, name, dtype, device, quantized, quantization, shard)
         if (resolved / "config.json").is_file():
-            return _load_hf_dir(resolved, name, dtype, device, shard)
+            return _load_hf_dir(resolved, name, dtype, device, quantization, shard)
         ggufs = sorted(resolved.glob("*.gguf"))
         if len(ggufs) == 1:
-            return _load_gguf(ggufs[0], name, dtype, device, quantized, shard)
+            return _load_gguf(ggufs[0], name, dtype, device, quantized, quantization, shard)
         if ggufs:
             raise ModelLoadError(f"{resolved} holds several .gguf files; pass the one to load")
         raise ModelLoadError(f"{resolved / 'config.json'} is missing (and {resolved} holds no .gguf file)")

@@ -2,7 +2,8 @@
 
 ``local/smollm2`` (or ``local/default``) serves the bundled SmolLM2 GGUF; any other name needs a
 ``model_path`` param (a HF directory or a ``.gguf`` file), or is itself taken as that path.
-Optional deployment params: ``dtype``, ``device``, ``max_model_len``, ``max_num_seqs``,
+Optional deployment params: ``dtype``, ``quantization`` (``q8_0``: dense weights quantized to Q8_0
+as they load), ``device``, ``max_model_len``, ``max_num_seqs``,
 ``max_num_batched_tokens``, ``block_size``, ``kv_cache_memory_bytes``, ``num_threads``,
 ``default_max_tokens`` (the completion budget of a request naming none; default 512).
 
@@ -35,6 +36,7 @@ from providers.usage import Usage
 DEFAULT_NAMES = {"smollm2", "default"}
 _ENGINE_PARAMS = {
     "dtype": str,
+    "quantization": str,
     "device": str,
     "max_model_len": int,
     "max_num_seqs": int,
@@ -138,7 +140,14 @@ class LocalProvider:
     @staticmethod
     def _engine_key(upstream_model: str, config: EngineConfig) -> tuple[Any, ...]:
         """Deployments sharing a model and these settings share one engine."""
-        return (upstream_model, str(config.model), str(config.dtype), config.device, config.max_model_len)
+        return (
+            upstream_model,
+            str(config.model),
+            str(config.dtype),
+            config.quantization,
+            config.device,
+            config.max_model_len,
+        )
 
     async def _serving(self, call: ProviderCall) -> OpenAIServing:
         config = engine_config(call.upstream_model, call.params)
