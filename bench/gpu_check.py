@@ -17,6 +17,11 @@ measurement is printed the moment it exists, so a run cut short still reports wh
 
 Bars (issue 7): batch-1 decode of the 1B model >= 50% of the bandwidth bound; batch-64 decode
 >= 5x transformers' throughput.
+
+Tensor parallelism (issue 18): with two GPUs or more, the engine's decode throughput on the 1B
+architecture at ``tensor_parallel_size`` 1 and 2 (a random-weight checkpoint written once under
+``$GPU_CHECK_LOGS``); with one GPU those rows say they were skipped. On the CPU (``--device cpu
+--tiny``) both run, over gloo, as a smoke test of the path.
 """
 
 from __future__ import annotations
@@ -293,30 +298,32 @@ def _decode_step(
     return out if logits else out.argmax(-1)
 
 
-def _wordlevel_tokenizer(vocab_size: int) -> Any:
-    """A tokenizer whose every id decodes to a distinct word (random-weight models emit any id)."""
+def _wordlevel_backend(vocab_size: int) -> Any:
+    """A ``tokenizers`` tokenizer whose every id decodes to a distinct word (random-weight models
+    emit any id)."""
     import tokenizers
-
-    from local_engine.tokenizer import Tokenizer
 
     backend = tokenizers.Tokenizer(
         tokenizers.models.WordLevel({f"w{i}": i for i in range(vocab_size)}, unk_token="w0")
     )
     backend.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
     backend.decoder = tokenizers.decoders.WordPiece()  # joins words with spaces
-    return Tokenizer(backend=backend, eos_token_ids=(2,))
+    return backend
+
+
+def _wordlevel_tokenizer(vocab_size: int) -> Any:
+    from local_engine.tokenizer import Tokenizer
+
+    return Tokenizer(backend=_wordlevel_backend(vocab_size), eos_token_ids=(2,))
 
 
 def phase_engine(args: argparse.Namespace) -> None:
     """The whole engine (scheduler, block manager, model runner with its CUDA graphs, sampler):
     decode throughput of ``LLMEngine`` stepping ``batch`` greedy requests, measured like HF's
     (time for ``steps + 1`` new tokens minus time for 1)."""
-    import torch
-
     from local_engine.config import EngineConfig
     from local_engine.engine.llm_engine import LLMEngine
     from local_engine.loader import LoadedModel
-    from local_engine.sampling_params import SamplingParams
 
     which = args.model
     _use_triton_attention_on(args.device)
@@ -339,10 +346,20 @@ def phase_engine(args: argparse.Namespace) -> None:
     graphs = getattr(engine.runner, "decode_graphs", None) is not None
     emit(phase=f"engine:{which}", event="built", seconds=round(time.perf_counter() - t0, 1), note=note,
          graphs=graphs)  # fmt: skip
+    _engine_decode(engine, cfg.vocab_size, args, f"engine:{which}")
+
+
+def _engine_decode(engine: Any, vocab_size: int, args: argparse.Namespace, phase: str, **fields: Any) -> None:
+    """Emit ``engine``'s decode throughput at each batch size: the time for ``steps + 1`` new
+    tokens of ``batch`` greedy requests minus the time for 1."""
+    import torch
+
+    from local_engine.sampling_params import SamplingParams
+
     gen = torch.Generator(device="cpu").manual_seed(1)
 
     def run(batch: int, new_tokens: int) -> float:
-        prompts = torch.randint(3, cfg.vocab_size, (batch, args.prompt_len), generator=gen).tolist()
+        prompts = torch.randint(3, vocab_size, (batch, args.prompt_len), generator=gen).tolist()
         params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
         start = time.perf_counter()
         for i, prompt in enumerate(prompts):
@@ -357,11 +374,94 @@ def phase_engine(args: argparse.Namespace) -> None:
         full = run(batch, args.steps + 1)
         decode = full - one
         if decode <= 0:  # timing noise swamped the decode steps (only seen on a busy CPU)
-            emit(phase=f"engine:{which}", event="noise", batch=batch)
+            emit(phase=phase, event="noise", batch=batch, **fields)
             continue
         tok_per_s = round(batch * args.steps / decode, 1)
-        emit(phase=f"engine:{which}", event="decode", batch=batch, tok_per_s=tok_per_s,
-             ms_per_step=round(1000 * decode / args.steps, 3))  # fmt: skip
+        emit(phase=phase, event="decode", batch=batch, tok_per_s=tok_per_s,
+             ms_per_step=round(1000 * decode / args.steps, 3), **fields)  # fmt: skip
+
+
+def _write_checkpoint(arch: dict[str, Any], device: str) -> Path:
+    """A HF-style Llama directory of ``arch`` with random bf16 weights (config, safetensors, a
+    word-level tokenizer), written once under ``$GPU_CHECK_LOGS`` and reused by later phases:
+    tensor-parallel ranks load their shards from files."""
+    import torch
+    from safetensors.torch import save_file
+
+    log_dir = Path(os.environ.get("GPU_CHECK_LOGS", "/tmp/gpu_check_logs"))
+    root = log_dir / f"checkpoint-{arch['hidden_size']}x{arch['num_hidden_layers']}"
+    if (root / "model.safetensors").exists():
+        return root
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def weight(*shape: int) -> Any:
+        return (torch.randn(*shape, generator=gen, device=device) * 0.02).to(torch.bfloat16).cpu()
+
+    hidden, head_dim = arch["hidden_size"], arch["head_dim"]
+    q_size, kv_size = arch["num_attention_heads"] * head_dim, arch["num_key_value_heads"] * head_dim
+    ones = torch.ones(hidden, dtype=torch.bfloat16)
+    tensors = {"model.embed_tokens.weight": weight(arch["vocab_size"], hidden), "model.norm.weight": ones}
+    for i in range(arch["num_hidden_layers"]):
+        prefix = f"model.layers.{i}."
+        tensors |= {
+            prefix + "input_layernorm.weight": ones.clone(),
+            prefix + "post_attention_layernorm.weight": ones.clone(),
+            prefix + "self_attn.q_proj.weight": weight(q_size, hidden),
+            prefix + "self_attn.k_proj.weight": weight(kv_size, hidden),
+            prefix + "self_attn.v_proj.weight": weight(kv_size, hidden),
+            prefix + "self_attn.o_proj.weight": weight(hidden, q_size),
+            prefix + "mlp.gate_proj.weight": weight(arch["intermediate_size"], hidden),
+            prefix + "mlp.up_proj.weight": weight(arch["intermediate_size"], hidden),
+            prefix + "mlp.down_proj.weight": weight(hidden, arch["intermediate_size"]),
+        }
+    partial = root.with_name(root.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(partial / "model.safetensors"))
+    config = dict(arch, architectures=["LlamaForCausalLM"], model_type="llama", bos_token_id=1)
+    config["eos_token_id"] = 2
+    (partial / "config.json").write_text(json.dumps(config))
+    _wordlevel_backend(arch["vocab_size"]).save(str(partial / "tokenizer.json"))
+    partial.rename(root)  # whole or absent: a phase killed while writing leaves no half checkpoint
+    return root
+
+
+def phase_tp(args: argparse.Namespace) -> None:
+    """Issue 18: the engine's decode throughput at ``tensor_parallel_size`` ``args.tp`` (1 or 2) on
+    the 1B architecture, loaded from a checkpoint; skipped on CUDA with fewer than two GPUs."""
+    import torch
+
+    from local_engine.config import EngineConfig
+    from local_engine.engine.llm_engine import LLMEngine
+
+    gpus = torch.cuda.device_count() if args.device == "cuda" else 0
+    if args.device == "cuda" and gpus < 2:
+        emit(phase="tp", event="skipped", tp=args.tp, note=f"{gpus} GPU here; TP=2 needs two")
+        return
+    arch = TINY if args.tiny else LLAMA_1B
+    t0 = time.perf_counter()
+    model_dir = _write_checkpoint(arch, args.device)
+    config = EngineConfig(
+        model=str(model_dir),
+        dtype="bfloat16" if args.device == "cuda" else "float32",
+        device=args.device,
+        tensor_parallel_size=args.tp,
+        max_num_seqs=max(args.batches),
+        max_num_batched_tokens=max(2048, args.prompt_len * 8),
+        max_model_len=args.prompt_len + args.steps + 16,
+        gpu_memory_utilization=0.6,
+        kv_cache_memory_bytes=None if args.device == "cuda" else 64 << 20,
+        enforce_eager=args.eager,
+        enable_prefix_caching=False,
+        speculative_decoding=False,  # random weights: drafts would only add noise to the timing
+    )
+    engine = LLMEngine(config)
+    emit(phase="tp", event="built", tp=args.tp, gpus=gpus, seconds=round(time.perf_counter() - t0, 1))
+    try:
+        _engine_decode(engine, arch["vocab_size"], args, "tp", tp=args.tp)
+    finally:
+        shutdown = getattr(engine.runner, "shutdown", None)  # the tensor-parallel runner's ranks
+        if shutdown is not None:
+            shutdown()
 
 
 def _hf_config(arch: dict[str, Any]) -> Any:
@@ -453,6 +553,7 @@ PHASES = {
     "engine": phase_engine,
     "hf": phase_hf,
     "tests": phase_tests,
+    "tp": phase_tp,
 }
 
 
@@ -514,6 +615,9 @@ def orchestrate(args: argparse.Namespace) -> int:
         ("hf", ["--model", "llama1b", *batch_arg], 100),
         ("tests", [], 150),
         ("engine", ["--model", "llama1b", *batch_arg], 70),
+        # Issue 18 (seconds each with one GPU: they only report that they skipped).
+        ("tp", ["--tp", "1", "--model", "llama1b", *batch_arg], 90),
+        ("tp", ["--tp", "2", "--model", "llama1b", *batch_arg], 90),
         ("ours", ["--model", "smollm2", *batch_arg], 70),
         ("hf", ["--model", "smollm2", *batch_arg], 70),
     ]
@@ -583,6 +687,7 @@ def _print_table(results: list[dict[str, Any]], statuses: dict[str, str], args: 
             if which == "llama1b":
                 verdict = "PASS" if share >= 50 else "FAIL"
                 verdicts.append(f"batch-1 >= 50% of the bandwidth bound: {verdict} ({share:.0f}%)")
+    _print_tp(results, args)
     for label, status in statuses.items():
         if status != "ok":
             print(f"phase {label}: {status}")
@@ -590,6 +695,26 @@ def _print_table(results: list[dict[str, Any]], statuses: dict[str, str], args: 
         print(verdict)
     if args.device != "cuda":
         print("(smoke run off-GPU: numbers are meaningless, only the code paths were exercised)")
+
+
+def _print_tp(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """TP=1 against TP=2 engine decode throughput (issue 18), or why it was not measured."""
+    skipped = [r for r in results if r.get("phase") == "tp" and r.get("event") == "skipped"]
+    if skipped:
+        print(f"tensor parallel: skipped ({skipped[0]['note']})")
+        return
+    decodes = [r for r in results if r.get("phase") == "tp" and r.get("event") == "decode"]
+    rows = {(r["tp"], r["batch"]): r for r in decodes}
+    if not rows:
+        print("tensor parallel: not measured (see the tp phases above)")
+        return
+    head = f"{'batch':>5} {'TP=1 tok/s':>11} {'TP=2 tok/s':>11} {'TP2/TP1':>8}"
+    print(f"tensor parallel, engine decode: {head}")
+    for batch in args.batches:
+        one, two = rows.get((1, batch)), rows.get((2, batch))
+        ratio = two["tok_per_s"] / one["tok_per_s"] if one and two else None
+        row = f"{'':<31}{batch:>5} {_fmt(one and one['tok_per_s']):>11} {_fmt(two and two['tok_per_s']):>11}"
+        print(row + f" {_fmt(ratio, '.2f'):>8}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -605,6 +730,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--model", default="llama1b", choices=["llama1b", "smollm2"], help=argparse.SUPPRESS)
     p.add_argument("--phase-timeout", type=float, default=150.0, help=argparse.SUPPRESS)
+    p.add_argument("--tp", type=int, default=1, help=argparse.SUPPRESS)  # the tp phase's size
     args = p.parse_args(argv)
     default_batches = "1,4" if args.tiny else "1,16,64,256"
     args.batches = [int(b) for b in (args.batches or default_batches).split(",")]

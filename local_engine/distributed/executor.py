@@ -33,7 +33,7 @@ from local_engine.loader import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-# How long a failed step waits for a dead rank's process to be reaped, to name it in the error.
+# How long a failed step waits for the watcher to find a dead rank, to name it in the error.
 _REAP_SECONDS = 5.0
 # How long shutdown waits for a rank to stop before killing it.
 _STOP_SECONDS = 5.0
@@ -146,7 +146,8 @@ class TensorParallelRunner:
         if dist.is_initialized():
             raise TensorParallelError("this process already runs a tensor-parallel engine (one per process)")
         self._closing = False
-        self._failure: str | None = None
+        self._failure: str | None = None  # set by the watcher thread, the only one reaping ranks
+        self._failed = threading.Event()
         self._backend = group.backend_for(config.device)
         if config.device == "cpu":
             torch.set_num_threads(max(1, config.threads() // size))  # the ranks share the cores
@@ -202,11 +203,9 @@ class TensorParallelRunner:
         try:
             return self._runner.execute(batch)
         except Exception as exc:  # a collective or a pipe losing a dead rank
-            failure = self._dead_rank(_REAP_SECONDS)
-            if failure is None:
+            if not self._failed.wait(_REAP_SECONDS):
                 raise
-            self._failure = failure
-            raise TensorParallelError(failure) from exc
+            raise TensorParallelError(self._failure) from exc
 
     def shutdown(self) -> None:
         """Stop the other ranks and leave the process group (idempotent)."""
@@ -235,25 +234,18 @@ class TensorParallelRunner:
             messages.append(message)
         return messages
 
-    def _dead_rank(self, timeout: float) -> str | None:
-        """A description of the first rank whose process has ended, waiting up to ``timeout``."""
-        wait([p.sentinel for p in self._processes], timeout)
+    def _rank_ended(self, ended: list[int]) -> None:
+        """Another rank's process ended (its sentinel is in ``ended``): fail the engine now."""
         for rank, (process, conn) in enumerate(zip(self._processes, self._conns, strict=True), 1):
-            if not process.is_alive():
+            if process.sentinel in ended:
                 process.join()
-                return (
+                self._failure = (
                     f"tensor-parallel rank {rank} (pid {process.pid}) {_exit_reason(process, conn)}; "
                     "the engine cannot run further steps"
                 )
-        return None
-
-    def _rank_ended(self) -> None:
-        """Another rank's process ended: unless shutting down, fail the engine now."""
-        failure = self._dead_rank(_REAP_SECONDS)
-        if failure is None or self._closing:
-            return
-        self._failure = failure
-        logger.error("%s", failure)
+                break
+        self._failed.set()
+        logger.error("%s", self._failure)
         if self._backend == "nccl":
             # A collective waiting for the dead rank would hang on the GPU; aborting the
             # communicator makes it fail (gloo fails by itself when the peer's socket closes).
@@ -263,7 +255,7 @@ class TensorParallelRunner:
 def _watch(runner: weakref.ref[TensorParallelRunner], sentinels: list[int]) -> None:
     """The watcher thread: waits for any other rank's process to end (holding the runner only
     weakly, so dropping it still stops the ranks)."""
-    wait(sentinels)
+    ended = wait(sentinels)
     alive = runner()
     if alive is not None and not alive._closing:
-        alive._rank_ended()
+        alive._rank_ended(ended)  # type: ignore[arg-type]

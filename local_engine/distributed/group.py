@@ -45,6 +45,9 @@ def join(store: dist.Store | int, rank: int, world_size: int, device: str) -> No
     dist.init_process_group(
         backend_for(device), store=store, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT
     )
+    # NCCL creates its communicator on the first collective, which must not be one inside a CUDA
+    # graph capture (the runner captures without a profiling pass when the KV budget is given).
+    dist.all_reduce(torch.zeros(1, device=device))
 
 
 def leave() -> None:

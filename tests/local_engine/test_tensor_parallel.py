@@ -22,7 +22,7 @@ from local_engine.engine.llm_engine import LLMEngine
 from local_engine.loader import ModelLoadError
 from local_engine.sampling_params import SamplingParams
 from local_engine.server.cli import build_parser
-from tests.support.engine_models import make_hf_model
+from tests.support.engine_models import make_hf_model, write_gguf_like_llama_cpp
 from tests.support.gateway_process import REPO, free_port, switchyard_command
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [40, 41, 42], list(range(100, 137))]  # the last spans 3 blocks
@@ -159,6 +159,28 @@ def test_a_killed_rank_ends_the_engine_within_seconds(llama_dir: Path) -> None:
         assert time.monotonic() - started < 1
     finally:
         runner.shutdown()
+
+
+def test_a_quantized_gguf_is_dequantized_for_its_shards(tmp_path: Path) -> None:
+    """dtype auto keeps a GGUF file's quantization on one rank; with two, each rank loads its shard
+    of the dequantized weights (llama.cpp's permuted Q/K rows restored before the split)."""
+    gguf = pytest.importorskip("gguf")
+    reference = make_hf_model("llama", tmp_path / "hf")
+    layers = range(reference.config.num_hidden_layers)
+    kinds = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_down")
+    quant = {f"blk.{i}.{kind}.weight": gguf.GGMLQuantizationType.Q8_0 for i in layers for kind in kinds}
+    path = write_gguf_like_llama_cpp(reference, tmp_path / "hf", tmp_path / "q8.gguf", quant=quant)
+    single = LLMEngine(_config(path, 1, dtype="bfloat16"))
+    parallel = LLMEngine(_config(path, 2, dtype="auto"))
+    try:
+        params = list(parallel.loaded.model.parameters())
+        assert all(p.dtype == torch.bfloat16 and not hasattr(p, "ggml_type") for p in params)
+        logits, expected = _prefill_logits(parallel), _prefill_logits(single)
+        # bf16 partial sums add up in another order across two ranks: close, not equal.
+        assert torch.nn.functional.cosine_similarity(logits, expected, dim=-1).min() > 0.999
+    finally:
+        assert isinstance(parallel.runner, TensorParallelRunner)
+        parallel.runner.shutdown()
 
 
 def test_a_model_that_does_not_split_is_refused_before_any_rank_starts(llama_dir: Path) -> None:
