@@ -43,6 +43,7 @@ from gateway.spend.webhook import WebhookLogger
 log = logging.getLogger(__name__)
 
 _CENT_FRACTION = Decimal("1e-12")  # the scale of NUMERIC(24, 12) columns
+_NO_COST = Decimal(0).quantize(_CENT_FRACTION)
 
 # The whole batch is one jsonb parameter, not 21 typed arrays: asyncpg checks every array element
 # against collections.abc (Iterable, Sized, Mapping) in Python before encoding it, which cost more CPU
@@ -276,6 +277,8 @@ class PostgresSpendSink:
                 model=event.model,
                 usage=event.usage,
             )
+        if not cost:
+            return _NO_COST  # most rows of a batch when models are unpriced or answers cached
         return Decimal(cost).quantize(_CENT_FRACTION)
 
     async def _write(self, batch: list[tuple[str, UsageEvent]]) -> int:
@@ -315,7 +318,7 @@ class PostgresSpendSink:
                 kind: defaultdict(Decimal) for kind in ("key", "team", "user", "customer")
             }
             daily: dict[tuple[date, str, str, str, str], list[Any]] = {}
-            for (row_id, e), cost in zip(batch, costs, strict=True):
+            for (row_id, e), cost, row in zip(batch, costs, rows, strict=True):
                 if row_id not in inserted:
                     continue  # already written by an earlier attempt whose commit we did not see
                 p = e.principal
@@ -328,7 +331,7 @@ class PostgresSpendSink:
                     if entity is not None:
                         amounts[kind][entity] += cost
                 group = (
-                    _utc(e.started_at).date(),
+                    row["start_time"].date(),
                     p.key_hash or "",
                     p.team_id or "",
                     p.user_id or "",
