@@ -194,6 +194,8 @@ def test_cli_flag() -> None:
     assert build_parser().parse_args(["serve"]).tensor_parallel_size == 1
     with pytest.raises(ValueError, match="tensor_parallel_size"):
         EngineConfig(tensor_parallel_size=0)
+    with pytest.raises(ValueError, match="not with tensor_parallel_size > 1"):
+        EngineConfig(tensor_parallel_size=2, quantization="q8_0")
 
 
 def test_serve_with_two_ranks(llama_dir: Path, tmp_path: Path) -> None:
