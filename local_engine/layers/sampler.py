@@ -143,7 +143,11 @@ class Sampler:
             _apply_penalties(logits, seqs)
 
         greedy = [p.greedy for p in params]
-        if all(greedy):
+        if all(greedy) and logits.device.type == "cpu":
+            # numpy's argmax (the same first maximum): torch's wakes its OpenMP threads for a
+            # vocabulary-sized row, ~0.2 ms of a ~6 ms batch-1 step, against ~10 us here.
+            tokens = torch.from_numpy(logits.numpy().argmax(axis=-1))
+        elif all(greedy):
             # max(dim).indices: the same first-maximum index as argmax, about 2x faster on CPU.
             tokens = logits.max(dim=-1).indices
         else:
