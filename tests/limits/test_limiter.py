@@ -309,3 +309,48 @@ async def test_an_instant_admission_counts_and_is_checked_but_holds_nothing(make
         await lim.admit(p, "m", 0, instant=True)
     assert over.value.type == "requests"
     await last.settle(Usage())
+
+
+async def test_window_running_sums_match_the_buckets(redis_url: str, redis_prefix: str) -> None:
+    """admit.lua keeps R/T (sums of the live buckets) and o (first non-empty second) beside the
+    buckets: a hash written before the sums existed is summed once, seconds that leave the window
+    are subtracted and deleted, and settles keep the sums in step with the buckets."""
+    WINDOW = 3  # seconds: short, so the test can wait the window out
+    client = aioredis.Redis.from_url(redis_url)
+    pool = RedisPool(redis_url)
+    lim = RedisLimiter(LimitSettings(key_prefix=redis_prefix, window_seconds=WINDOW), pool=pool)
+    wkey = f"{redis_prefix}:{{key:k-sums}}:w"
+    scope = LimitScope("key", "k-sums", rpm=100, tpm=100_000)
+    principal = key("k-sums", scope)
+    try:
+        now = int((await client.time())[0])
+        # Buckets only, as a gateway without running sums left them: one live second, one stale.
+        await client.hset(wkey, mapping={f"r{now}": 3, f"t{now}": 30, f"r{now - 5}": 7, f"t{now - 5}": 70})
+        await client.pexpire(wkey, (WINDOW + 1) * 1000)
+        adm = await lim.admit(principal, "m", 10)
+        assert adm.headers["x-ratelimit-remaining-requests"] == "96"  # 3 + this one of 100
+        await adm.settle(Usage(4, 2))  # 6 real tokens instead of the 10 reserved
+        await pool.barrier()
+
+        async def check() -> dict[bytes, bytes]:
+            h = await client.hgetall(wkey)
+            t = int((await client.time())[0])
+            live = {f: int(v) for f, v in h.items() if f[:1] in (b"r", b"t") and int(f[1:]) > t - WINDOW}
+            assert not any(f[:1] in (b"r", b"t") and int(f[1:]) < t - WINDOW for f in h), h  # stale gone
+            assert int(h[b"R"]) == sum(v for f, v in live.items() if f[:1] == b"r"), h
+            assert int(h[b"T"]) == sum(v for f, v in live.items() if f[:1] == b"t"), h
+            return h
+
+        h = await check()
+        assert f"r{now - 5}".encode() not in h
+        await asyncio.sleep(WINDOW + 0.2)  # every earlier second leaves the window
+        adm = await lim.admit(principal, "m", 5)
+        assert adm.headers["x-ratelimit-remaining-requests"] == "99"
+        await adm.settle(Usage(5, 0))
+        await pool.barrier()
+        h = await check()
+        assert int(h[b"R"]) == 1 and int(h[b"T"]) == 5
+    finally:
+        await client.aclose()
+        await lim.close()
+        await pool.close()
