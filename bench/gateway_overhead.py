@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -257,7 +258,11 @@ async def load_requests(
 
 def run_loadgen(port: int, stream: bool, concurrency: int, duration: float, key: str, unique: bool) -> None:
     _use_uvloop()
-    print(json.dumps(asyncio.run(_load(port, stream, concurrency, duration, key, unique))))
+    result = asyncio.run(_load(port, stream, concurrency, duration, key, unique))
+    # The load generator's own CPU, so a caller can tell how much of the machine it took.
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime
+    print(json.dumps(result))
 
 
 # --------------------------------------------------------------------------- orchestration
