@@ -11,6 +11,7 @@ blocks in use. Huge pages are declined for it: with them one block's first write
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import mmap
@@ -57,9 +58,24 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return total
 
 
+def packed_copies(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The reordered copies of weights that CPU bf16 layers keep for their matmuls
+    (``linear.PackedWeight``): weight bytes too, though no parameter holds them."""
+    from local_engine.layers.linear import PackedWeight
+
+    copies: list[torch.Tensor] = []
+    for module in model.modules():
+        packed = getattr(module, "_packed", None)
+        if isinstance(packed, PackedWeight):
+            fields = (getattr(packed, f.name) for f in dataclasses.fields(packed))
+            copies.extend(t for t in fields if isinstance(t, torch.Tensor))
+    return copies
+
+
 def log_memory(model: torch.nn.Module, kv_reserved: int, num_blocks: int, lazy: bool) -> None:
-    """One line at start: weights, KV pool, and the rest of the process (runtime, buffers)."""
-    weights = tensor_bytes([*model.parameters(), *model.buffers()])
+    """One line at start: weights (with any packed copies), KV pool, and the rest of the process
+    (runtime, buffers)."""
+    weights = tensor_bytes([*model.parameters(), *model.buffers(), *packed_copies(model)])
     names = {qtype: name for name, qtype in QUANT_TYPES.items()}
     formats = sorted(
         {

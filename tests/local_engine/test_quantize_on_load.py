@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from local_engine import LLM, EngineConfig, SamplingParams
-from local_engine.engine.kv_pool import tensor_bytes
+from local_engine.engine.kv_pool import packed_copies, tensor_bytes
 from local_engine.kernels import cpu as cpu_kernels
 from local_engine.layers.quant_linear import is_quantized
 from local_engine.loader import ModelLoadError, load_model
@@ -127,8 +127,9 @@ def test_engine_runs_q8_0_greedy_like_bf16_and_reports_its_memory(
     llama_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Through ``LLM``: greedy continuations of 16 tokens from four prompts mostly equal bf16's
-    (over 75% of positions: a near-tie may go the other way and then the texts part), and the
-    start-up report counts the Q8_0 bytes actually held."""
+    (over 75% of positions: a near-tie may go the other way and then the texts part), and each
+    start-up report counts the weight bytes actually held: Q8_0 blocks, or bf16 weights with the
+    packed copies their matmuls keep."""
     settings = {
         "model": llama_dir,
         "max_num_seqs": 4,
@@ -138,16 +139,25 @@ def test_engine_runs_q8_0_greedy_like_bf16_and_reports_its_memory(
     }
     prompts = [list(range(5 + i, 25 + 3 * i)) for i in range(4)]
     greedy = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
-    dense = LLM(EngineConfig(**settings))  # type: ignore[arg-type]
-    want = [o.outputs[0].token_ids for o in dense.generate(prompts, greedy)]
     with caplog.at_level(logging.INFO, logger="local_engine.engine.kv_pool"):
+        dense = LLM(EngineConfig(**settings))  # type: ignore[arg-type]
         quant = LLM(EngineConfig(quantization="q8_0", **settings))  # type: ignore[arg-type]
+    want = [o.outputs[0].token_ids for o in dense.generate(prompts, greedy)]
     got = [o.outputs[0].token_ids for o in quant.generate(prompts, greedy)]
     same = sum(a == b for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True))
     assert same / (16 * len(prompts)) > 0.75, (got, want)
-    [report] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory: weights")]
-    held = tensor_bytes([*quant.engine.loaded.model.parameters()]) / (1 << 20)
-    assert f"weights {held:.1f} MiB (Q8_0, bfloat16)" in report
+    dense_report, quant_report = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("memory: weights")
+    ]
+    quant_model = quant.engine.loaded.model
+    assert not packed_copies(quant_model)  # blocks are rearranged in place, never copied
+    held = tensor_bytes(quant_model.parameters()) / (1 << 20)
+    assert f"weights {held:.1f} MiB (Q8_0, bfloat16)" in quant_report
+    dense_model = dense.engine.loaded.model
+    if torch.backends.mkldnn.is_available():
+        assert packed_copies(dense_model)
+    held = tensor_bytes([*dense_model.parameters(), *packed_copies(dense_model)]) / (1 << 20)
+    assert f"weights {held:.1f} MiB (bfloat16)" in dense_report
 
 
 def test_config_refuses_what_q8_0_cannot_run() -> None:
