@@ -84,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
 
         ray.init(address=args.address, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # no cluster there (yet): the gateway restarts this process later
-        say({"error": f"cannot connect to the Ray cluster at {args.address}: {exc}"})
+        # Ray's ConnectionError says only "failed to connect"; its cause's last line (it holds a whole
+        # traceback) says why, e.g. a missing token.
+        why = str(exc)
+        if exc.__cause__ is not None and str(exc.__cause__).strip():
+            why += "; " + str(exc.__cause__).strip().splitlines()[-1]
+        say({"error": f"cannot connect to the Ray cluster at {args.address}: {why}"})
         return 1
     finally:
         slow.cancel()

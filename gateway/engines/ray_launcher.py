@@ -14,6 +14,7 @@ port, which the gateway's discovery picks up.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -143,6 +144,14 @@ def main(argv: list[str]) -> int:
             f"ray_namespace: {ours.ray_namespace}}}",
             flush=True,
         )
+        if os.environ.get("RAY_AUTH_MODE") == "token":
+            # ray.init sets it for a cluster it started itself, whose token it keeps in
+            # ~/.ray/auth_token; a process that joins without it is refused.
+            print(
+                "switchyard engine: this cluster requires its token: run the gateway with "
+                "RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN, or ~/.ray/auth_token, on another machine)",
+                flush=True,
+            )
         return _supervise(ray, replicas)
     finally:
         _stop_all(ray, replicas)

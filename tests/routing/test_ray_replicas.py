@@ -37,7 +37,11 @@ READY = re.compile(r"replica (\S+) ready at (http://\S+/v1)")
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    """A fresh local Ray cluster (never one already running here); yields its GCS address."""
+    """A fresh local Ray cluster (never one already running here); yields its GCS address.
+
+    A local cluster requires its token: ``ray.init`` sets ``RAY_AUTH_MODE=token`` in this process's
+    environment, which the launcher and the gateways started below inherit (as operators set it;
+    see deploy/ray/README.md)."""
     ray.init(
         address="local",
         num_cpus=2,  # one per replica
