@@ -154,6 +154,10 @@ def test_engine_numbers_on_the_metrics_page(base_url: str) -> None:
     assert sample(page, "switchyard_engine_time_per_output_token_seconds_count", model="tiny") >= 2
     assert sample(page, "switchyard_engine_time_per_output_token_seconds_sum", model="tiny") > 0
     assert sample(page, "switchyard_engine_generation_tokens_per_second", model="tiny") >= 0
+    # Speculative decoding (on for a lone greedy request): accepted drafts never exceed those checked.
+    drafted = sample(page, "switchyard_engine_spec_decode_draft_tokens_total", model="tiny")
+    assert 0 <= sample(page, "switchyard_engine_spec_decode_accepted_tokens_total", model="tiny") <= drafted
+    assert sample(page, "switchyard_engine_spec_decode_drafts_total", model="tiny") <= drafted
     # Nothing in flight between requests: no sequence, and every block back (cached blocks are free).
     assert sample(page, "switchyard_engine_requests_running", model="tiny") == 0
     assert sample(page, "switchyard_engine_requests_waiting", model="tiny") == 0
