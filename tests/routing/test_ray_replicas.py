@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -56,17 +57,33 @@ def cluster() -> Iterator[str]:
         ray.shutdown()  # stops the cluster this test started, whatever happened
 
 
-@pytest.fixture(scope="module")
-def launcher_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ray-launcher") / "launcher.log"
+@dataclass
+class Launcher:
+    """``switchyard engine serve --ray --replicas 2`` as started (its replicas may still be loading)."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    # Replica actor name -> its engine's /v1 URL (a test that has one restarted updates it).
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def ready(self) -> dict[str, str]:
+        """``urls``, once the launcher reports both replicas up."""
+        deadline = time.monotonic() + 240
+        while "replica(s) of app" not in self.text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the launcher did not start both replicas:\n{self.text()}")
+            time.sleep(0.3)
+        if not self.urls:
+            self.urls.update(READY.findall(self.text()))
+        assert sorted(self.urls) == [f"{APP}/0", f"{APP}/1"]
+        return self.urls
 
 
 @pytest.fixture(scope="module")
-def replicas(
-    cluster: str, launcher_log: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, str]]:
-    """Replica actor name -> its engine's /v1 URL, from the launcher's own report (updated by a test
-    that has a replica restarted)."""
+def launcher(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
     root = tmp_path_factory.mktemp("ray-replicas")
     make_hf_model("llama", root / "tiny")
     command = [
@@ -76,41 +93,39 @@ def replicas(
         *("--model", str(root / "tiny"), "--served-model-name", "tiny", "--dtype", "float32"),
         *("--max-model-len", "256", "--num-threads", "1", "--host", "127.0.0.1", "--log-level", "warning"),
     ]
-    log_path = launcher_log
-    with log_path.open("wb") as log:
-        launcher = subprocess.Popen(
+    with (root / "launcher.log").open("wb") as log:
+        process = subprocess.Popen(
             command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        deadline = time.monotonic() + 240
-        while "replica(s) of app" not in log_path.read_text(errors="replace"):
-            if launcher.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"the launcher did not start both replicas:\n{log_path.read_text(errors='replace')}"
-                )
-            time.sleep(0.3)
-        found = dict(READY.findall(log_path.read_text(errors="replace")))
-        assert sorted(found) == [f"{APP}/0", f"{APP}/1"]
-        yield found
-        assert launcher.poll() is None, log_path.read_text(errors="replace")
-        os.killpg(launcher.pid, signal.SIGTERM)
-        assert launcher.wait(timeout=45) == 0, log_path.read_text(errors="replace")
-        # The launcher stopped every engine it started (checked before the cluster itself goes).
-        for url in found.values():
+        launcher = Launcher(process, root / "launcher.log")
+        yield launcher
+        # Stopping the launcher stops every engine it started (after the gateways, before the cluster).
+        assert process.poll() is None, launcher.text()
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=45) == 0, launcher.text()
+        for url in launcher.urls.values():
             with pytest.raises(httpx.TransportError):
                 httpx.get(url + "/models", timeout=2)
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGTERM)  # the launcher stops its engines, then the actors
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)  # the launcher stops its engines, then the actors
             try:
-                launcher.wait(timeout=45)
+                process.wait(timeout=45)
             except subprocess.TimeoutExpired:
-                os.killpg(launcher.pid, signal.SIGKILL)
-                launcher.wait()
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 @pytest.fixture(scope="module")
-def gateway(cluster: str, replicas: dict[str, str]) -> Iterator[GatewayProcess]:
+def replicas(launcher: Launcher) -> dict[str, str]:
+    """The launcher's replicas, up."""
+    return launcher.ready()
+
+
+@pytest.fixture(scope="module")
+def gateway(cluster: str, launcher: Launcher) -> Iterator[GatewayProcess]:
+    """A gateway routing with ``simple-shuffle``, started while the replicas load."""
     config = {
         "model_list": [
             {
@@ -121,6 +136,7 @@ def gateway(cluster: str, replicas: dict[str, str]) -> Iterator[GatewayProcess]:
         "router_settings": {"routing_strategy": "simple-shuffle", "num_retries": 2},
     }
     with gateway_process(config, ready_timeout=60) as gw:
+        launcher.ready()
         wait_routed(gw, 2)
         yield gw
 
@@ -248,7 +264,7 @@ def test_prefix_cache_aware_keeps_a_conversation_on_its_replica(
 
 
 def test_replica_restarted_by_ray_is_learned_again(
-    gateway: GatewayProcess, replicas: dict[str, str], launcher_log: Path
+    gateway: GatewayProcess, replicas: dict[str, str], launcher: Launcher
 ) -> None:
     """A replica whose actor dies is restarted by Ray (max_restarts) with a new engine on a new
     port: the gateway drops the old deployment and routes to the new one."""
@@ -268,7 +284,7 @@ def test_replica_restarted_by_ray_is_learned_again(
         time.sleep(0.5)
     replicas[name] = "http://" + new.pop().split("@", 1)[1] + "/v1"
     assert set(ask(client, f"Request {i} after the restart.") for i in range(16)) == routed
-    assert f"replica {name} restarted at {replicas[name]}" in wait_for_line(launcher_log, "restarted at")
+    assert f"replica {name} restarted at {replicas[name]}" in wait_for_line(launcher.log, "restarted at")
 
 
 def test_killed_replica_moves_traffic_to_the_other(gateway: GatewayProcess, replicas: dict[str, str]) -> None:
