@@ -42,7 +42,8 @@ _LOG_TAIL_CHARS = 4000
 # before the prctl, the signal would never come, so the child gives up at once.
 _DIE_WITH_PARENT = (
     "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "if hasattr(libc, 'prctl'): libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG, Linux only\n"
     "if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )

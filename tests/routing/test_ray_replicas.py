@@ -263,14 +263,15 @@ def test_prefix_cache_aware_keeps_a_conversation_on_its_replica(
         assert prefix_hits(replicas[owner]) - before >= 16  # at least one block of the last turn reused
 
 
-def test_replica_restarted_by_ray_is_learned_again(
+def test_crashed_engine_is_restarted_by_ray_and_learned_again(
     gateway: GatewayProcess, replicas: dict[str, str], launcher: Launcher
 ) -> None:
-    """A replica whose actor dies is restarted by Ray (max_restarts) with a new engine on a new
-    port: the gateway drops the old deployment and routes to the new one."""
+    """An engine that crashes takes its actor down, which Ray restarts (max_restarts) with a new
+    engine on a new port: the gateway drops the old deployment and routes to the new one."""
     name = f"{APP}/1"
     old = deployment_of(name, replicas[name])
-    ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=False)
+    engine_pid = ray.get(ray.get_actor(name, namespace=NAMESPACE).endpoint.remote(), timeout=10)["pid"]
+    os.kill(engine_pid, signal.SIGKILL)
     client = client_for(gateway)
     for i in range(6):  # none fails: the router retries those that reach the dying engine
         ask(client, f"Request {i} while a replica restarts.")
