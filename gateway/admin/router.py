@@ -452,11 +452,11 @@ async def key_list(
     organization_id: str | None = None,
     return_full_object: bool = False,
 ) -> Response:
+    scope = await _allow(request, "/key/list")
     if not 1 <= page <= _MAX_PAGE:
         raise bad_request(f"page: must be between 1 and {_MAX_PAGE}", param="page")
     if not 1 <= size <= 1000:
         raise bad_request("size: must be between 1 and 1000", param="size")
-    scope = await _allow(request, "/key/list")
     async with _read(request) as (conn, caller):
         if scope is Scope.TEAM:
             check_team(caller, scope, team_id or caller.team_id)
@@ -889,11 +889,11 @@ async def user_delete(request: Request) -> Response:
 async def user_list(
     request: Request, page: int = 1, page_size: int = 25, role: str | None = None
 ) -> Response:
+    await _allow(request, "/user/list")
     if not 1 <= page <= _MAX_PAGE:
         raise bad_request(f"page: must be between 1 and {_MAX_PAGE}", param="page")
     if not 1 <= page_size <= 1000:
         raise bad_request("page_size: must be between 1 and 1000", param="page_size")
-    await _allow(request, "/user/list")
     async with _read(request) as (conn, _):
         users, total = await store.list_users(conn, page=page, size=page_size, role=role)
     return _json(
@@ -930,11 +930,11 @@ async def spend_logs(
     end_date: str | None = None,
     limit: int = 1000,
 ) -> Response:
+    scope = await _allow(request, "/spend/logs")
     if not 1 <= limit <= 10_000:
         raise bad_request("limit: must be between 1 and 10000", param="limit")
     start, end = _date(start_date, "start_date"), _date(end_date, "end_date")
     key_hash = _ref_hash(api_key) if api_key else None
-    scope = await _allow(request, "/spend/logs")
     async with _read(request) as (conn, caller):
         if scope is Scope.TEAM:
             check_team(caller, scope, team_id or caller.team_id)
@@ -1031,11 +1031,11 @@ _GROUPS = {
 async def global_spend_report(
     request: Request, start_date: str | None = None, end_date: str | None = None, group_by: str = "team"
 ) -> Response:
+    await _allow(request, "/global/spend/report")
     if group_by not in _GROUPS:
         raise bad_request(f"group_by: one of {', '.join(_GROUPS)}", param="group_by")
     column, plural, label = _GROUPS[group_by]
     start, end = _date(start_date, "start_date"), _date(end_date, "end_date")
-    await _allow(request, "/global/spend/report")
     async with _read(request) as (conn, _):
         rows = await conn.fetch(
             f"SELECT day, {column} AS grp, model, sum(spend) AS spend, "

@@ -462,3 +462,22 @@ def test_route_answers_every_caller_as_the_table_says(world: World, route: tuple
             error = response.json()["error"]
             assert set(error) == {"message", "type", "param", "code"}, (caller, error)
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/key/list", {"size": 0}),
+        ("/user/list", {"page_size": 0}),
+        ("/spend/logs", {"limit": 0}),
+        ("/global/spend/report", {"group_by": "nothing"}),
+    ],
+)
+def test_callers_are_identified_before_their_parameters_are_judged(
+    world: World, path: str, params: dict[str, Any]
+) -> None:
+    """A caller without a key learns nothing about a route's parameters: 401 before any 400."""
+    for caller, status in (("no key", 401), ("wrong key", 401), ("master key", 400)):
+        headers = world.headers[caller]
+        response = httpx.get(world.gw.base_url + path, params=params, headers=headers, timeout=30)
+        assert response.status_code == status, (caller, response.text)
