@@ -119,6 +119,26 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def test_speculative_decoding_over_two_ranks(llama_dir: Path) -> None:
+    """Verifying drafts takes logits at several rows per sequence; the ranks follow that too."""
+    prompt = [5, 6, 7, 8] * 4  # repeats: prompt lookup finds drafts
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    outputs = {}
+    for tp, speculate in ((1, False), (2, True)):
+        engine = LLMEngine(_config(llama_dir, tp, speculative_decoding=speculate))
+        try:
+            engine.add_request("spec", prompt, params)
+            while engine.has_unfinished():
+                for output in engine.step():
+                    outputs[tp] = (output.outputs[0].token_ids, engine.num_steps)
+        finally:
+            if isinstance(engine.runner, TensorParallelRunner):
+                engine.runner.shutdown()
+    (plain, plain_steps), (speculated, speculated_steps) = outputs[1], outputs[2]
+    assert speculated == plain and len(plain) == 40
+    assert speculated_steps < plain_steps  # drafts were accepted
+
+
 def test_a_killed_rank_ends_the_engine_within_seconds(llama_dir: Path) -> None:
     engine = LLMEngine(_config(llama_dir, 2))
     runner = engine.runner
