@@ -40,6 +40,13 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local sec = math.floor(now / 1000)
 local oldest = sec - window + 1
 
+-- Drop the retired buckets, write the sums and the first non-empty second; returns the sums.
+local function store(wkey, stale, reqs, toks, first)
+  if #stale > 0 then redis.call('HDEL', wkey, unpack(stale)) end
+  redis.call('HSET', wkey, 'R', reqs, 'T', toks, 'o', first or sec)
+  return reqs, toks, first
+end
+
 -- Sum the live buckets from scratch, drop the stale ones; returns requests, tokens, first second.
 local function rescan(wkey)
   local h = redis.call('HGETALL', wkey)
@@ -60,9 +67,7 @@ local function rescan(wkey)
       end
     end
   end
-  if #stale > 0 then redis.call('HDEL', wkey, unpack(stale)) end
-  redis.call('HSET', wkey, 'R', reqs, 'T', toks, 'o', first or sec)
-  return reqs, toks, first
+  return store(wkey, stale, reqs, toks, first)
 end
 
 -- The window's totals now: retire the seconds that left it since "o", then move "o" to the
@@ -103,9 +108,7 @@ local function totals(wkey)
     end
     b = last + 1
   end
-  if #stale > 0 then redis.call('HDEL', wkey, unpack(stale)) end
-  redis.call('HSET', wkey, 'R', reqs, 'T', toks, 'o', first or sec)
-  return reqs, toks, first
+  return store(wkey, stale, reqs, toks, first)
 end
 
 -- Buckets of tokens in the window, oldest first (only for a TPM refusal's retry time).
