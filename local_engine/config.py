@@ -51,11 +51,11 @@ class EngineConfig:
     A GGUF file's weights are dequantized (to bfloat16 under ``dtype="auto"``) with N > 1.
 
     Speculative decoding by prompt lookup (``speculative_decoding``): while at most
-    ``speculative_max_batch`` sequences run, a greedy sequence whose last ``prompt_lookup_max`` down
-    to ``prompt_lookup_min`` tokens occurred earlier in its prompt + output gets up to
-    ``num_speculative_tokens`` of what followed there checked in one forward pass. Outputs are the
-    same with or without it; it pays off at small batches, where a step costs about the same for a
-    few tokens as for one.
+    ``speculative_max_batch`` sequences run, a sequence whose last ``prompt_lookup_max`` down to
+    ``prompt_lookup_min`` tokens occurred earlier in its prompt + output gets up to
+    ``num_speculative_tokens`` of what followed there checked in one forward pass. Greedy outputs
+    are the same with or without it, sampled ones have the same distribution; it pays off at small
+    batches, where a step costs about the same for a few tokens as for one.
     """
 
     model: str | Path | None = None

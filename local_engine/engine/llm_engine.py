@@ -4,14 +4,18 @@ Output handling per sampled token: append, detokenize incrementally, then finish
 token id, ``max_tokens``/context length, or a stop string (found across token boundaries; text that
 could still be the start of a stop string is held back until it can't).
 
-Speculative decoding by prompt lookup (``config.speculative_decoding``): before a step, each greedy
+Speculative decoding by prompt lookup (``config.speculative_decoding``): before a step, each
 decoding sequence may get draft tokens from ``NgramProposer``; the step computes its last token and
-the drafts together (as decode rows, ``ModelRunner.prepare``) and samples a token after each.
-Drafts are accepted while they equal what was sampled before them, so the accepted tokens plus the
-one sampled after them are exactly what plain greedy decoding would have produced; they go through
-the same per-token append (stopping at the first finish), and only their positions count as
-computed. Sampling that depends on more than the logits of one position (temperature, penalties,
-grammars, logprobs, pending min_tokens) does not speculate.
+the drafts together (as decode rows, ``ModelRunner.prepare``) and samples a token after each, as
+a plain step would. Drafts are accepted while they equal what was sampled before them, then the
+token sampled after the last accepted one is kept. Greedy: exactly the tokens plain decoding makes.
+Temperature sampling: a draft is one fixed token, so accepting it when the model's own sample
+equals it (probability p(draft)) and otherwise keeping that sample (drawn from p without the
+draft) is exactly rejection sampling for such a draft; every kept token is distributed as without
+speculation. Accepted tokens go through the same per-token append (stopping at the first finish),
+and only their positions count as computed. Requests whose sampling depends on more than one
+position's logits (penalties, grammars, pending min_tokens), that want logprobs, or that carry a
+seed (whose draws must not depend on speculation) do not speculate.
 """
 
 from __future__ import annotations
@@ -216,8 +220,8 @@ class LLMEngine:
         return outputs
 
     def _propose(self, proposer: NgramProposer) -> None:
-        """Give each greedy decoding sequence its draft tokens for the next step, while the running
-        batch is small enough that verifying them costs about as little as one token."""
+        """Give each decoding sequence its draft tokens for the next step, while the running batch is
+        small enough that verifying them costs about as little as one token."""
         running = self.scheduler.running
         speculate = len(running) <= self.config.speculative_max_batch
         for seq in running:
@@ -226,7 +230,7 @@ class LLMEngine:
                 continue
             p = seq.params
             if (
-                not p.greedy
+                p.seed is not None  # its stream of draws stays the same whatever the batch does
                 or p.has_penalties
                 or seq.guide is not None
                 or seq.logprobs is not None

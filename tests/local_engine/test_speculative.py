@@ -1,7 +1,8 @@
 """Speculative decoding by prompt lookup: the proposer on its own, then the engine with it on and off
 on real models (a tiny random Llama, checked against transformers, and the bundled SmolLM2): greedy
-tokens, text and finish reasons identical, stop conditions inside an accepted run, the prefix cache
-holding only tokens the sequence really has, and who does not speculate."""
+tokens, text and finish reasons identical, sampled tokens as likely as the model says, stop
+conditions inside an accepted run, the prefix cache holding only tokens the sequence really has, and
+who does not speculate."""
 
 from __future__ import annotations
 
@@ -212,16 +213,60 @@ def test_streamed_deltas_add_up_with_several_tokens_a_step(tiny) -> None:
     assert max(sizes) > 1
 
 
+def test_sampled_tokens_keep_their_distribution(tmp_path: Path) -> None:
+    """Temperature sampling with drafts: how often the second token is its draft, and how often the
+    third token (sampled after an accepted draft, or in the next step after a rejected one) is each
+    of its likeliest values, match the model's own probabilities, computed exactly with transformers."""
+    model = make_hf_model("llama", tmp_path, seed=3)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)  # peaked enough that drafts are often right
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    rng = random.Random(1)
+    prompt = [rng.randrange(3, 300) for _ in range(8)]
+    prompt += hf_greedy(model, prompt, 40)  # loops a little, so one-token lookups find drafts
+    temperature, samples = 0.7, 2000
+
+    def next_probs(contexts: list[list[int]]) -> torch.Tensor:
+        with torch.no_grad():
+            return (model(torch.tensor(contexts)).logits[:, -1] / temperature).softmax(-1)
+
+    p1 = next_probs([prompt])[0]
+    firsts = [t for t in range(p1.shape[0]) if p1[t] > 1e-6]
+    p2 = next_probs([[*prompt, t] for t in firsts])
+    proposer = NgramProposer(num_tokens=1, min_n=1, max_n=4)
+    drafts = {t: proposer.propose(NgramIndex(), [*prompt, t], 1) for t in firsts}
+    p_draft = sum(float(p1[t] * p2[i, drafts[t][0]]) for i, t in enumerate(firsts) if drafts[t])
+    # The third token's marginal over the likely (first, second) pairs; the rest bounds the error.
+    pairs = [(t1, t2, float(p1[t1] * p2[i, t2])) for i, t1 in enumerate(firsts) for t2 in range(p2.shape[1])]
+    pairs = [pair for pair in pairs if pair[2] > 1e-5]
+    p3 = next_probs([[*prompt, t1, t2] for t1, t2, _ in pairs])
+    marginal = (torch.tensor([w for _, _, w in pairs]).unsqueeze(1) * p3).sum(0)
+    unaccounted = 1.0 - sum(w for _, _, w in pairs)
+
+    engine = tiny_engine(tmp_path, speculative_max_batch=64)
+    params = SamplingParams(temperature=temperature, max_tokens=3, ignore_eos=True)
+    outs: list[list[int]] = []
+    for _ in range(samples // 50):
+        outs += [o.outputs[0].token_ids for o in run(engine, [prompt] * 50, params)]
+    assert engine.stats.spec_drafts > samples / 2  # most second tokens came with a draft
+    checks = [(sum(1 for t1, t2, _ in outs if drafts.get(t1) == [t2]), p_draft, 0.0)]
+    for token in marginal.topk(3).indices.tolist():
+        checks.append((sum(1 for o in outs if o[2] == token), float(marginal[token]), unaccounted))
+    for observed, p, slack in checks:
+        sigma = (p * (1 - p) / samples) ** 0.5
+        assert abs(observed / samples - p) < 4.5 * sigma + slack, (observed / samples, p)
+
+
 def test_who_does_not_speculate(tiny) -> None:
     engine = tiny_engine(tiny[0], speculative_max_batch=2)
     prompt = repetitive_prompts()[0]
-    not_greedy = [
+    no_drafts = [
         SamplingParams(temperature=0.8, seed=1, max_tokens=20, ignore_eos=True),
         SamplingParams(temperature=0.0, logprobs=2, max_tokens=20, ignore_eos=True),
         SamplingParams(temperature=0.0, repetition_penalty=1.2, max_tokens=20, ignore_eos=True),
         SamplingParams(temperature=0.0, max_tokens=20, grammar=choice_grammar(["yes", "no"])),
     ]
-    for params in not_greedy:
+    for params in no_drafts:
         before = engine.stats.spec_drafts
         run(engine, [prompt], params)
         assert engine.stats.spec_drafts == before, params
