@@ -51,6 +51,9 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     seen: set[int] = set()
     total = 0
     for t in tensors:
+        if t.is_mkldnn:  # a oneDNN-reordered copy (linear.PackedWeight) has no storage to share
+            total += t.numel() * t.element_size()
+            continue
         storage = t.untyped_storage()
         if storage.data_ptr() not in seen:
             seen.add(storage.data_ptr())
