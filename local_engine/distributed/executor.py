@@ -152,6 +152,7 @@ class TensorParallelRunner:
         if config.device == "cpu":
             torch.set_num_threads(max(1, config.threads() // size))  # the ranks share the cores
         context = multiprocessing.get_context("spawn")
+        log_level = logging.getLogger("local_engine").getEffectiveLevel()
         store = group.open_store(size)
         self._processes: list[BaseProcess] = []
         self._conns: list[Connection] = []
@@ -159,7 +160,7 @@ class TensorParallelRunner:
             parent, child = context.Pipe()
             process = context.Process(
                 target=run_worker,
-                args=(rank, size, store.port, config, child),
+                args=(rank, size, store.port, config, child, log_level),
                 name=f"switchyard-tp-rank-{rank}",
                 daemon=True,  # ends with this process even when shutdown() is never called
             )

@@ -47,9 +47,12 @@ def _follow(runner: ModelRunner, conn: Connection) -> None:
             raise ValueError(f"unknown tensor-parallel command {kind!r}")
 
 
-def run_worker(rank: int, world_size: int, store_port: int, config: EngineConfig, conn: Connection) -> None:
-    """The process entry point (``multiprocessing`` spawn target) of rank ``rank``."""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s tp-rank-{rank} %(levelname)s %(message)s")
+def run_worker(
+    rank: int, world_size: int, store_port: int, config: EngineConfig, conn: Connection, log_level: int
+) -> None:
+    """The process entry point (``multiprocessing`` spawn target) of rank ``rank``; it logs at rank
+    0's level for the engine's loggers."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s tp-rank-{rank} %(levelname)s %(message)s")
     try:
         config = dataclasses.replace(config, device=group.rank_device(config.device, rank), warmup=False)
         if config.device == "cpu":
