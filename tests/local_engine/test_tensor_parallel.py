@@ -27,11 +27,14 @@ from tests.support.gateway_process import REPO, free_port, switchyard_command
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [40, 41, 42], list(range(100, 137))]  # the last spans 3 blocks
 # Each model exercises another split: llama with a vocabulary that does not divide by 2 (padded
-# shards), qwen2 (q/k/v biases) with one KV head replicated on both ranks, qwen3 (q/k norms).
+# shards), qwen2 (q/k/v biases) with one KV head replicated on both ranks, qwen3 (q/k norms),
+# gemma2 (its own layer stack, soft-capped logits), phi3 (fused q/k/v and gate/up checkpoint tensors).
 MODELS = {
     "llama": {"vocab_size": 401},
     "qwen2": {"num_key_value_heads": 1},
     "qwen3": {},
+    "gemma2": {},
+    "phi3": {},
 }
 
 
