@@ -112,7 +112,13 @@ def main(argv: list[str]) -> int:
     app = ours.ray_app or seen.served_model_name or "engine"
     gpus = seen.tensor_parallel_size if seen.device.startswith("cuda") else 0
 
-    ray.init(address=ours.ray_address, namespace=ours.ray_namespace)
+    try:
+        ray.init(address=ours.ray_address, namespace=ours.ray_namespace)
+    except ConnectionError as exc:
+        # Ray's message says only "failed to connect"; the last line of its cause says why.
+        cause = str(exc.__cause__).strip().splitlines()[-1:] if exc.__cause__ is not None else []
+        print(f"switchyard engine: {'; '.join([str(exc), *cause])}", file=sys.stderr)
+        return 1
     address = ray.get_runtime_context().gcs_address
     actor_class = ray.remote(EngineReplica)
     replicas: dict[str, Any] = {}
