@@ -223,10 +223,14 @@ class LLMEngine:
         """Give each decoding sequence its draft tokens for the next step, while the running batch is
         small enough that verifying them costs about as little as one token."""
         running = self.scheduler.running
-        speculate = len(running) <= self.config.speculative_max_batch
+        if len(running) > self.config.speculative_max_batch:
+            for seq in running:
+                if seq.spec_token_ids:  # left by a step whose token budget ran out before it
+                    seq.spec_token_ids = []
+            return
         for seq in running:
             seq.spec_token_ids = []
-            if not speculate or seq.num_uncomputed_tokens != 1:
+            if seq.num_uncomputed_tokens != 1:
                 continue
             p = seq.params
             if (
