@@ -152,6 +152,26 @@ def test_greedy_tokens_match_transformers_with_drafts_accepted(tiny, variant: st
     )
 
 
+@pytest.mark.parametrize(
+    ("kind", "overrides"),
+    [
+        # Windowed and soft-capped attention (host metadata per row) and a window on every layer.
+        ("gemma2", {"sliding_window": 5, "attn_logit_softcapping": 1.5, "final_logit_softcapping": 3.0}),
+        ("mistral", {"sliding_window": 6}),
+    ],
+)
+def test_windowed_models_match_transformers(tmp_path: Path, kind: str, overrides: dict[str, object]) -> None:
+    model = make_hf_model(kind, tmp_path, seed=5, **overrides)
+    engine = tiny_engine(tmp_path)
+    prompts = repetitive_prompts()
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    fast, plain, accepted = with_and_without(engine, prompts, params)
+    assert_same(fast, plain)
+    for prompt, out in zip(prompts, fast, strict=True):
+        assert out.outputs[0].token_ids == hf_greedy(model, prompt, 24)
+    assert accepted > 0
+
+
 def test_fewer_steps_and_only_real_tokens_in_the_prefix_cache(tiny) -> None:
     engine = tiny_engine(tiny[0], speculative_max_batch=1)
     prompt = repetitive_prompts()[0]
