@@ -13,9 +13,9 @@ Temperature sampling: a draft is one fixed token, so accepting it when the model
 equals it (probability p(draft)) and otherwise keeping that sample (drawn from p without the
 draft) is exactly rejection sampling for such a draft; every kept token is distributed as without
 speculation. Accepted tokens go through the same per-token append (stopping at the first finish),
-and only their positions count as computed. Requests whose sampling depends on more than one
-position's logits (penalties, grammars, pending min_tokens), that want logprobs, or that carry a
-seed (whose draws must not depend on speculation) do not speculate.
+and only their positions count as computed, each with its own row's logprobs. Requests whose
+sampling depends on more than one position's logits (penalties, grammars, pending min_tokens) or
+that carry a seed (whose draws must not depend on speculation) do not speculate.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from local_engine.engine.ngram_proposer import NgramIndex, NgramProposer
 from local_engine.engine.outputs import CompletionOutput, RequestOutput, RequestTimes, TokenLogprob
 from local_engine.engine.scheduler import Scheduler
 from local_engine.engine.stats import EngineSnapshot, EngineStats
+from local_engine.layers.sampler import SamplerOutput
 from local_engine.loader import LoadedModel, load_model
 from local_engine.sampling_params import SamplingParams
 from local_engine.sequence import Sequence
@@ -195,7 +196,7 @@ class LLMEngine:
             if request.times.first_token is None:
                 request.times.first_token = now
             if seq.spec_token_ids:
-                row, appended = self._verify(request, seq, sampled.token_ids, row)
+                row, appended = self._verify(request, seq, sampled, row)
             else:
                 self._append_token(request, seq, sampled.token_ids[row], sampled.logprobs[row])
                 row, appended = row + 1, 1
@@ -237,7 +238,6 @@ class LLMEngine:
                 p.seed is not None  # its stream of draws stays the same whatever the batch does
                 or p.has_penalties
                 or seq.guide is not None
-                or seq.logprobs is not None
                 or seq.num_output_tokens < p.min_tokens
             ):
                 continue
@@ -249,19 +249,21 @@ class LLMEngine:
                 seq.ngram_index = NgramIndex()
             seq.spec_token_ids = proposer.propose(seq.ngram_index, seq.token_ids, limit)
 
-    def _verify(self, request: _Request, seq: Sequence, sampled: list[int], row: int) -> tuple[int, int]:
+    def _verify(
+        self, request: _Request, seq: Sequence, sampled: SamplerOutput, row: int
+    ) -> tuple[int, int]:
         """Accept ``seq``'s drafts while each equals the token sampled before it, append the accepted
-        ones and the token sampled after them (stopping at a finish), roll the rest back.
-        ``sampled[row:]`` holds its 1 + drafts rows; returns the next row and the tokens appended."""
+        ones and the token sampled after them (stopping at a finish), roll the rest back. Rows
+        ``row:`` of ``sampled`` hold its 1 + drafts rows; returns the next row and the tokens appended."""
         drafts = seq.spec_token_ids
-        tokens = sampled[row : row + len(drafts) + 1]
+        tokens = sampled.token_ids[row : row + len(drafts) + 1]
         accepted = 0
         while accepted < len(drafts) and drafts[accepted] == tokens[accepted]:
             accepted += 1
         self.stats.speculated(len(drafts), accepted)
         appended = 0
-        for token_id in tokens[: accepted + 1]:
-            self._append_token(request, seq, token_id, None)
+        for j, token_id in enumerate(tokens[: accepted + 1]):
+            self._append_token(request, seq, token_id, sampled.logprobs[row + j])
             appended += 1
             if seq.finish_reason is not None:
                 break
