@@ -13,9 +13,10 @@ Temperature sampling: a draft is one fixed token, so accepting it when the model
 equals it (probability p(draft)) and otherwise keeping that sample (drawn from p without the
 draft) is exactly rejection sampling for such a draft; every kept token is distributed as without
 speculation. Accepted tokens go through the same per-token append (stopping at the first finish),
-and only their positions count as computed, each with its own row's logprobs. Requests whose
-sampling depends on more than one position's logits (penalties, grammars, pending min_tokens) or
-that carry a seed (whose draws must not depend on speculation) do not speculate.
+and only their positions count as computed, each with its own row's logprobs. Penalties and
+min_tokens count a row's earlier drafts as generated (``Sampler``). Requests with a grammar (whose
+state advances token by token) or a seed (whose draws must not depend on speculation) do not
+speculate.
 """
 
 from __future__ import annotations
@@ -234,12 +235,9 @@ class LLMEngine:
             if seq.num_uncomputed_tokens != 1:
                 continue
             p = seq.params
-            if (
-                p.seed is not None  # its stream of draws stays the same whatever the batch does
-                or p.has_penalties
-                or seq.guide is not None
-                or seq.num_output_tokens < p.min_tokens
-            ):
+            # A seed's stream of draws stays the same whatever the batch does; a grammar's state
+            # advances token by token.
+            if p.seed is not None or seq.guide is not None:
                 continue
             # Room for the drafts and the token sampled after them, within max_tokens and the context.
             limit = self.max_model_len - seq.num_tokens

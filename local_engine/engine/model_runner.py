@@ -33,6 +33,8 @@ class StepInputs:
     meta: AttentionMetadata
     sample_indices: list[int]  # token rows whose logits are sampled
     sample_seqs: list[Sequence]  # per sampled row (a speculating sequence has 1 + drafts rows)
+    # Per sampled row, the draft tokens before it (None: no sequence speculates this step).
+    sample_drafts: list[list[int]] | None = None
 
 
 @dataclass(slots=True)
@@ -164,6 +166,7 @@ class ModelRunner:
         seq_lens: list[int] = []
         sample_indices: list[int] = []
         sample_seqs: list[Sequence] = []
+        sample_drafts: list[list[int]] | None = None
         tables: list[list[int]] = []
         query_lens: list[int] = []
         for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
@@ -171,10 +174,14 @@ class ModelRunner:
             end = start + n
             table = seq.block_table
             if seq.spec_token_ids:
+                if sample_drafts is None:
+                    sample_drafts = [[] for _ in sample_seqs]
+                drafts = seq.spec_token_ids
                 # A speculating decode (its last token, then its drafts) enters attention as one decode
                 # row per token over the same blocks, each seeing one position more: every row is then
                 # computed exactly as a plain decode step would, so accepted tokens match plain greedy.
-                for pos, token_id in enumerate([seq.token_ids[start], *seq.spec_token_ids], start):
+                for j, token_id in enumerate([seq.token_ids[start], *drafts]):
+                    pos = start + j
                     input_ids.append(token_id)
                     positions.append(pos)
                     slots.append(table[pos // bs] * bs + pos % bs)
@@ -184,6 +191,7 @@ class ModelRunner:
                     tables.append(table)
                     sample_indices.append(query_start[-1] - 1)
                     sample_seqs.append(seq)
+                    sample_drafts.append(drafts[:j])
                 continue
             if n == 1:
                 input_ids.append(seq.token_ids[start])
@@ -205,6 +213,8 @@ class ModelRunner:
             if end == seq.num_tokens:
                 sample_indices.append(query_start[-1] - 1)
                 sample_seqs.append(seq)
+                if sample_drafts is not None:
+                    sample_drafts.append([])
         width = -(-max(seq_lens) // bs)
         num_seqs = len(seq_lens)
         flat_tables: list[int] = []
@@ -231,7 +241,12 @@ class ModelRunner:
             seq_lens_cpu=seq_lens,
         )
         return StepInputs(
-            longs[:num_tokens], longs[num_tokens : 2 * num_tokens], meta, sample_indices, sample_seqs
+            longs[:num_tokens],
+            longs[num_tokens : 2 * num_tokens],
+            meta,
+            sample_indices,
+            sample_seqs,
+            sample_drafts,
         )
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
@@ -276,5 +291,5 @@ class ModelRunner:
             index = torch.tensor(inputs.sample_indices, dtype=torch.int64)
             hidden = hidden[index.to(hidden.device)]
         logits = self.model.compute_logits(hidden)
-        sampled = self.sampler(logits, inputs.sample_seqs, self.eos_token_ids)
+        sampled = self.sampler(logits, inputs.sample_seqs, self.eos_token_ids, inputs.sample_drafts)
         return StepResult(inputs.sample_seqs, sampled)

@@ -7,6 +7,10 @@ greedy rows take the argmax; the others are divided by their temperature, filter
 top_p / min_p and sampled with the exponential-race trick (``argmax(p / q)``, ``q ~ Exp(1)``), which
 lets a seeded request draw its noise row from its own ``torch.Generator`` so it is reproducible
 whatever else shares the batch. An all-greedy batch without penalties is one ``argmax``.
+
+Speculative decoding samples several rows of one sequence in a step, row ``j`` after its first ``j``
+draft tokens: ``drafts[i]`` names those for row ``i``, and penalties and min_tokens count them as
+already generated, so each row is sampled exactly as a plain step would once they were accepted.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ class SamplerOutput:
     logprobs: list[tuple[float, list[tuple[int, float]]] | None]
 
 
-def _min_tokens_mask(logits: torch.Tensor, seqs: Seq[Sequence], eos_token_ids: Seq[int]) -> None:
+def _min_tokens_mask(
+    logits: torch.Tensor, seqs: Seq[Sequence], eos_token_ids: Seq[int], drafts: Seq[Seq[int]]
+) -> None:
     rows: list[int] = []
     cols: list[int] = []
     for i, seq in enumerate(seqs):
         p = seq.params
-        if p.min_tokens and seq.num_output_tokens < p.min_tokens:
+        if p.min_tokens and seq.num_output_tokens + len(drafts[i]) < p.min_tokens:
             banned = set(p.stop_token_ids)
             banned.update(eos_token_ids)
             rows.extend([i] * len(banned))
@@ -54,9 +60,9 @@ def _grammar_mask(logits: torch.Tensor, seqs: Seq[Sequence], rows: list[int]) ->
     apply_bitmask(logits, rows, bitmask)
 
 
-def _apply_penalties(logits: torch.Tensor, seqs: Seq[Sequence]) -> None:
+def _apply_penalties(logits: torch.Tensor, seqs: Seq[Sequence], drafts: Seq[Seq[int]]) -> None:
     n, vocab = logits.shape
-    outputs = [s.output_token_ids for s in seqs]
+    outputs = [s.output_token_ids + list(d) for s, d in zip(seqs, drafts, strict=True)]
     width = max(1, max(len(o) for o in outputs))
     # Pad with an out-of-vocab column that is dropped afterwards.
     dev = logits.device
@@ -124,9 +130,15 @@ class Sampler:
 
     @torch.inference_mode()
     def __call__(
-        self, logits: torch.Tensor, seqs: Seq[Sequence], eos_token_ids: Seq[int] = ()
+        self,
+        logits: torch.Tensor,
+        seqs: Seq[Sequence],
+        eos_token_ids: Seq[int] = (),
+        drafts: Seq[Seq[int]] | None = None,
     ) -> SamplerOutput:
         logits = logits.float()
+        if drafts is None:
+            drafts = [()] * len(seqs)
         params = [s.params for s in seqs]
         want_logprobs = any(p.logprobs is not None for p in params)
         raw_logprobs = logits.log_softmax(dim=-1) if want_logprobs else None
@@ -137,10 +149,10 @@ class Sampler:
             _grammar_mask(logits, seqs, guided)
         if any(p.min_tokens for p in params):
             logits = logits.clone()
-            _min_tokens_mask(logits, seqs, eos_token_ids)
+            _min_tokens_mask(logits, seqs, eos_token_ids, drafts)
         if any(p.has_penalties for p in params):
             logits = logits.clone()
-            _apply_penalties(logits, seqs)
+            _apply_penalties(logits, seqs, drafts)
 
         greedy = [p.greedy for p in params]
         if all(greedy) and logits.device.type == "cpu":

@@ -16,6 +16,8 @@ from local_engine import LLM, EngineConfig, SamplingParams
 from local_engine.engine.llm_engine import LLMEngine
 from local_engine.engine.ngram_proposer import NgramIndex, NgramProposer
 from local_engine.engine.outputs import RequestOutput
+from local_engine.layers.sampler import Sampler
+from local_engine.sequence import Sequence
 from local_engine.structured import choice_grammar
 from tests.support.engine_models import make_hf_model
 
@@ -42,6 +44,32 @@ def test_no_match_proposes_nothing() -> None:
     assert proposer.propose(index, [1, 2, 3, 4, 5], limit=8) == []
     assert proposer.propose(index, [1, 2, 3, 4, 5, 9, 1], limit=8) == []  # "1" alone is below min_n
     assert proposer.propose(index, [1, 2, 3, 4, 5, 9, 1, 2], limit=8) == [3, 4, 5, 9]
+
+
+# -- the sampler's rows ----------------------------------------------------------------------------
+
+
+def test_each_row_is_sampled_as_if_its_drafts_were_generated() -> None:
+    """Row ``j`` of a speculating sequence sees penalties and min_tokens as a plain step would once
+    its first ``j`` drafts were appended (a real sequence with them appended is the reference)."""
+    eos, favourite, runner_up = 2, 7, 8
+    logits = torch.zeros(3, 16)
+    logits[:, favourite] = 1.0
+    logits[:, runner_up] = 0.6
+    logits[:, eos] = 1.5  # the likeliest, while min_tokens allows it
+    params = SamplingParams(temperature=0.0, frequency_penalty=0.5, min_tokens=3)
+    seq = Sequence("r", 0, [1, 1], params)
+    seq.token_ids.append(5)  # one token generated so far
+    drafts = [[], [favourite], [favourite, favourite]]
+    out = Sampler(0)(logits, [seq] * 3, [eos], drafts)
+    expected = []
+    for row, before in enumerate(drafts):
+        plain = Sequence("r", 0, [1, 1], params)
+        plain.token_ids += [5, *before]
+        expected += Sampler(0)(logits[row : row + 1], [plain], [eos]).token_ids
+    # Rows 0 and 1 (1 and 2 tokens generated) mask EOS; row 1 has the favourite penalised below the
+    # runner-up; row 2 (3 generated) may end.
+    assert out.token_ids == expected == [favourite, runner_up, eos]
 
 
 # -- the engine on a tiny random model -----------------------------------------------------------
@@ -221,7 +249,15 @@ def test_stop_conditions_inside_an_accepted_run(tiny) -> None:
         fast, plain, accepted = with_and_without(engine, prompts, params)
         assert_same(fast, plain)
         assert accepted > 0
-    assert len(fast[0].outputs[0].token_ids) >= 20  # drafts wait until min_tokens is reached
+    assert len(fast[0].outputs[0].token_ids) >= 20  # min_tokens masked the stop token in every row
+    # Penalties count the drafts before each row as generated: the same tokens, drafts verified
+    # (penalties that still let the tiny model repeat itself, so lookups find drafts).
+    for penalties in ({"repetition_penalty": 0.9}, {"frequency_penalty": -0.05, "presence_penalty": 0.05}):
+        before = engine.stats.spec_drafts
+        params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True, **penalties)
+        fast, plain, _ = with_and_without(engine, prompts, params)
+        assert_same(fast, plain)
+        assert engine.stats.spec_drafts > before
 
 
 def test_streamed_deltas_add_up_with_several_tokens_a_step(tiny) -> None:
@@ -288,7 +324,6 @@ def test_who_does_not_speculate(tiny) -> None:
     prompt = repetitive_prompts()[0]
     no_drafts = [
         SamplingParams(temperature=0.8, seed=1, max_tokens=20, ignore_eos=True),
-        SamplingParams(temperature=0.0, repetition_penalty=1.2, max_tokens=20, ignore_eos=True),
         SamplingParams(temperature=0.0, max_tokens=20, grammar=choice_grammar(["yes", "no"])),
     ]
     for params in no_drafts:
