@@ -258,7 +258,7 @@ def _llama_completion(client: Any, prompt: list[int], new_tokens: int) -> list[i
 
 
 def _start_llama_server(
-    flags: list[str], warm_prompt: list[int]
+    flags: list[str], warm_prompt: list[int], env: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], Any, float]:
     """llama-server with ``flags``, answering (one warm-up completion done): the process, a
     client, its startup time. As shipped first; if it dies on its first matmul (its AMX kernels
@@ -275,7 +275,7 @@ def _start_llama_server(
         started = time.perf_counter()
         command = [str(binary), "-m", str(default_model_path()), "--host", "127.0.0.1", "--port", str(port)]
         quiet = subprocess.DEVNULL
-        server = subprocess.Popen([*command, *flags, *extra], stdout=quiet, stderr=quiet)
+        server = subprocess.Popen([*command, *flags, *extra], stdout=quiet, stderr=quiet, env=env)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
         try:
             _wait_http(f"http://127.0.0.1:{port}/health", server, 120)
@@ -295,8 +295,11 @@ def run_llamacpp(prompts: list[list[int]], threads: int) -> dict[str, Any]:
     """llama-server on the same GGUF: 16 slots, continuous batching, prompts as token ids."""
     from concurrent.futures import ThreadPoolExecutor
 
+    # The environment as run_child set it, taken before importing local_engine, which sets
+    # OMP_WAIT_POLICY=PASSIVE for itself: llama.cpp (an OpenMP build) runs as shipped.
+    env = dict(os.environ)
     flags = ["-t", str(threads), "-tb", str(threads), "-np", "16", "-c", str(16 * 1024), "-cb", "--no-webui"]
-    server, client, startup = _start_llama_server(flags, prompts[0])
+    server, client, startup = _start_llama_server(flags, prompts[0], env)
     try:
         with ThreadPoolExecutor(16) as pool:
             tokens: list[list[int]] = []
