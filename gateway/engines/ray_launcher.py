@@ -140,7 +140,8 @@ def main(argv: list[str]) -> int:
                     file=sys.stderr,
                 )
                 return 1
-        if not _wait_ready(ray, replicas, ours.ready_timeout + 60.0):
+        urls: dict[str, str] = {}
+        if not _wait_ready(ray, replicas, ours.ready_timeout + 60.0, urls):
             return 1
         print(
             f"switchyard engine: {len(replicas)} replica(s) of app {app!r} ready in namespace "
@@ -158,14 +159,15 @@ def main(argv: list[str]) -> int:
                 "RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN, or ~/.ray/auth_token, on another machine)",
                 flush=True,
             )
-        return _supervise(ray, replicas)
+        return _supervise(ray, replicas, urls)
     finally:
         _stop_all(ray, replicas)
         ray.shutdown()
 
 
-def _wait_ready(ray: Any, replicas: dict[str, Any], timeout_s: float) -> bool:
-    """Print each replica's endpoint as it comes up; False (after saying why) if one cannot start."""
+def _wait_ready(ray: Any, replicas: dict[str, Any], timeout_s: float, urls: dict[str, str]) -> bool:
+    """Print each replica's endpoint as it comes up (and keep it in ``urls``, so a restart right
+    after start is reported); False (after saying why) if one cannot start."""
     pending = {replicas[name].endpoint.remote(): name for name in replicas}
     deadline = time.monotonic() + timeout_s
     while pending:
@@ -182,6 +184,7 @@ def _wait_ready(ray: Any, replicas: dict[str, Any], timeout_s: float) -> bool:
         except ray.exceptions.RayError as exc:
             print(f"switchyard engine: replica {name} failed to start: {exc}", file=sys.stderr)
             return False
+        urls[name] = endpoint["url"]
         print(
             f"switchyard engine: replica {name} ready at {endpoint['url']} (node {endpoint['node']})",
             flush=True,
@@ -189,12 +192,11 @@ def _wait_ready(ray: Any, replicas: dict[str, Any], timeout_s: float) -> bool:
     return True
 
 
-def _supervise(ray: Any, replicas: dict[str, Any]) -> int:
+def _supervise(ray: Any, replicas: dict[str, Any], urls: dict[str, str]) -> int:
     """Until SIGINT/SIGTERM: report replicas restarted elsewhere or gone; 1 once all are gone."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    urls: dict[str, str] = {}
     while not stop.wait(_CHECK_INTERVAL_S):
         refs = {replicas[name].endpoint.remote(): name for name in replicas}
         done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=_CHECK_INTERVAL_S)

@@ -55,11 +55,19 @@ def test_global_spend_reports_add_up_to_the_spend_rows(gateway: GatewayProcess, 
     assert [k["total_spend"] for k in keys] == sorted((k["total_spend"] for k in keys), reverse=True)
     assert len(ok(call(gateway, "/global/spend/keys", params={"limit": "1"}))) == 1
 
-    models = ok(call(gateway, "/global/spend/models"))
-    expected_models: dict[str, float] = {}
-    for r in rows:
-        expected_models[r["model"]] = expected_models.get(r["model"], 0.0) + float(r["spend"])
-    assert {m["model"]: m["total_spend"] for m in models} == pytest.approx(expected_models)
+    # Other tests' gateways may still be flushing spend rows: compare the report with the rows read
+    # right after it, until a moment when no row landed in between.
+    deadline = time.monotonic() + 10
+    while True:
+        models = ok(call(gateway, "/global/spend/models"))
+        expected_models: dict[str, float] = {}
+        for r in sql(database_url, "SELECT model, spend FROM spend_logs"):
+            expected_models[r["model"]] = expected_models.get(r["model"], 0.0) + float(r["spend"])
+        reported = {m["model"]: m["total_spend"] for m in models}
+        if reported == pytest.approx(expected_models) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert reported == pytest.approx(expected_models)
 
     teams = ok(call(gateway, "/global/spend/teams"))
     assert alias in teams["teams"]

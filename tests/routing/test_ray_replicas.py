@@ -191,8 +191,9 @@ def ask_messages(client: openai.OpenAI, messages: list[dict[str, str]]) -> str:
     return raw.headers["x-switchyard-deployment"]
 
 
-def wait_for_line(log: Path, text: str, timeout_s: float = 15.0) -> str:
-    """``log``'s text once it holds ``text`` (the launcher checks its replicas every 5 s)."""
+def wait_for_line(log: Path, text: str, timeout_s: float = 60.0) -> str:
+    """``log``'s text once it holds ``text`` (the launcher checks its replicas every 5 s; a loaded
+    CI machine has taken longer than 15 s to show a restart)."""
     deadline = time.monotonic() + timeout_s
     while text not in (content := log.read_text(errors="replace")):
         assert time.monotonic() < deadline, content
