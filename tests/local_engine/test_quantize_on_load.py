@@ -6,13 +6,9 @@ what the bf16 one computes, and the setting as an engine config field, a deploym
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import openai
 import pytest
@@ -27,6 +23,7 @@ from local_engine.loader.quantize import Q8_0, quantize_q8_0
 from providers.errors import ProviderError
 from providers.local.provider import engine_config
 from tests.support.engine_models import PagedRunner, PagedSeq, make_hf_model
+from tests.support.engine_server import engine_server
 from tests.support.gateway_process import REPO, free_port, switchyard_command
 
 gguf = pytest.importorskip("gguf")
@@ -199,37 +196,14 @@ def test_engine_serve_flag(llama_dir: Path, tmp_path: Path) -> None:
     )
     assert refused.returncode == 2
     assert "quantization" in refused.stderr and "Traceback" not in refused.stderr
-    port = free_port()
-    log_path = tmp_path / "engine.log"
-    command = [
-        *switchyard_command(),
-        *("engine", "serve", "--model", str(llama_dir), "--quantization", "q8_0", "--port", str(port)),
-        *("--max-model-len", "128", "--num-threads", "1"),
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, log_path.read_text(errors="replace")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text(errors="replace")
-            time.sleep(0.3)
-        client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=120
-        )
+    args = ["--model", str(llama_dir), "--quantization", "q8_0"]
+    args += ["--max-model-len", "128", "--num-threads", "1"]
+    with engine_server(args, tmp_path / "engine.log") as server:
+        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0, timeout=120)
         reply = client.completions.create(
             model=llama_dir.name, prompt="Hello world", max_tokens=5, extra_body={"ignore_eos": True}
         )
         assert reply.usage is not None and reply.usage.completion_tokens == 5
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    logs = log_path.read_text(errors="replace")
+    assert not server.killed, "the server did not stop on SIGTERM"
+    logs = server.logs()
     assert "memory: weights" in logs and "(Q8_0, bfloat16)" in logs, logs

@@ -3,12 +3,9 @@ SmolLM2) and the gateway's in-process ``local/`` provider (a tiny random model),
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -16,6 +13,8 @@ import openai
 import pytest
 
 from tests.support.engine_models import make_hf_model
+from tests.support.engine_server import EngineServer
+from tests.support.engine_server import engine_server as start_engine_server
 from tests.support.gateway_process import REPO, free_port, gateway_process, switchyard_command
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -25,51 +24,11 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 ARITHMETIC = [{"role": "user", "content": "What is 2+2?"}]
 
 
-@dataclass
-class EngineServer:
-    base_url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @pytest.fixture(scope="module")
 def engine_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineServer]:
-    port = free_port()
     log_path = tmp_path_factory.mktemp("engine") / "engine.log"
-    command = [
-        *switchyard_command(),
-        *("engine", "serve", "--port", str(port), "--max-model-len", "512", "--log-level", "warning"),
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = EngineServer(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"engine server exited:\n{server.logs()}")
-            try:
-                if httpx.get(server.base_url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"engine server did not become healthy:\n{server.logs()}")
-            time.sleep(0.5)
+    with start_engine_server(["--max-model-len", "512", "--log-level", "warning"], log_path) as server:
         yield server
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 @pytest.fixture(scope="module")

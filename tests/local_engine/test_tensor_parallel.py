@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 import torch
@@ -23,7 +21,7 @@ from local_engine.loader import ModelLoadError
 from local_engine.sampling_params import SamplingParams
 from local_engine.server.cli import build_parser
 from tests.support.engine_models import make_hf_model, write_gguf_like_llama_cpp
-from tests.support.gateway_process import REPO, free_port, switchyard_command
+from tests.support.engine_server import engine_server
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [40, 41, 42], list(range(100, 137))]  # the last spans 3 blocks
 # Each model exercises another split: llama with a vocabulary that does not divide by 2 (padded
@@ -230,37 +228,18 @@ def test_serve_with_two_ranks(llama_dir: Path, tmp_path: Path) -> None:
     while expected.has_unfinished():
         for output in expected.step():
             want = output.outputs[0].text
-    port = free_port()
-    log_path = tmp_path / "engine.log"
-    command = [
-        *switchyard_command(),
-        *("engine", "serve", "--model", str(llama_dir), "--dtype", "float32", "--port", str(port)),
-        *("--tensor-parallel-size", "2", "--max-model-len", "128", "--log-level", "warning"),
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.3)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    args = ["--model", str(llama_dir), "--dtype", "float32"]
+    args += ["--tensor-parallel-size", "2", "--max-model-len", "128", "--log-level", "warning"]
+    # Leaving the block sends SIGTERM to the server process alone: its ranks must go with it.
+    with engine_server(args, tmp_path / "engine.log", timeout_s=120) as server:
+        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
         model = client.models.list().data[0].id
         done = client.completions.create(
             model=model, prompt="Hello world", max_tokens=8, temperature=0, extra_body={"ignore_eos": True}
         )
         assert done.choices[0].text == want
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+    assert not server.killed, "the server did not stop on SIGTERM"
+    process = server.process
     # No rank outlives the server: its whole process group is gone.
     deadline = time.monotonic() + 10
     while True:

@@ -6,9 +6,6 @@ back is found through that replica's published summary."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,7 +16,8 @@ import openai
 import pytest
 
 from tests.support.engine_models import make_hf_model
-from tests.support.gateway_process import REPO, GatewayProcess, free_port, gateway_process, switchyard_command
+from tests.support.engine_server import engine_server as start_engine_server
+from tests.support.gateway_process import GatewayProcess, gateway_process
 
 SYSTEM = "Paged attention keeps the KV cache in fixed-size blocks."
 TURNS = [
@@ -32,39 +30,10 @@ TURNS = [
 @contextmanager
 def engine_server(model_dir: Path, log_path: Path) -> Iterator[str]:
     """A ``switchyard engine serve`` process; yields its base URL (without ``/v1``)."""
-    port = free_port()
-    command = [
-        *switchyard_command(),
-        *("engine", "serve", "--model", str(model_dir), "--port", str(port), "--dtype", "float32"),
-        *("--max-model-len", "256", "--num-threads", "1", "--log-level", "warning"),
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"engine server exited:\n{log_path.read_text(errors='replace')}")
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"engine server did not become healthy:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    args = ["--model", str(model_dir), "--dtype", "float32"]
+    args += ["--max-model-len", "256", "--num-threads", "1", "--log-level", "warning"]
+    with start_engine_server(args, log_path) as server:
+        yield server.base_url
 
 
 @pytest.fixture(scope="module")
