@@ -321,7 +321,6 @@ def phase_engine(args: argparse.Namespace) -> None:
     """The whole engine (scheduler, block manager, model runner with its CUDA graphs, sampler):
     decode throughput of ``LLMEngine`` stepping ``batch`` greedy requests, measured like HF's
     (time for ``steps + 1`` new tokens minus time for 1)."""
-    from local_engine.config import EngineConfig
     from local_engine.engine.llm_engine import LLMEngine
     from local_engine.loader import LoadedModel
 
@@ -330,8 +329,18 @@ def phase_engine(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     model, cfg, note = _build_ours(args, which)
     loaded = LoadedModel(model=model, tokenizer=_wordlevel_tokenizer(cfg.vocab_size), config=cfg)
-    config = EngineConfig(
-        model=None,
+    engine = LLMEngine(_engine_config(args, model=None), loaded)
+    graphs = getattr(engine.runner, "decode_graphs", None) is not None
+    emit(phase=f"engine:{which}", event="built", seconds=round(time.perf_counter() - t0, 1), note=note,
+         graphs=graphs)  # fmt: skip
+    _engine_decode(engine, cfg.vocab_size, args, f"engine:{which}")
+
+
+def _engine_config(args: argparse.Namespace, **fields: Any) -> Any:
+    """The engine phases' EngineConfig: sized for the run's batches and lengths, no prefix caching."""
+    from local_engine.config import EngineConfig
+
+    return EngineConfig(
         dtype="bfloat16" if args.device == "cuda" else "float32",
         device=args.device,
         max_num_seqs=max(args.batches),
@@ -341,12 +350,8 @@ def phase_engine(args: argparse.Namespace) -> None:
         kv_cache_memory_bytes=None if args.device == "cuda" else 64 << 20,
         enforce_eager=args.eager,
         enable_prefix_caching=False,
+        **fields,
     )
-    engine = LLMEngine(config, loaded)
-    graphs = getattr(engine.runner, "decode_graphs", None) is not None
-    emit(phase=f"engine:{which}", event="built", seconds=round(time.perf_counter() - t0, 1), note=note,
-         graphs=graphs)  # fmt: skip
-    _engine_decode(engine, cfg.vocab_size, args, f"engine:{which}")
 
 
 def _engine_decode(engine: Any, vocab_size: int, args: argparse.Namespace, phase: str, **fields: Any) -> None:
@@ -430,7 +435,6 @@ def phase_tp(args: argparse.Namespace) -> None:
     the 1B architecture, loaded from a checkpoint; skipped on CUDA with fewer than two GPUs."""
     import torch
 
-    from local_engine.config import EngineConfig
     from local_engine.engine.llm_engine import LLMEngine
 
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0
@@ -440,18 +444,10 @@ def phase_tp(args: argparse.Namespace) -> None:
     arch = TINY if args.tiny else LLAMA_1B
     t0 = time.perf_counter()
     model_dir = _write_checkpoint(arch, args.device)
-    config = EngineConfig(
+    config = _engine_config(
+        args,
         model=str(model_dir),
-        dtype="bfloat16" if args.device == "cuda" else "float32",
-        device=args.device,
         tensor_parallel_size=args.tp,
-        max_num_seqs=max(args.batches),
-        max_num_batched_tokens=max(2048, args.prompt_len * 8),
-        max_model_len=args.prompt_len + args.steps + 16,
-        gpu_memory_utilization=0.6,
-        kv_cache_memory_bytes=None if args.device == "cuda" else 64 << 20,
-        enforce_eager=args.eager,
-        enable_prefix_caching=False,
         speculative_decoding=False,  # random weights: drafts would only add noise to the timing
     )
     engine = LLMEngine(config)
