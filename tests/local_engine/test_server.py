@@ -3,7 +3,6 @@ SmolLM2) and the gateway's in-process ``local/`` provider (a tiny random model),
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +12,9 @@ import openai
 import pytest
 
 from tests.support.engine_models import make_hf_model
-from tests.support.engine_server import EngineServer
+from tests.support.engine_server import EngineServer, engine_serve_refusal
 from tests.support.engine_server import engine_server as start_engine_server
-from tests.support.gateway_process import REPO, free_port, gateway_process, switchyard_command
+from tests.support.gateway_process import gateway_process
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 # For answers checked by content. Not QUESTION: its first token is a near-tie (0.09 logits apart in
@@ -187,12 +186,4 @@ def test_gateway_local_provider(tmp_path: Path) -> None:
 
 
 def test_engine_cli_rejects_bad_settings() -> None:
-    result = subprocess.run(
-        [*switchyard_command(), "engine", "serve", "--dtype", "int3", "--port", str(free_port())],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert "dtype" in result.stderr and "Traceback" not in result.stderr
+    assert "dtype" in engine_serve_refusal(["--dtype", "int3"])

@@ -65,3 +65,18 @@ def engine_server(args: Sequence[str], log_path: Path, timeout_s: float = 240) -
                 server.killed = True
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def engine_serve_refusal(args: Sequence[str]) -> str:
+    """``engine serve ARGS`` for settings it must refuse: asserts it exits 2 (a usage error) with no
+    traceback, and returns what it said on stderr."""
+    result = subprocess.run(
+        [*switchyard_command(), "engine", "serve", *args, "--port", str(free_port())],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr
