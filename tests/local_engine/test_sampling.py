@@ -64,6 +64,49 @@ def test_top_k_top_p_min_p_filter() -> None:
     assert set(draw(SamplingParams(top_k=1, temperature=5.0), row, 100)) == {0}
 
 
+def reference_kept(row: torch.Tensor, params: SamplingParams) -> set[int]:
+    """The tokens top_k / top_p / min_p keep, by a full sort (the filters' definition)."""
+    values, order = (row / params.temperature).sort(descending=True)
+    if params.top_k > 0:
+        values[params.top_k :] = float("-inf")
+    probs = values.softmax(-1)
+    keep = (probs.cumsum(-1) - probs < params.top_p) | (params.top_p >= 1.0)
+    keep &= probs >= probs[0] * params.min_p
+    keep &= values > float("-inf")
+    return set(order[keep].tolist())
+
+
+def test_filters_over_a_large_vocabulary_keep_exactly_the_sorted_definition() -> None:
+    """Rows whose kept set is larger than the first candidates (a flat distribution under top_p or
+    min_p) are widened until it fits; a top_k row stops at its k."""
+    vocab = 5000
+    flat = torch.randn(vocab, generator=torch.Generator().manual_seed(4)) * 0.3
+    peaked = flat.clone()
+    peaked[17] += 12.0
+    cases = [
+        (flat, SamplingParams(temperature=1.0, top_p=0.9)),  # keeps thousands
+        (flat, SamplingParams(temperature=0.7, min_p=0.5)),  # keeps hundreds
+        (flat, SamplingParams(temperature=1.0, top_k=300, top_p=0.5)),
+        (peaked, SamplingParams(temperature=1.0, top_p=0.9)),  # keeps one
+        (flat, SamplingParams(temperature=1.0, top_k=3)),
+    ]
+    sampler = Sampler(5)
+    seen: list[set[int]] = [set() for _ in cases]
+    for _ in range(60):
+        batch = [seq(params) for _, params in cases]
+        rows = torch.stack([row for row, _ in cases])
+        for i, token in enumerate(sampler(rows, batch).token_ids):
+            seen[i].add(token)
+    for (row, params), drawn in zip(cases, seen, strict=True):
+        kept = reference_kept(row, params)
+        assert drawn <= kept, params
+    rank = {t: r for r, t in enumerate(flat.argsort(descending=True).tolist())}
+    for i in (0, 1, 2):  # drawn well past the best 64, where a sort of the first candidates stops
+        assert max(rank[t] for t in seen[i]) >= 64, cases[i][1]
+    assert seen[3] == {17}
+    assert len(reference_kept(flat, cases[4][1])) == 3 and len(seen[4]) == 3
+
+
 def test_seeded_requests_are_reproducible_whatever_the_batch() -> None:
     row = torch.randn(VOCAB, generator=torch.Generator().manual_seed(3))
 
