@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from local_engine.config import EngineConfig
+from local_engine.engine.heap import IDLE_TRIM_S, release_free_heap
 from local_engine.engine.llm_engine import LLMEngine
 from local_engine.engine.outputs import CompletionOutput, RequestOutput
 from local_engine.engine.stats import EngineSnapshot
@@ -198,10 +199,22 @@ class AsyncEngine:
         outputs = [CompletionOutput(i, "", "", [], finish_reason="abort") for i in range(params.n)]
         return RequestOutput(request_id, prompt, outputs, finished=True)
 
+    async def _idle_trim(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Wait for work up to ``IDLE_TRIM_S``; if none came, hand the freed heap back to the OS
+        (in the step thread, off the event loop). Whether it trimmed."""
+        assert self._wakeup is not None
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), IDLE_TRIM_S)
+            return False
+        except TimeoutError:
+            await loop.run_in_executor(self._executor, release_free_heap)
+            return True
+
     async def _run(self) -> None:
         engine = self._engine()
         loop = asyncio.get_running_loop()
         assert self._wakeup is not None and self._applied is not None
+        worked = False  # steps ran since the heap was last trimmed
         try:
             while True:
                 self._apply_pending(engine)
@@ -210,8 +223,12 @@ class AsyncEngine:
                     self._wakeup.clear()
                     if self._pending_adds or self._pending_aborts:
                         continue
+                    if worked:
+                        worked = not await self._idle_trim(loop)
+                        continue
                     await self._wakeup.wait()
                     continue
+                worked = True
                 outputs = await loop.run_in_executor(self._executor, engine.step)
                 for output in outputs:
                     self._deliver(output)

@@ -31,6 +31,7 @@ from local_engine.config import EngineConfig
 from local_engine.detokenizer import IncrementalDetokenizer
 from local_engine.distributed.executor import make_runner
 from local_engine.engine.block_manager import BlockManager
+from local_engine.engine.heap import release_free_heap
 from local_engine.engine.ngram_proposer import NgramIndex, NgramProposer
 from local_engine.engine.outputs import CompletionOutput, RequestOutput, RequestTimes, TokenLogprob
 from local_engine.engine.scheduler import Scheduler
@@ -106,6 +107,7 @@ class LLMEngine:
             )
         if config.warmup:
             self.warmup()
+        release_free_heap()  # the loader's and warm-up's freed buffers
 
     # -- requests ----------------------------------------------------------------------------
 
