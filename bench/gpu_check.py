@@ -22,6 +22,15 @@ Tensor parallelism (issue 18): with two GPUs or more, the engine's decode throug
 architecture at ``tensor_parallel_size`` 1 and 2 (a random-weight checkpoint written once under
 ``$GPU_CHECK_LOGS``); with one GPU those rows say they were skipped. On the CPU (``--device cpu
 --tiny``) both run, over gloo, as a smoke test of the path.
+
+Quantized matmul (issue 17, phase ``quant``): the Triton dequantize-in-the-loop matmul
+(``local_engine/kernels/quant_matmul.py``) on GGUF Q4_0, Q4_1 and Q8_0 blocks of the 1B model's MLP
+shapes (2048 -> 8192 and back) at batch 1, 16 and 64: its result against float32
+dequantize-then-matmul (failing the phase outside the unit tests' tolerance), its microseconds per
+call against torch's bf16 ``x @ W.T`` on the dequantized weight, and the quantized bytes it reads
+per second as a share of the copy bandwidth. The blocks come from the engine's Q8_0 quantizer and a
+torch port of gguf-py's Q4_0 / Q4_1 quantizers (compared byte for byte with gguf-py where it is
+installed; it need not be). On the CPU it runs the same path on tiny shapes.
 """
 
 from __future__ import annotations
@@ -543,6 +552,169 @@ def phase_tests(args: argparse.Namespace) -> None:
     emit(phase="tests", rc=proc.returncode, summary=tail, **counts)
 
 
+# GGML type ids of the formats the Triton quantized matmul reads (local_engine/kernels/quant_matmul.py).
+QUANT_FORMATS = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8}
+
+
+def _quantize_blocks(w: Any, qtype: int) -> Any:
+    """``w`` (CPU fp32 ``[n, k]``) as GGUF blocks (uint8 ``[n, row bytes]``): Q8_0 by the engine's
+    own quantizer, Q4_0 / Q4_1 by gguf-py's ``quantize_blocks`` arithmetic step for step in torch
+    (gguf is often missing on a GPU node; where it is here, the phase compares the bytes)."""
+    import torch
+
+    if qtype == 8:
+        from local_engine.loader.quantize import quantize_q8_0
+
+        return quantize_q8_0(w).data
+    n, k = w.shape
+    blocks = w.reshape(n, k // 32, 32)
+    zero = torch.zeros((), dtype=torch.float32)
+    if qtype == 2:  # Q4_0: d = the signed largest-magnitude value / -8, q = trunc(x / d + 8.5)
+        big = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True))
+        d = big / -8
+        q = torch.trunc(blocks * torch.where(d == 0, zero, 1 / d) + 8.5)
+        head = [d]
+    else:  # Q4_1: d = (max - min) / 15, m = min, q = trunc((x - min) / d + 0.5)
+        low, high = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
+        d = (high - low) / 15
+        q = torch.trunc((blocks - low) * torch.where(d == 0, zero, 1 / d) + 0.5)
+        head = [d, low]
+    q = q.to(torch.uint8).clamp_(0, 15)
+    packed = q[..., :16] | (q[..., 16:] << 4)
+    fields = [h.half().view(torch.uint8) for h in head]
+    return torch.cat([*fields, packed], dim=-1).reshape(n, -1).contiguous()
+
+
+def _dequantize_blocks(raw: Any, qtype: int, k: int) -> Any:
+    """The fp32 ``[n, k]`` values of GGUF blocks ``raw``, by the format's definition (the reference)."""
+    import torch
+
+    n = raw.shape[0]
+    blocks = raw.view(n, k // 32, -1)
+    d = blocks[..., :2].contiguous().view(torch.float16).float()
+    if qtype == 8:
+        return (blocks[..., 2:].contiguous().view(torch.int8).float() * d).reshape(n, k)
+    start = 4 if qtype == 3 else 2
+    quants = blocks[..., start:]
+    q = torch.cat([quants & 0xF, quants >> 4], dim=-1).float()  # value j low nibble, j + 16 high
+    if qtype == 3:
+        w = q * d + blocks[..., 2:4].contiguous().view(torch.float16).float()
+    else:
+        w = (q - 8) * d
+    return w.reshape(n, k)
+
+
+def _check_against_gguf(w: Any, raw: Any, qtype: int) -> str:
+    """Where gguf-py is installed: its quantizer's bytes and its dequantized values against ours
+    (raises on a difference); else says it could not compare."""
+    try:
+        from gguf.quants import dequantize, quantize
+    except ImportError:
+        return "gguf not installed: blocks not compared with gguf-py's"
+    import numpy as np
+    import torch
+
+    theirs = quantize(w.numpy(), qtype)
+    if not np.array_equal(theirs, raw.numpy()):
+        raise RuntimeError(f"GGML type {qtype}: our blocks differ from gguf-py's quantize")
+    values = torch.from_numpy(dequantize(theirs, qtype).reshape(w.shape).astype(np.float32))
+    if not torch.equal(values, _dequantize_blocks(raw, qtype, w.shape[1])):
+        raise RuntimeError(f"GGML type {qtype}: our dequantized values differ from gguf-py's")
+    return "blocks and values identical to gguf-py's"
+
+
+def _time_calls(fn: Any, weights: list[Any], device: str) -> tuple[float, bool]:
+    """Median seconds per call of ``fn(weight)`` over passes that take ``weights`` in turn (on CUDA
+    at least 20 calls a pass, 7 passes after 3 warm-up calls), and whether the passes ran as a CUDA
+    graph (on CUDA: no launch overhead in the time, as in the engine's decode steps)."""
+    import torch
+
+    calls, reps = (max(len(weights), 20), 7) if device == "cuda" else (2, 3)
+    for i in range(3):
+        fn(weights[i % len(weights)])
+    run = None
+    if device == "cuda":
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for i in range(calls):
+                    fn(weights[i % len(weights)])
+            run = graph.replay
+        except Exception:  # capture refused: time eager launches instead
+            torch.cuda.synchronize()
+            run = None
+    graphs = run is not None
+    if run is None:
+
+        def run() -> None:
+            for i in range(calls):
+                fn(weights[i % len(weights)])
+
+    run()
+    times = []
+    for _ in range(reps):
+        with _timer(device) as t:
+            run()
+        times.append(t[0] / calls)
+    return sorted(times)[len(times) // 2], graphs
+
+
+def phase_quant(args: argparse.Namespace) -> None:
+    """Issue 17: the Triton dequantize-in-the-loop matmul (``quant_matmul``) on GGUF Q4_0 / Q4_1 /
+    Q8_0 weights of a Llama-3.2-1B MLP layer's shapes (hidden -> intermediate and back) at batch 1,
+    16 and 64: its result against float32 dequantize-then-matmul (the unit tests' tolerance: 2e-2
+    relative on CUDA, where ``tl.dot`` may use TF32, 1e-4 in the interpreter), and its time per call
+    against torch's ``x @ w.T`` on the dequantized weight (bf16 on CUDA), with the weight bytes it
+    reads per second. Each timed pass cycles through enough copies of the weight to overflow the L2
+    cache, so the weight comes from memory."""
+    import torch
+
+    from local_engine.kernels.quant_matmul import quant_matmul
+
+    arch = TINY if args.tiny else LLAMA_1B
+    hidden, inter = arch["hidden_size"], arch["intermediate_size"]
+    shapes = [(inter, hidden), (hidden, inter)]  # (n, k): gate/up projection, then down
+    dev, dtype = args.device, torch.bfloat16 if args.device == "cuda" else torch.float32
+    tol = 2e-2 if dev == "cuda" else 1e-4
+    l2 = getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 64 << 20) if dev == "cuda" else 0
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    failures = []
+    for fmt, qtype in QUANT_FORMATS.items():
+        for n, k in shapes:
+            t0 = time.perf_counter()
+            w_cpu = torch.randn(n, k, generator=gen) * 0.05
+            raw_cpu = _quantize_blocks(w_cpu, qtype)
+            note = _check_against_gguf(w_cpu, raw_cpu, qtype)
+            raw = raw_cpu.to(dev)
+            w = _dequantize_blocks(raw, qtype, k)  # fp32 on the device
+            w_t = w.to(dtype)
+            seconds = round(time.perf_counter() - t0, 1)
+            emit(phase="quant", event="built", format=fmt, n=n, k=k, seconds=seconds, note=note)
+            # Copies of each weight that together overflow the L2 cache (one on CPU).
+            raws = [raw] + [raw.clone() for _ in range(-(-4 * l2 // raw.numel()) - 1)]
+            w_ts = [w_t] + [w_t.clone() for _ in range(-(-4 * l2 // (w_t.numel() * w_t.element_size())) - 1)]
+            for batch in (1, 16, 64):
+                x = torch.randn(batch, k, generator=gen).to(dev)
+                xt = x.to(dtype)
+                with torch.inference_mode():
+                    got = quant_matmul(x, raw, qtype).float()
+                    want = x @ w.T  # float32 (no TF32: torch's default for fp32 matmuls)
+                    scale = float(want.abs().max())
+                    err = (got - want).abs()
+                    ok = bool((err <= tol * scale + tol * want.abs()).all() & torch.isfinite(got).all())
+                    rel = float(err.max()) / scale if scale else float("inf")
+                    quant_s, graphs = _time_calls(lambda r, xt=xt, q=qtype: quant_matmul(xt, r, q), raws, dev)
+                    torch_s, _ = _time_calls(lambda wt, xt=xt: xt @ wt.T, w_ts, dev)
+                emit(phase="quant", event="matmul", format=fmt, n=n, k=k, batch=batch,
+                     quant_us=round(quant_s * 1e6, 2), torch_us=round(torch_s * 1e6, 2),
+                     gb_per_s=float(f"{raw.numel() / quant_s / 1e9:.4g}"),
+                     max_rel_err=float(f"{rel:.3g}"), tol=tol, ok=ok, graphs=graphs)  # fmt: skip
+                if not ok:
+                    failures.append(f"{fmt} {n}x{k} batch {batch}: max relative error {rel:.3g} > {tol}")
+    if failures:
+        raise RuntimeError("quant_matmul out of tolerance: " + "; ".join(failures))
+
+
 PHASES = {
     "bandwidth": phase_bandwidth,
     "ours": phase_ours,
@@ -550,6 +722,7 @@ PHASES = {
     "hf": phase_hf,
     "tests": phase_tests,
     "tp": phase_tp,
+    "quant": phase_quant,
 }
 
 
@@ -611,6 +784,8 @@ def orchestrate(args: argparse.Namespace) -> int:
         ("hf", ["--model", "llama1b", *batch_arg], 100),
         ("tests", [], 150),
         ("engine", ["--model", "llama1b", *batch_arg], 70),
+        # Issue 17: the Triton quantized matmul against bf16 torch (compiles ~18 kernel variants).
+        ("quant", [], 75),
         # Issue 18 (seconds each with one GPU: they only report that they skipped).
         ("tp", ["--tp", "1", "--model", "llama1b", *batch_arg], 90),
         ("tp", ["--tp", "2", "--model", "llama1b", *batch_arg], 90),
@@ -684,6 +859,7 @@ def _print_table(results: list[dict[str, Any]], statuses: dict[str, str], args: 
                 verdict = "PASS" if share >= 50 else "FAIL"
                 verdicts.append(f"batch-1 >= 50% of the bandwidth bound: {verdict} ({share:.0f}%)")
     _print_tp(results, args)
+    verdicts += _print_quant(results, bw)
     for label, status in statuses.items():
         if status != "ok":
             print(f"phase {label}: {status}")
@@ -711,6 +887,33 @@ def _print_tp(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         ratio = two["tok_per_s"] / one["tok_per_s"] if one and two else None
         row = f"{'':<31}{batch:>5} {_fmt(one and one['tok_per_s']):>11} {_fmt(two and two['tok_per_s']):>11}"
         print(row + f" {_fmt(ratio, '.2f'):>8}")
+
+
+def _print_quant(results: list[dict[str, Any]], bw: dict[str, Any] | None) -> list[str]:
+    """Issue 17's rows: the Triton quantized matmul against torch on the dequantized weight; the
+    weight bytes it reads per second also as a share of the copy bandwidth. Returns the verdict."""
+    rows = [r for r in results if r.get("phase") == "quant" and r.get("event") == "matmul"]
+    if not rows:
+        print("quantized matmul: not measured (see the quant phase above)")
+        return []
+    copy = bw["gb_per_s"] if bw else None
+    dtype = "bf16" if rows[0]["tol"] > 1e-3 else "fp32"
+    print(f"quantized matmul (Triton, dequantize in the loop) vs torch {dtype} x @ W.T on the dequantized")
+    timing = "CUDA graphs" if all(r["graphs"] for r in rows) else "eager launches"
+    print(f"weight ({timing}); GB/s = quantized weight bytes read per second; error vs float32 dequantize")
+    print("then matmul; quant/torch < 1: the quantized kernel is faster")
+    head = f"{'format':<6} {'n x k':>11} {'batch':>5} {'quant us':>9} {'torch us':>9} {'quant/torch':>11}"
+    print(head + f" {'GB/s':>9} {'% copy bw':>9} {'max rel err':>11} {'check':>5}")
+    for r in rows:
+        ratio = r["quant_us"] / r["torch_us"] if r["torch_us"] else None
+        share = 100 * r["gb_per_s"] / copy if copy else None
+        shape = f"{r['n']}x{r['k']}"
+        row = f"{r['format']:<6} {shape:>11} {r['batch']:>5} {_fmt(r['quant_us'], ',.2f'):>9}"
+        row += f" {_fmt(r['torch_us'], ',.2f'):>9} {_fmt(ratio, ',.2f'):>11} {_fmt(r['gb_per_s'], ',.1f'):>9}"
+        print(row + f" {_fmt(share, '.0f'):>9} {r['max_rel_err']:>11.3g} {'ok' if r['ok'] else 'FAIL':>5}")
+    bad = [r for r in rows if not r["ok"]]
+    verdict = "PASS" if not bad else f"FAIL ({len(bad)} rows)"
+    return [f"quantized matmul within the unit tests' tolerance ({rows[0]['tol']:g}): {verdict}"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -4,7 +4,8 @@
 #   bench/gpu_check.sh --skip-tests        # throughput only
 #   bench/gpu_check.sh --device cpu --tiny # CPU smoke run (Triton interpreter, tiny shapes)
 # With two GPUs or more it also compares the engine's decode throughput at tensor_parallel_size 1
-# and 2 (issue 18); with one GPU the table says those rows were skipped.
+# and 2 (issue 18); with one GPU the table says those rows were skipped. It also times the Triton
+# quantized matmul (GGUF Q4_0/Q4_1/Q8_0) against torch's bf16 matmul and checks its result (issue 17).
 #
 # Uses the node's own Python (PYTHON, default python3) and installs nothing: it needs torch and
 # triton (kernels), transformers (the baseline), pytest (kernel-test phase); gguf, tokenizers and
