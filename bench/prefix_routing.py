@@ -98,11 +98,12 @@ def started(command: list[str], health: str, log: Path):  # type: ignore[no-unty
                 process.wait()
 
 
-def engine_command(port: int) -> list[str]:
+def engine_command(port: int, kv_cache_mib: int) -> list[str]:
     return [
         *SWITCHYARD,
-        *("engine", "serve", "--port", str(port), "--num-threads", "1", "--max-model-len", "4096"),
-        *("--max-num-seqs", "16", "--kv-cache-memory-bytes", str(512 << 20), "--log-level", "warning"),
+        *("engine", "serve", "--port", str(port), "--num-threads", "1", "--max-model-len", "2048"),
+        *("--max-num-seqs", "16", "--kv-cache-memory-bytes", str(kv_cache_mib << 20)),
+        *("--log-level", "warning"),
     ]
 
 
@@ -238,6 +239,13 @@ def main() -> None:
         default=3.0,
         help="mean pause between a reply and the next turn (0: closed loop)",
     )
+    parser.add_argument(
+        "--kv-cache-mib",
+        type=int,
+        default=512,
+        help="each replica's KV cache (SmolLM2: 23 KB a token); the default holds every conversation, "
+        "64 holds about half of 4 conversations' final histories",
+    )
     parser.add_argument("--quick", action="store_true", help="1 repeat, 6 conversations of 6 turns, 40 words")
     args = parser.parse_args()
     if args.quick:
@@ -246,7 +254,7 @@ def main() -> None:
     print(
         f"# {args.repeats} repeats x {len(STRATEGIES)} strategies; {args.conversations} conversations x "
         f"{args.turns} turns, {args.words} words a message, {args.max_tokens} tokens a reply, "
-        f"{args.think_s:g} s to think; "
+        f"{args.think_s:g} s to think, {args.kv_cache_mib} MiB of KV cache a replica; "
         f"logs in {directory}"
     )
     with ExitStack() as stack:
@@ -254,9 +262,8 @@ def main() -> None:
         for i in range(2):
             port = free_port()
             base = f"http://127.0.0.1:{port}"
-            stack.enter_context(
-                started(engine_command(port), base + "/health", directory / f"engine-{i}.log")
-            )
+            log = directory / f"engine-{i}.log"
+            stack.enter_context(started(engine_command(port, args.kv_cache_mib), base + "/health", log))
             engines.append(base)
         gateways = {}
         for strategy in STRATEGIES:
